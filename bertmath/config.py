@@ -1,0 +1,307 @@
+"""Configuration: frozen dataclasses mirrored one-to-one by YAML sections `model:`, `data:`, `train:`.
+
+Precedence: dataclass defaults < YAML file < overrides (`--set train.lr=3e-4`, parsed as YAML scalars).
+Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the file and key path.
+This is the only module that reads YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+Activation = Literal["relu", "gelu", "gelu_tanh"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The BERT encoder's shape. Defaults are BERT-base except `activation` (ReLU, the design choice)."""
+
+    vocab_size: int = 30522  # tokens in the WordPiece vocabulary
+    hidden_size: int = 768  # D, width of every token vector
+    num_layers: int = 12  # N encoder layers
+    num_heads: int = 12  # H attention heads; head size D/H
+    intermediate_size: int = 3072  # feed-forward inner width (4D in BERT)
+    max_position_embeddings: int = 512  # longest sequence the position table covers
+    type_vocab_size: int = 2  # segment ids (sentence A / B)
+    activation: Activation = "relu"  # feed-forward and MLM-head nonlinearity; BERT's checkpoints use gelu
+    hidden_dropout: float = 0.1  # dropout on embeddings and on each residual branch
+    attention_dropout: float = 0.1  # dropout on the attention weights
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02  # std of the normal init of weights
+    tie_word_embeddings: bool = True  # MLM decoder shares the token-embedding matrix
+    pad_token_id: int = 0
+    fused: bool = False  # route softmax/attention/layer_norm/... to torch's fused kernels
+    fused_qkv: bool = False  # one (D, 3D) matmul for Q, K, V instead of three (D, D)
+    sparse_mlm: bool = False  # in training, project to the vocabulary only at masked positions
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            _require(getattr(self, name) > 0, f"model.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_heads == 0, "model.hidden_size",
+                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        for name in ("hidden_dropout", "attention_dropout"):
+            _require_probability(getattr(self, name), f"model.{name}")
+        _require(self.layer_norm_eps > 0, "model.layer_norm_eps", f"must be positive, got {self.layer_norm_eps}")
+        _require(self.initializer_range > 0, "model.initializer_range",
+                 f"must be positive, got {self.initializer_range}")
+        _require(0 <= self.pad_token_id < self.vocab_size, "model.pad_token_id",
+                 f"must be a token id in [0, {self.vocab_size}), got {self.pad_token_id}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from, how it is tokenised, packed and masked."""
+
+    source: Literal["embedded", "text", "jsonl", "parquet", "hub"] = "embedded"
+    paths: list[str] = field(default_factory=list)  # files or globs for text / jsonl / parquet
+    documents: Literal["file", "paragraph"] = "paragraph"  # text files: one document per file or per blank-line block
+    text_column: str = "text"  # jsonl / parquet / hub column holding the text
+    hub_dataset: str | None = None  # e.g. "wikimedia/wikipedia" (needs internet)
+    hub_config: str | None = None  # e.g. "20231101.en"
+    hub_split: str = "train"
+    max_documents: int | None = None  # take only the first N documents (quick runs)
+    eval_fraction: float = 0.02  # share of documents held out for evaluation (fixed by content hash)
+    tokenizer: str | None = None  # tokenizer.json or vocab.txt to load; None trains one on the corpus
+    lowercase: bool = True
+    max_seq_len: int = 128  # tokens per packed block, [CLS] and [SEP] included
+    mlm_probability: float = 0.15  # share of non-special tokens chosen for prediction
+    mask_token_probability: float = 0.8  # chosen tokens replaced by [MASK]
+    random_token_probability: float = 0.1  # chosen tokens replaced by a random token (the rest stay)
+    whole_word_masking: bool = False  # choose whole words, not word pieces
+    num_proc: int | None = None  # tokenisation processes; None = one per core when the corpus is large
+    cache_dir: str | None = None  # datasets cache; None = out_dir/cache
+
+    def __post_init__(self):
+        for name in ("eval_fraction", "mlm_probability", "mask_token_probability", "random_token_probability"):
+            _require_probability(getattr(self, name), f"data.{name}")
+        _require(self.mask_token_probability + self.random_token_probability <= 1.0, "data.random_token_probability",
+                 "mask_token_probability + random_token_probability must be at most 1")
+        _require(self.max_seq_len >= 8, "data.max_seq_len", f"must be at least 8, got {self.max_seq_len}")
+        _require(self.source not in ("text", "jsonl", "parquet") or bool(self.paths), "data.paths",
+                 f"data.source '{self.source}' needs at least one path")
+        _require(self.source != "hub" or bool(self.hub_dataset), "data.hub_dataset",
+                 "data.source 'hub' needs data.hub_dataset")
+        _require(self.max_documents is None or self.max_documents > 0, "data.max_documents", "must be positive")
+        _require(self.num_proc is None or self.num_proc > 0, "data.num_proc", "must be positive")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: AdamW, warm-up + decay, precision, checkpoints, evaluation."""
+
+    out_dir: str = "checkpoints/run"
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # sequences per micro-batch (per process)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # peak learning rate
+    min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
+    warmup_steps: int = 100
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
+    weight_decay: float = 0.01  # not applied to biases and LayerNorm
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-6
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; weights stay fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    eval_every: int = 200  # steps between held-out evaluations (and one at the end)
+    eval_batches: int = 20  # batches per evaluation (a fixed set, same masks each time)
+    save_every: int = 200  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # older step-XXXXXXX/ copies kept besides the latest
+    resume: Literal["never", "auto", "required"] = "auto"  # auto: continue if out_dir has a checkpoint
+    compile: bool = False  # torch.compile the model
+    max_time_minutes: float | None = None  # stop (and save) after this wall time
+    num_threads: int | None = None  # torch CPU threads; None = torch's default
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "save_every", "eval_batches"):
+            _require(getattr(self, name) > 0, f"train.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(self.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        for name in ("adam_beta1", "adam_beta2", "min_lr_ratio"):
+            _require_probability(getattr(self, name), f"train.{name}")
+        _require(self.max_time_minutes is None or self.max_time_minutes > 0, "train.max_time_minutes",
+                 "must be positive")
+        _require(self.num_threads is None or self.num_threads > 0, "train.num_threads", "must be positive")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _require_probability(value: float, key: str) -> None:
+    _require(0.0 <= value <= 1.0, key, f"must be a probability in [0, 1], got {value}")
+
+
+# --- YAML <-> dataclasses -------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `3e-4` as a float (YAML 1.1 wants `3.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}:{line}: YAML syntax error: {problem}") from None
+
+
+_UNION = (typing.Union, types.UnionType)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in _UNION:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Return `value` as type `tp` (int accepted for float) or raise a one-line ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+    elif origin in _UNION:
+        for option in typing.get_args(tp):
+            try:
+                return _check_value(value, option, key, where)
+            except ConfigError:
+                pass
+    elif origin is list:
+        if isinstance(value, list):
+            return [_check_value(v, typing.get_args(tp)[0], key, where) for v in value]
+        if isinstance(value, str):  # a single path is a list of one
+            return [_check_value(value, typing.get_args(tp)[0], key, where)]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: {key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{path}'; valid keys: {', '.join(names)}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {path}: expected a mapping of keys, got {value!r}")
+            kwargs[key] = _build(hints[key], value, f"{path}.", where)
+        else:
+            kwargs[key] = _check_value(value, hints[key], path, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. train.lr=3e-4")
+    key, _, raw = override.partition("=")
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override}: '{part}' is not a section")
+    node[parts[-1]] = _parse_yaml(raw, f"--set {key}") if raw.strip() else None
+
+
+def config_from_dict(tree: dict, overrides: list[str] = (), where: str = "config") -> Config:
+    """Build a validated `Config` from a nested dict (the YAML's structure) plus `a.b=v` overrides."""
+    tree = _deep_copy(tree or {})
+    for override in overrides:
+        _apply_override(tree, override)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected sections model:, data:, train:, got {type(tree).__name__}")
+    return _build(Config, tree, "", where)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config file (or only defaults when `path` is None) and apply overrides."""
+    if path is None:
+        return config_from_dict({}, overrides)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.__class__.__name__})") from None
+    tree = _parse_yaml(text, str(path))
+    return config_from_dict(tree if tree is not None else {}, overrides, where=str(path))
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def _deep_copy(tree):
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree

@@ -1,0 +1,29 @@
+"""User errors: what a user can cause (bad YAML, a missing checkpoint, no [MASK]).
+
+The CLI turns a `BertmathError` into one line on stderr and a non-zero exit; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class BertmathError(Exception):
+    """A problem the user can fix; the message says what and where. CLI exit status 1."""
+
+    exit_code = 1
+
+
+class ConfigError(BertmathError):
+    """A bad config file, key, type or value. CLI exit status 2."""
+
+    exit_code = 2
+
+
+class DataError(BertmathError):
+    """A corpus or tokenizer that cannot be used."""
+
+
+class CheckpointError(BertmathError):
+    """A checkpoint that is missing, unreadable, corrupted, or does not match its config."""
+
+
+class TrainingError(BertmathError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""

@@ -1,0 +1,159 @@
+"""The math of BERT, from scratch: pure tensor functions, no state, no nn.Module.
+
+Each function is written with elementary tensor ops (exp, max, sum, matmul, erf, tanh, sqrt) and its
+docstring states the formula. Each takes `fused=`: when true (or inside `use_fused(True)`), it calls
+torch's fused kernel for the same math instead (`F.scaled_dot_product_attention`, `F.layer_norm`, ...).
+`tests/test_functional.py` proves both paths equal to `torch.nn.functional`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Set only by `use_fused`; None means "each call's own `fused` argument decides".
+_FUSED_OVERRIDE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("bertmath_fused", default=None)
+
+
+@contextlib.contextmanager
+def use_fused(enabled: bool = True):
+    """Within this block every function here (and so every bertmath module) takes the fused path
+    (`enabled=True`) or the from-scratch path (`enabled=False`), whatever `model.fused` says."""
+    token = _FUSED_OVERRIDE.set(enabled)
+    try:
+        yield
+    finally:
+        _FUSED_OVERRIDE.reset(token)
+
+
+def _fused(fused: bool) -> bool:
+    override = _FUSED_OVERRIDE.get()
+    return fused if override is None else override
+
+
+def relu(x: Tensor, fused: bool = False) -> Tensor:
+    """relu(x) = max(x, 0)."""
+    if _fused(fused):
+        return F.relu(x)
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+def sigmoid(x: Tensor, fused: bool = False) -> Tensor:
+    """σ(x) = 1 / (1 + e^{-x}), computed as e^{min(x,0)} / (1 + e^{-|x|}) so that no e^{large} overflows."""
+    if _fused(fused):
+        return torch.sigmoid(x)
+    z = torch.exp(-x.abs())  # in (0, 1]: never overflows
+    return torch.where(x >= 0, 1 / (1 + z), z / (1 + z))
+
+
+def gelu(x: Tensor, approximate: str = "none", fused: bool = False) -> Tensor:
+    """gelu(x) = x Φ(x) = ½ x (1 + erf(x / √2))                              (approximate="none")
+    gelu(x) ≈ ½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))                        (approximate="tanh")
+    Hendrycks & Gimpel 2016; BERT's released checkpoints use the erf form."""
+    if _fused(fused):
+        return F.gelu(x, approximate=approximate)
+    if approximate == "tanh":
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    if approximate == "none":
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
+    """softmax(x)_i = e^{x_i - max x} / Σ_j e^{x_j - max x}.
+
+    Subtracting max x changes nothing mathematically and keeps every exponent <= 0, so logits of
+    ±1e4 neither overflow nor give NaN. A row that is entirely -inf gives NaN, as torch's does."""
+    if _fused(fused):
+        return torch.softmax(x, dim=dim)
+    e = torch.exp(x - x.amax(dim=dim, keepdim=True).detach())  # detach: the shift's gradient is 0 anyway
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def log_softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
+    """log softmax(x)_i = (x_i - max x) - log Σ_j e^{x_j - max x}."""
+    if _fused(fused):
+        return torch.log_softmax(x, dim=dim)
+    shifted = x - x.amax(dim=dim, keepdim=True).detach()
+    return shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-12, fused: bool = False) -> Tensor:
+    """LN(x) = (x - μ) / √(σ² + ε) · γ + β over the last dim, with μ = mean(x), σ² = mean((x - μ)²)
+    (the biased variance). Ba, Kiros & Hinton 2016."""
+    if _fused(fused):
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x Wᵀ + b, W of shape (out, in). (Already a single fused kernel; there is no other path.)"""
+    return F.linear(x, weight, bias)
+
+
+def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None,
+            fused: bool = False) -> Tensor:
+    """dropout(x)_i = x_i · m_i / (1 - p), m_i ~ Bernoulli(1 - p); the identity when not training.
+    Srivastava et al. 2014 (inverted dropout: the expected value is unchanged)."""
+    if not training or p == 0.0:
+        return x
+    if _fused(fused) and generator is None:
+        return F.dropout(x, p, training=True)
+    keep = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) >= p
+    return x * keep / (1 - p)
+
+
+def attention_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Turn a key mask into the additive term of the attention logits.
+
+    Boolean (True = attend) → 0 where True, the dtype's most negative finite number where False.
+    A finite number, not -inf, so that a row with every key hidden gives uniform weights, not NaN.
+    A float mask is taken to be additive already."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask.to(dtype)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                                 dropout_p: float = 0.0, training: bool = False,
+                                 return_weights: bool = False, fused: bool = False):
+    """Attention(Q, K, V) = softmax(QKᵀ / √d_k + M) V.                    Vaswani et al. 2017, §3.2.1.
+
+    q: (B, H, Tq, d_k), k: (B, H, Tk, d_k), v: (B, H, Tk, d_v) → (B, H, Tq, d_v).
+    mask: broadcastable to (B, H, Tq, Tk); boolean (True = attend) or additive (0 / large negative).
+    Dropout (rate `dropout_p`, when `training`) is applied to the attention weights.
+    With `return_weights=True` also returns softmax(QKᵀ/√d_k + M) (always the from-scratch path)."""
+    p = dropout_p if training else 0.0
+    if _fused(fused) and not return_weights:
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    if mask is not None:
+        scores = scores + attention_bias(mask, scores.dtype)
+    weights = softmax(scores, dim=-1)
+    out = dropout(weights, p, training=p > 0) @ v  # (B, H, Tq, d_v)
+    return (out, weights) if return_weights else out
+
+
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, fused: bool = False) -> Tensor:
+    """CE = -(1/|S|) Σ_{i∈S} log softmax(z_i)_{y_i}, S = {i : y_i ≠ ignore_index}.
+
+    logits: (N, V), target: (N,). When every target is ignored (|S| = 0) the loss is 0 with zero
+    gradient, not NaN as in `F.cross_entropy`: a batch with no masked token must not poison training."""
+    logits = logits.reshape(-1, logits.shape[-1])
+    target = target.reshape(-1)
+    valid = target != ignore_index
+    count = valid.sum().clamp(min=1).to(logits.dtype)
+    if _fused(fused):
+        return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / count
+    safe_target = torch.where(valid, target, torch.zeros_like(target))  # any index; the term is zeroed below
+    nll = -log_softmax(logits, dim=-1).gather(-1, safe_target[:, None])[:, 0]
+    return torch.where(valid, nll, torch.zeros_like(nll)).sum() / count

@@ -1,0 +1,308 @@
+"""The BERT encoder, one small class per concept; each forward reads as its formula.
+
+    Embeddings → N × EncoderLayer(SelfAttention, FeedForward) → MLMHead        Devlin et al. 2019, §3.
+
+Dims: B batch, T tokens, D hidden_size, H heads, Dh = D/H head size, F intermediate_size, V vocab.
+The math lives in `functional.py`; modules hold parameters and call it. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+from torch import Tensor
+
+from . import functional as BF
+from .config import ModelConfig
+
+
+@dataclass
+class BertOutput:
+    last_hidden_state: Tensor  # (B, T, D)
+    pooler_output: Tensor | None = None  # (B, D): tanh(W h_[CLS] + b), when the model has a pooler
+
+
+@dataclass
+class MaskedLMOutput:
+    logits: Tensor  # (B, T, V); with sparse MLM in training, (M, V) for the M masked positions only
+    loss: Tensor | None = None  # mean cross-entropy over positions whose label is not -100
+    labels: Tensor | None = None  # the labels aligned with `logits`' leading dims (flattened when sparse)
+
+
+class LayerNorm(nn.Module):
+    """LN(x) = (x - μ)/√(σ² + ε) · γ + β over the last dim (D); γ = 1, β = 0 at init."""
+
+    def __init__(self, size: int, eps: float, fused: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size))
+        self.eps, self.fused = eps, fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        return BF.layer_norm(x, self.weight, self.bias, self.eps, fused=self.fused)
+
+
+class Embeddings(nn.Module):
+    """e_t = Drop(LN(E_tok[x_t] + E_pos[t] + E_seg[s_t])). (B, T) ids → (B, T, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
+        self.dropout_p, self.fused = config.hidden_dropout, config.fused
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(f"sequence of {T} tokens is longer than max_position_embeddings "
+                             f"({self.position_embeddings.num_embeddings})")
+        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        e = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))  # (B, T, D)
+        return BF.dropout(self.norm(e), self.dropout_p, self.training, fused=self.fused)
+
+
+class SelfAttention(nn.Module):
+    """MultiHead(X) = Concat(head_1..head_H) W_O + b_O,
+    head_h = softmax(Q_h K_hᵀ / √d_k + M) V_h with Q = X W_Q + b_Q, K = X W_K + b_K, V = X W_V + b_V.
+    (B, T, D) → (B, T, D). Vaswani et al. 2017, §3.2."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.query, self.key, self.value = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
+        self.output = nn.Linear(D, D)
+        self.num_heads, self.dropout_p = config.num_heads, config.attention_dropout
+        self.fused, self.fused_qkv = config.fused, config.fused_qkv
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        B, T, D = x.shape
+        H = self.num_heads
+        if self.fused_qkv:  # one (D, 3D) matmul instead of three (D, D): same math, fewer kernel launches
+            w = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3D, D)
+            b = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3D,)
+            q, k, v = BF.linear(x, w, b).split(D, dim=-1)
+        else:
+            q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, D) each
+        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
+        y = BF.scaled_dot_product_attention(q, k, v, mask, self.dropout_p, self.training,
+                                            return_weights=return_weights, fused=self.fused)
+        y, weights = y if return_weights else (y, None)
+        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, H·Dh): heads side by side
+        return (self.output(y), weights) if return_weights else self.output(y)
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = act(x W₁ + b₁) W₂ + b₂, act = ReLU (default) or GELU. (B, T, D) → (B, T, F) → (B, T, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.activation, self.fused = config.activation, config.fused
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(activate(self.up(x), self.activation, self.fused))
+
+
+def activate(x: Tensor, activation: str, fused: bool) -> Tensor:
+    """The configured nonlinearity: relu(x), gelu(x) (erf form) or gelu_tanh(x)."""
+    if activation == "relu":
+        return BF.relu(x, fused=fused)
+    return BF.gelu(x, approximate="tanh" if activation == "gelu_tanh" else "none", fused=fused)
+
+
+class EncoderLayer(nn.Module):
+    """h = LN(x + Drop(Attn(x))); y = LN(h + Drop(FFN(h))). Post-LN, as BERT. (B, T, D) → (B, T, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
+        self.feed_forward = FeedForward(config)
+        self.output_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
+        self.dropout_p, self.fused = config.hidden_dropout, config.fused
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        h = self.attention_norm(x + self._dropout(self.attention(x, mask)))
+        return self.output_norm(h + self._dropout(self.feed_forward(h)))
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        return BF.dropout(x, self.dropout_p, self.training, fused=self.fused)
+
+
+class Encoder(nn.Module):
+    """x_{l+1} = EncoderLayer_l(x_l), l = 0..N-1. With `checkpointing`, each layer's activations are
+    recomputed in the backward pass instead of stored (less memory for long sequences, ~1/3 more compute)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        self.checkpointing = False
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            if self.checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, mask, use_reentrant=False)
+            else:
+                x = layer(x, mask)
+        return x
+
+
+class Pooler(nn.Module):
+    """pooled = tanh(h_[CLS] W + b). (B, T, D) → (B, D). Used by BERT's next-sentence head; kept so that
+    checkpoints with it load and the parameter count matches BERT's."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(nn.Module):
+    """h = Encoder(Embeddings(x), mask). input_ids (B, T) → last_hidden_state (B, T, D)."""
+
+    def __init__(self, config: ModelConfig, add_pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config) if add_pooler else None
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> BertOutput:
+        """attention_mask: (B, T), 1 for real tokens, 0 for padding; None = attend everywhere."""
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T) keys
+        h = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        return BertOutput(h, self.pooler(h) if self.pooler is not None else None)
+
+    def num_parameters(self) -> int:
+        return count_unique_parameters(self)
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu") -> "BertModel":
+        """Load a bertmath run/checkpoint directory or a transformers BERT directory."""
+        from .checkpoint import load_pretrained
+        return load_pretrained(cls, path, device=device)
+
+
+class MLMHead(nn.Module):
+    """logits = LN(act(h W + b)) Eᵀ + b_V; E is the token-embedding matrix when tied. (B, T, D) → (B, T, V)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.activation, self.fused = config.activation, config.fused
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.decoder(self.norm(activate(self.dense(h), self.activation, self.fused)))
+
+
+class BertForMaskedLM(nn.Module):
+    """p(x_t | x_masked) = softmax(MLMHead(BertModel(x_masked))_t);
+    loss = CE over the positions whose label is not -100. Devlin et al. 2019, §3.1 task #1."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=False)
+        self.mlm_head = MLMHead(config)
+        self.mlm_head.apply(lambda m: init_weights(m, config.initializer_range))
+        if config.tie_word_embeddings:  # one matrix both embeds tokens and scores them
+            self.mlm_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> MaskedLMOutput:
+        h = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
+        if labels is None:
+            return MaskedLMOutput(self.mlm_head(h))
+        if self.config.sparse_mlm and self.training:
+            # The vocabulary projection is most of the head's cost; only the ~15% masked rows need it.
+            chosen = labels != -100  # (B, T)
+            h, labels = h[chosen], labels[chosen]  # (M, D), (M,)
+        logits = self.mlm_head(h)
+        loss = BF.cross_entropy(logits.float(), labels, fused=self.config.fused)
+        return MaskedLMOutput(logits, loss, labels)
+
+    def num_parameters(self) -> int:
+        return count_unique_parameters(self)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.bert.encoder.checkpointing = enabled
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu") -> "BertForMaskedLM":
+        """Load a bertmath run/checkpoint directory or a transformers BERT directory."""
+        from .checkpoint import load_pretrained
+        return load_pretrained(cls, path, device=device)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's init: weights ~ N(0, std²), biases 0, LayerNorm γ = 1, β = 0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def count_unique_parameters(module: nn.Module) -> int:
+    """Σ numel over parameters, a tied matrix counted once."""
+    return sum(p.numel() for p in module.parameters())  # parameters() already yields a shared tensor once
+
+
+def parameter_table(config: ModelConfig) -> list[tuple[str, int]]:
+    """Parameter counts by part, from the config alone (no model built): rows (name, count).
+
+    Embeddings V·D + P·D + S·D + 2D; per layer 4(D² + D) attention + 2D LN + (DF + F + FD + D) FFN + 2D LN;
+    MLM head D² + D dense + 2D LN + V bias (+ V·D decoder when untied). Pooler D² + D."""
+    c = config
+    D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
+    attention = 4 * (D * D + D)
+    ffn = D * F + F + F * D + D
+    layer_norm = 2 * D
+    rows = [
+        ("embeddings.word", V * D),
+        ("embeddings.position", c.max_position_embeddings * D),
+        ("embeddings.token_type", c.type_vocab_size * D),
+        ("embeddings.layer_norm", layer_norm),
+        (f"encoder.attention (x{c.num_layers})", c.num_layers * attention),
+        (f"encoder.attention_norm (x{c.num_layers})", c.num_layers * layer_norm),
+        (f"encoder.feed_forward (x{c.num_layers})", c.num_layers * ffn),
+        (f"encoder.output_norm (x{c.num_layers})", c.num_layers * layer_norm),
+        ("mlm_head.dense", D * D + D),
+        ("mlm_head.layer_norm", layer_norm),
+        ("mlm_head.decoder.bias", V),
+        ("mlm_head.decoder.weight" + (" (tied to embeddings.word)" if c.tie_word_embeddings else ""),
+         0 if c.tie_word_embeddings else V * D),
+    ]
+    return rows
+
+
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
+    """Totals: the MLM model (tied decoder counted once), the same with the decoder counted separately,
+    the encoder alone (BertModel without pooler) and with BERT's pooler."""
+    rows = dict(parameter_table(config))
+    total = sum(rows.values())
+    encoder = sum(v for k, v in rows.items() if not k.startswith("mlm_head"))
+    D = config.hidden_size
+    return {
+        "bert_for_masked_lm": total,
+        "bert_for_masked_lm_decoder_counted_separately": total + (config.vocab_size * D if config.tie_word_embeddings else 0),
+        "encoder": encoder,
+        "encoder_with_pooler": encoder + D * D + D,
+    }

@@ -1,0 +1,292 @@
+"""Checkpoints: atomic writes, bertmath's run-directory layout, and loading weights into models.
+
+A run directory (`train.out_dir`) looks like
+
+    out_dir/
+      step-0000500/        one complete checkpoint per saved step (older ones pruned to train.keep_checkpoints)
+        model.safetensors  weights, bertmath names, a tied matrix stored once
+        config.yaml        the resolved Config: the checkpoint rebuilds its model with no YAML at hand
+        tokenizer.json
+        optimizer.safetensors  AdamW moments and RNG states (tensors only: no pickle)
+        trainer_state.json     step, tokens seen, AdamW hyper-parameters, scaler, data position
+      model.safetensors, config.yaml, tokenizer.json, ...   hard links to the latest step's files
+      metrics.jsonl
+
+Each step directory is written under a temporary name, fsync'ed, and renamed into place, so a kill at
+any moment leaves the previous checkpoint complete: the latest checkpoint is the highest `step-*`.
+Loading never unpickles: safetensors and JSON only (and `torch.load(weights_only=True)` for
+transformers' `pytorch_model.bin`, in hf_format).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_FILE = "tokenizer.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+STEP_PREFIX = "step-"
+LATEST_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, STATE_FILE)
+
+
+# --- atomic file writes -------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees either the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# --- model weights --------------------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare bertmath model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict to save: bare names, each tied matrix once (under its first name)."""
+    state, seen = {}, set()
+    for name, tensor in unwrap(model).state_dict(keep_vars=False).items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor
+    return state
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file is a CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable or corrupted safetensors file ({str(e).splitlines()[0][:160]})") from None
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy `state` (bertmath names) into `model`, adapting BertModel ↔ BertForMaskedLM prefixes.
+
+    Shape mismatches and missing encoder tensors are CheckpointErrors naming the tensor; a missing MLM
+    head (a checkpoint of a plain BertModel) is a warning naming the head tensors left at their init."""
+    model = unwrap(model)
+    expected = model.state_dict()
+    wants_prefix = any(k.startswith("bert.") for k in expected)
+    has_prefix = any(k.startswith("bert.") for k in state)
+    if wants_prefix and not has_prefix:
+        state = {(k if k.startswith("mlm_head.") else f"bert.{k}"): v for k, v in state.items()}
+    elif has_prefix and not wants_prefix:
+        state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
+    tied = _tied_names(model)
+    for name, tensor in state.items():
+        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{where}: tensor '{name}' has shape {tuple(tensor.shape)} in the checkpoint "
+                                  f"but {tuple(expected[name].shape)} in the model built from its config")
+    missing = [k for k in expected if k not in state and k not in tied]
+    missing_head = [k for k in missing if k.startswith("mlm_head.")]
+    missing_pooler = [k for k in missing if k.startswith("pooler.")]
+    missing_body = [k for k in missing if k not in missing_head and k not in missing_pooler]
+    if missing_body:
+        raise CheckpointError(f"{where}: missing {len(missing_body)} tensors, e.g. '{missing_body[0]}'")
+    if missing_head:
+        log.warning("%s has no MLM head; these tensors keep their random init: %s", where, ", ".join(missing_head))
+    if missing_pooler:
+        log.warning("%s has no pooler; these tensors keep their random init: %s", where, ", ".join(missing_pooler))
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        log.info("%s: ignoring %d tensors the model does not use, e.g. %s", where, len(unexpected), unexpected[0])
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if name in expected:
+                model.state_dict()[name].copy_(tensor)
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """Names that share storage with an earlier name (e.g. the tied MLM decoder weight)."""
+    seen, tied = set(), set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen:
+            tied.add(name)
+        seen.add(key)
+    return tied
+
+
+# --- run directories ------------------------------------------------------------------------------------
+
+
+def step_dir_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:07d}"
+
+
+def list_checkpoints(out_dir: Path) -> list[Path]:
+    """Complete step directories, oldest first (temporary ones start with '.' and are not listed)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    dirs = [p for p in out_dir.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
+            and p.name[len(STEP_PREFIX):].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(out_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(out_dir: Path, step: int, files: dict[str, bytes | dict[str, torch.Tensor]],
+                    keep: int) -> Path:
+    """Write one checkpoint atomically as out_dir/step-XXXXXXX, link its files into out_dir, and prune
+    all but the newest `keep` older checkpoints. `files` maps a file name to bytes, or to tensors
+    (written as safetensors)."""
+    out_dir = Path(out_dir)
+    final = out_dir / step_dir_name(step)
+    tmp = out_dir / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, content in files.items():
+        if isinstance(content, dict):
+            atomic_save_safetensors(content, tmp / name)
+        else:
+            atomic_write_bytes(tmp / name, content)
+    if final.exists():  # the same step saved again (e.g. after a resume): replace it whole
+        old = out_dir / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(out_dir)
+    _link_latest(out_dir, final)
+    for old in list_checkpoints(out_dir)[:-(keep + 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _link_latest(out_dir: Path, step_dir: Path) -> None:
+    """out_dir/<file> → the latest step's file, each replaced atomically (a hard link, or a copy)."""
+    for name in LATEST_FILES:
+        source = step_dir / name
+        if not source.exists():
+            continue
+        tmp = _tmp_name(out_dir / name)
+        try:
+            if tmp.exists():
+                tmp.unlink()
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, out_dir / name)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
+    """("bertmath", dir) for a run directory (its latest step) or a checkpoint directory;
+    ("transformers", dir) for a directory with config.json. CheckpointError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return "bertmath", latest
+    if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
+        return "bertmath", path
+    if (path / "config.json").is_file():
+        return "transformers", path
+    raise CheckpointError(f"{path}: not a checkpoint (expected step-* directories, {CONFIG_FILE} + {MODEL_FILE}, "
+                          "or a transformers config.json)")
+
+
+def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
+    """Build `cls` (BertModel or BertForMaskedLM) from a bertmath or transformers checkpoint, in eval mode."""
+    from .config import load_config
+    from .errors import ConfigError
+
+    kind, directory = resolve_checkpoint(path)
+    if kind == "transformers":
+        from .hf_format import load_hf_checkpoint
+        config, state = load_hf_checkpoint(directory)
+    else:
+        try:
+            config = load_config(directory / CONFIG_FILE).model
+        except ConfigError as e:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
+        state = read_safetensors(directory / MODEL_FILE)
+    from .model import BertModel
+    if cls is BertModel and not any(".pooler." in f".{k}" for k in state):
+        model = BertModel(config, add_pooler=False)  # an MLM checkpoint has no pooler: do not invent one
+    else:
+        model = cls(config)
+    load_state_into(model, state, str(directory))
+    return model.to(device).eval()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable JSON ({e.__class__.__name__})") from None

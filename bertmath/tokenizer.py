@@ -1,0 +1,109 @@
+"""BERT's WordPiece tokenizer, with `tokenizers`: train one on a corpus, or load tokenizer.json / vocab.txt.
+
+Pipeline (as bert-base-uncased): BertNormalizer (clean text, CJK spacing, optional lowercase + accent
+stripping) → BertPreTokenizer (whitespace and punctuation) → WordPiece (longest match, "##" continuations)
+→ "[CLS] A [SEP]" template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from .errors import DataError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in a trained vocabulary
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad: int
+    unk: int
+    cls: int
+    sep: int
+    mask: int
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return (self.pad, self.unk, self.cls, self.sep, self.mask)
+
+
+def special_tokens(tokenizer: Tokenizer, where: str = "tokenizer") -> SpecialTokens:
+    """The ids of [PAD] [UNK] [CLS] [SEP] [MASK]; a DataError naming the missing one otherwise."""
+    ids = {}
+    for token in SPECIAL_TOKENS:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is None:
+            raise DataError(f"{where}: has no {token} token (BERT needs {' '.join(SPECIAL_TOKENS)})")
+        ids[token.strip("[]").lower()] = token_id
+    return SpecialTokens(**ids)
+
+
+def _bert_pipeline(tokenizer: Tokenizer, lowercase: bool) -> Tokenizer:
+    tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                      strip_accents=None, lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer
+
+
+def _add_template(tokenizer: Tokenizer) -> Tokenizer:
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
+    """Train a BERT WordPiece vocabulary of `vocab_size` entries (special tokens first) on `texts`."""
+    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                        continuing_subword_prefix="##", show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _add_template(tokenizer)
+
+
+def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
+    """Load `tokenizer.json` or a BERT `vocab.txt` (a file, or a directory holding either one).
+    `lowercase` applies to vocab.txt only; tokenizer.json carries its own normaliser."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("tokenizer.json", "vocab.txt"):
+            if (path / name).is_file():
+                return load_tokenizer(path / name, lowercase)
+        raise DataError(f"{path}: no tokenizer.json or vocab.txt in this directory")
+    if not path.is_file():
+        raise DataError(f"{path}: tokenizer file not found")
+    try:
+        if path.suffix == ".txt":
+            vocab = models.WordPiece.read_file(str(path))
+            tokenizer = _add_template(_bert_pipeline(Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")), lowercase))
+            tokenizer.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])  # never split "[MASK]"
+        else:
+            tokenizer = Tokenizer.from_file(str(path))
+        tokenizer.no_padding()  # bertmath pads and truncates itself; shipped files often enable both
+        tokenizer.no_truncation()
+    except Exception as e:  # tokenizers raises plain Exception subclasses for malformed files
+        raise DataError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0][:200]})") from None
+    special_tokens(tokenizer, where=str(path))
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
+    """Write tokenizer.json atomically (temporary name, fsync, rename)."""
+    from .checkpoint import atomic_write_text
+    atomic_write_text(Path(path), tokenizer.to_str())
+
+
+def continuation_mask(tokenizer: Tokenizer) -> list[bool]:
+    """For each id, whether the token continues a word ("##ing"): whole-word masking keeps these with
+    the piece before them."""
+    vocab = tokenizer.get_vocab()
+    mask = [False] * tokenizer.get_vocab_size()
+    for token, token_id in vocab.items():
+        if token.startswith("##") and token_id < len(mask):
+            mask[token_id] = True
+    return mask

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +263,9 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
                           "or a transformers config.json)")
 
 
-def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
-    """Build `cls` (BertModel or BertForMaskedLM) from a bertmath or transformers checkpoint, in eval mode."""
+def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
+    """(resolved directory, ModelConfig, state dict in bertmath names) of a bertmath run/checkpoint
+    directory or a transformers BERT directory; no model is built."""
     from .config import load_config
     from .errors import ConfigError
 
@@ -274,13 +279,24 @@ def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
         except ConfigError as e:
             raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
         state = read_safetensors(directory / MODEL_FILE)
+    return directory, config, state
+
+
+def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
+    """Build `cls` (BertModel or BertForMaskedLM) from a bertmath or transformers checkpoint, in eval mode."""
+    directory, config, state = read_checkpoint(path)
+    return build_from_state(cls, config, state, str(directory)).to(device).eval()
+
+
+def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str):
+    """`cls(config)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has one."""
     from .model import BertModel
     if cls is BertModel and not any(".pooler." in f".{k}" for k in state):
         model = BertModel(config, add_pooler=False)  # an MLM checkpoint has no pooler: do not invent one
     else:
         model = cls(config)
-    load_state_into(model, state, str(directory))
-    return model.to(device).eval()
+    load_state_into(model, state, where)
+    return model
 
 
 def read_json(path: Path) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from .errors import BertmathError
@@ -20,42 +21,121 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_params(args) -> int:
     from .config import load_config
-    from .model import parameter_counts, parameter_table
+    from .model import parameter_counts, parameter_report, parameter_table
 
     config = load_config(args.config, args.overrides).model
-    rows, totals = parameter_table(config), parameter_counts(config)
     if args.json:
-        print(json.dumps({"parts": dict(rows), "totals": totals}, indent=2))
-        return 0
-    width = max(len(name) for name, _ in rows) + 2
-    print(f"{'part':<{width}}{'parameters':>14}")
-    for name, count in rows:
-        print(f"{name:<{width}}{count:>14,}")
-    print("-" * (width + 14))
-    labels = {
-        "bert_for_masked_lm": "BertForMaskedLM (tied decoder counted once)",
-        "bert_for_masked_lm_decoder_counted_separately": "BertForMaskedLM (decoder counted separately)",
-        "encoder": "encoder alone (BertModel, no pooler)",
-        "encoder_with_pooler": "encoder with BERT's pooler",
-    }
-    for key, label in labels.items():
-        print(f"{label:<48}{totals[key]:>14,}  ({totals[key] / 1e6:.1f}M)")
+        print(json.dumps({"parts": dict(parameter_table(config)), "totals": parameter_counts(config)}, indent=2))
+    else:
+        print(parameter_report(config))
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    overrides = list(args.overrides) + (["train.resume=required"] if args.resume else [])
+    summary = train(load_config(args.config, overrides))
+    if summary.get("final_eval_accuracy") is not None:
+        print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "
+              f"({summary['tokens_per_s'] or 0:,.0f} tokens/s); held-out masked-token accuracy "
+              f"{summary['final_eval_accuracy']:.1%} (best {summary['best_eval_accuracy']:.1%} at step "
+              f"{summary['best_eval_step']}), most-frequent-token baseline {summary['baseline_accuracy']:.1%}; "
+              f"checkpoint: {summary['out_dir']}")
+    return 0
+
+
+def _read_texts(texts: list[str]) -> list[str]:
+    """The TEXT arguments, each "-" replaced by the non-empty lines of stdin (one input per line)."""
+    out = []
+    for text in texts:
+        if text == "-":
+            out += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        else:
+            out.append(text)
+    return out
+
+
+def cmd_fill_mask(args) -> int:
+    from .errors import DataError
+    from .fill_mask import FillMask, validate_options
+
+    validate_options(args.top_k, args.strategy, args.temperature, args.top_p)  # before the (slow) load
+    texts = _read_texts(args.texts)
+    if not texts:
+        raise DataError("no input text (stdin was empty)")
+    fill = FillMask.from_pretrained(args.checkpoint, device=args.device)
+    results = fill.predict(texts, top_k=args.top_k, strategy=args.strategy, temperature=args.temperature,
+                           top_p=args.top_p, seed=args.seed, truncate=args.truncate)
+    for n, result in enumerate(results):
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            print(("\n" if n else "") + result.to_text(fill.mask_token))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .hf_format import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out_dir)
+    print(f"wrote {out} (config.json, model.safetensors, tokenizer files): load it with "
+          f"transformers' from_pretrained({str(out)!r})")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other bertmath error; subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertmath", description="BERT encoder: the math, pretraining, fill-mask.")
+    parser = _Parser(prog="bertmath", description="BERT encoder: the math, pretraining, fill-mask.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("params", help="print parameter counts per module for a config")
     _add_config_args(p)
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("pretrain", help="pretrain BertForMaskedLM with masked-language modelling")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in train.out_dir (error if there is none)")
+    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("fill-mask", help="predict the words behind [MASK] with a checkpoint")
+    p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
+    p.add_argument("texts", nargs="+", metavar="TEXT",
+                   help="text with [MASK] tokens; '-' reads one text per line from stdin")
+    p.add_argument("--top-k", type=int, default=5, help="candidates shown per mask (and the top-k cut when sampling)")
+    p.add_argument("--strategy", choices=["greedy", "iterative", "sample"], default="greedy",
+                   help="greedy: each mask its argmax from one pass; iterative: fill the most confident mask, "
+                        "re-run, repeat; sample: draw from softmax(logits/T) cut to top-k and top-p")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T for --strategy sample")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] for --strategy sample")
+    p.add_argument("--seed", type=int, default=None, help="random seed for --strategy sample (reproducible draws)")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut texts longer than the model's max positions at the end (error if a [MASK] is cut)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object per input, one per line")
+    p.set_defaults(func=cmd_fill_mask)
+
+    p = sub.add_parser("export",
+                       help="write a checkpoint in transformers' layout (config.json, model.safetensors, tokenizer)")
+    p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
+    p.add_argument("out_dir", help="directory to write (created if missing; files in it are replaced)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("datasets", "httpx", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except BertmathError as e:

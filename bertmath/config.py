@@ -94,6 +94,8 @@ class DataConfig:
         _require(self.max_seq_len >= 8, "data.max_seq_len", f"must be at least 8, got {self.max_seq_len}")
         _require(self.source not in ("text", "jsonl", "parquet") or bool(self.paths), "data.paths",
                  f"data.source '{self.source}' needs at least one path")
+        _require(self.source in ("text", "jsonl", "parquet") or not self.paths, "data.paths",
+                 f"data.source is '{self.source}', which reads no paths (set data.source: text, jsonl or parquet)")
         _require(self.source != "hub" or bool(self.hub_dataset), "data.hub_dataset",
                  "data.source 'hub' needs data.hub_dataset")
         _require(self.max_documents is None or self.max_documents > 0, "data.max_documents", "must be positive")
@@ -126,6 +128,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older step-XXXXXXX/ copies kept besides the latest
     resume: Literal["never", "auto", "required"] = "auto"  # auto: continue if out_dir has a checkpoint
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
     max_time_minutes: float | None = None  # stop (and save) after this wall time
     num_threads: int | None = None  # torch CPU threads; None = torch's default
 
@@ -269,10 +272,10 @@ def _apply_override(tree: dict, override: str) -> None:
 def config_from_dict(tree: dict, overrides: list[str] = (), where: str = "config") -> Config:
     """Build a validated `Config` from a nested dict (the YAML's structure) plus `a.b=v` overrides."""
     tree = _deep_copy(tree or {})
+    if not isinstance(tree, dict):  # checked before the overrides, which need a dict to write into
+        raise ConfigError(f"{where}: expected sections model:, data:, train:, got {type(tree).__name__}")
     for override in overrides:
         _apply_override(tree, override)
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{where}: expected sections model:, data:, train:, got {type(tree).__name__}")
     return _build(Config, tree, "", where)
 
 

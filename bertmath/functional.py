@@ -47,7 +47,9 @@ def sigmoid(x: Tensor, fused: bool = False) -> Tensor:
     """σ(x) = 1 / (1 + e^{-x}), computed as e^{min(x,0)} / (1 + e^{-|x|}) so that no e^{large} overflows."""
     if _fused(fused):
         return torch.sigmoid(x)
-    z = torch.exp(-x.abs())  # in (0, 1]: never overflows
+    # z = e^{-|x|} in (0, 1]: never overflows. |x| is written as a `where` on the same condition as the
+    # branches below, not x.abs(): abs'(0) = 0 would make σ'(0) come out 0 instead of 1/4.
+    z = torch.exp(-torch.where(x >= 0, x, -x))
     return torch.where(x >= 0, 1 / (1 + z), z / (1 + z))
 
 
@@ -55,13 +57,13 @@ def gelu(x: Tensor, approximate: str = "none", fused: bool = False) -> Tensor:
     """gelu(x) = x Φ(x) = ½ x (1 + erf(x / √2))                              (approximate="none")
     gelu(x) ≈ ½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))                        (approximate="tanh")
     Hendrycks & Gimpel 2016; BERT's released checkpoints use the erf form."""
+    if approximate not in ("none", "tanh"):  # checked first so that both paths raise the same error
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     if _fused(fused):
         return F.gelu(x, approximate=approximate)
     if approximate == "tanh":
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    if approximate == "none":
-        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
-    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
 def softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
@@ -106,6 +108,8 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
         return x
     if _fused(fused) and generator is None:
         return F.dropout(x, p, training=True)
+    if p == 1.0:  # every element dropped; x·0/(1 - p) would be 0/0 = NaN (F.dropout gives zeros)
+        return x * 0
     keep = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) >= p
     return x * keep / (1 - p)
 

@@ -4,12 +4,19 @@ and the config translation. Used by import, export and the parity tests; nothing
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from .config import ModelConfig
 from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 # (transformers name, bertmath name) — the part after an optional "bert." prefix for encoder weights.
 # Read top to bottom; `{i}` is a layer index.
@@ -90,6 +97,11 @@ def state_dict_from_hf(hf_state: dict[str, Tensor], unknown: list[str] | None = 
                 unknown.append(name)
             continue
         out[mapped] = tensor
+    # transformers' head adds `decoder.bias`; `cls.predictions.bias` is the same tensor only when the decoder
+    # is tied (transformers 5 unties both with tie_word_embeddings=False, leaving `cls.predictions.bias`
+    # unused). So the decoder's own bias wins when the file has it; old files have only `cls.predictions.bias`.
+    if "cls.predictions.decoder.bias" in hf_state:
+        out["mlm_head.decoder.bias"] = hf_state["cls.predictions.decoder.bias"]
     return out
 
 
@@ -153,3 +165,147 @@ def config_to_hf(config: ModelConfig) -> dict:
         "position_embedding_type": "absolute",
         "tie_word_embeddings": config.tie_word_embeddings,
     }
+
+
+# --- reading and writing transformers' directory layout --------------------------------------------------
+#
+#   config.json                              BertConfig (config_to_hf / config_from_hf)
+#   model.safetensors                        weights, transformers names; tied decoder weight not stored
+#   (or model.safetensors.index.json + shards, or pytorch_model.bin: read only)
+#   tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt
+
+HF_CONFIG_FILE = "config.json"
+HF_WEIGHTS_FILE = "model.safetensors"
+HF_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+HF_PICKLE_WEIGHTS_FILE = "pytorch_model.bin"
+
+
+def read_hf_weights(directory: str | Path) -> dict[str, Tensor]:
+    """The raw state dict (transformers names) of a transformers directory: model.safetensors, sharded
+    safetensors (model.safetensors.index.json), or pytorch_model.bin read with `weights_only=True` (no
+    arbitrary unpickling). A missing or unreadable file is a CheckpointError naming it."""
+    from .checkpoint import read_json, read_safetensors
+
+    directory = Path(directory)
+    if (directory / HF_WEIGHTS_FILE).is_file():
+        return read_safetensors(directory / HF_WEIGHTS_FILE)
+    if (directory / HF_WEIGHTS_INDEX_FILE).is_file():
+        index = read_json(directory / HF_WEIGHTS_INDEX_FILE)
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        if not shards:
+            raise CheckpointError(f"{directory / HF_WEIGHTS_INDEX_FILE}: no 'weight_map' entries")
+        state = {}
+        for shard in shards:
+            state.update(read_safetensors(directory / shard))
+        return state
+    path = directory / HF_PICKLE_WEIGHTS_FILE
+    if path.is_file():
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as e:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...: all mean "unreadable"
+            first_line = (str(e).splitlines() or [e.__class__.__name__])[0][:160]
+            raise CheckpointError(f"{path}: unreadable or corrupted weights file ({first_line})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+        return state
+    raise CheckpointError(f"{directory}: no weights ({HF_WEIGHTS_FILE}, {HF_WEIGHTS_INDEX_FILE} "
+                          f"or {HF_PICKLE_WEIGHTS_FILE})")
+
+
+def load_hf_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """(ModelConfig, state dict in bertmath names) from a transformers BERT directory (config.json +
+    weights). Tensors with no bertmath counterpart (other task heads) are logged and skipped."""
+    from .checkpoint import read_json
+
+    directory = Path(directory)
+    config_path = directory / HF_CONFIG_FILE
+    config = config_from_hf(read_json(config_path), where=str(config_path))
+    hf_state = read_hf_weights(directory)
+    if "cls.predictions.decoder.bias" in hf_state:
+        # transformers' forward adds `decoder.bias`; `cls.predictions.bias` is only tied to it when the word
+        # embeddings are tied (always in 4.x). In an untied 5.x model the two differ and the first is the real one.
+        hf_state = {**hf_state, "cls.predictions.bias": hf_state["cls.predictions.decoder.bias"]}
+    unknown: list[str] = []
+    state = state_dict_from_hf(hf_state, unknown)
+    if not state:
+        raise CheckpointError(f"{directory}: no BERT tensors in the weights file "
+                              f"(found e.g. {next(iter(hf_state), 'nothing')!r})")
+    if unknown:
+        log.info("%s: skipping %d tensors bertmath does not use, e.g. %s", directory, len(unknown), unknown[0])
+    return config, state
+
+
+def lowercases(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's normaliser lowercases (BertNormalizer(lowercase=True) or a Lowercase step)."""
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    steps = normalizer.get("normalizers", [normalizer]) if normalizer.get("type") == "Sequence" else [normalizer]
+    return any(s.get("type") == "Lowercase" or (s.get("type") == "BertNormalizer" and s.get("lowercase"))
+               for s in steps)
+
+
+def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint directory (bertmath or transformers): tokenizer.json, else vocab.txt
+    lowercased as tokenizer_config.json's `do_lower_case` says (default True, as BERT's)."""
+    from .checkpoint import read_json
+    from .tokenizer import load_tokenizer
+
+    directory = Path(directory)
+    lowercase = True
+    if not (directory / "tokenizer.json").is_file() and (directory / "tokenizer_config.json").is_file():
+        lowercase = bool(read_json(directory / "tokenizer_config.json").get("do_lower_case", True))
+    return load_tokenizer(directory, lowercase=lowercase)
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
+    """Write any checkpoint (bertmath run or step directory, transformers directory) in transformers'
+    layout: out_dir/config.json, model.safetensors (transformers names), tokenizer.json,
+    tokenizer_config.json, special_tokens_map.json, vocab.txt; each file written atomically.
+    `transformers.AutoModelForMaskedLM/AutoTokenizer.from_pretrained(out_dir)` load the result.
+
+    A checkpoint with an MLM head is exported as BertForMaskedLM, one without (a sentence encoder) as
+    BertModel. The tied decoder weight is not stored (transformers re-ties it from
+    `bert.embeddings.word_embeddings.weight`; safetensors cannot store two names for one tensor); an
+    untied one is. The decoder bias is stored under both its names, `cls.predictions.bias` and
+    `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter when the decoder is untied."""
+    from .checkpoint import atomic_save_safetensors, atomic_write_text, build_from_state, model_state, read_checkpoint
+    from .model import BertForMaskedLM, BertModel
+    from .tokenizer import special_tokens
+
+    directory, config, state = read_checkpoint(checkpoint_path)
+    tokenizer = load_checkpoint_tokenizer(directory)  # before writing anything: a checkpoint without one fails early
+    has_head = any(name.startswith("mlm_head.") for name in state)
+    model = build_from_state(BertForMaskedLM if has_head else BertModel, config, state, str(directory))  # checks shapes
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise CheckpointError(f"{directory}: tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
+                              f"vocab_size is {config.vocab_size}")
+    hf_state = state_dict_to_hf(model_state(model))  # model_state: the tied decoder weight once, as the embedding
+    if "cls.predictions.decoder.bias" in hf_state:  # safetensors stores no shared storage: a copy under each name
+        hf_state["cls.predictions.decoder.bias"] = hf_state["cls.predictions.decoder.bias"].clone()
+    hf_config = config_to_hf(config)
+    if not has_head:
+        hf_config["architectures"] = ["BertModel"]
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / HF_CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")
+    atomic_save_safetensors(hf_state, out_dir / HF_WEIGHTS_FILE, metadata={"format": "pt"})
+
+    ids = special_tokens(tokenizer, where=str(directory))
+    names = {k: tokenizer.id_to_token(getattr(ids, k)) for k in ("unk", "sep", "pad", "cls", "mask")}
+    special_map = {f"{k}_token": v for k, v in names.items()}
+    tokenizer_config = {
+        "tokenizer_class": "BertTokenizerFast",
+        "do_lower_case": lowercases(tokenizer),
+        "model_max_length": config.max_position_embeddings,
+        **special_map,
+        "clean_up_tokenization_spaces": True,
+    }
+    vocab = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    if [i for _, i in vocab] != list(range(len(vocab))):
+        raise CheckpointError(f"{directory}: tokenizer ids are not 0..{len(vocab) - 1}; cannot write vocab.txt")
+    atomic_write_text(out_dir / "tokenizer.json", tokenizer.to_str())
+    atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
+    atomic_write_text(out_dir / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
+    atomic_write_text(out_dir / "vocab.txt", "".join(f"{token}\n" for token, _ in vocab))
+    log.debug("exported %s to %s (%s)", directory, out_dir, hf_config["architectures"][0])
+    return out_dir

@@ -293,6 +293,23 @@ def parameter_table(config: ModelConfig) -> list[tuple[str, int]]:
     return rows
 
 
+def parameter_report(config: ModelConfig) -> str:
+    """The parameter table as text: one row per part, then the totals in full and in millions."""
+    rows, totals = parameter_table(config), parameter_counts(config)
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"{'part':<{width}}{'parameters':>14}"]
+    lines += [f"{name:<{width}}{count:>14,}" for name, count in rows]
+    lines.append("-" * (width + 14))
+    labels = {
+        "bert_for_masked_lm": "BertForMaskedLM (tied decoder counted once)",
+        "bert_for_masked_lm_decoder_counted_separately": "BertForMaskedLM (decoder counted separately)",
+        "encoder": "encoder alone (BertModel, no pooler)",
+        "encoder_with_pooler": "encoder with BERT's pooler",
+    }
+    lines += [f"{label:<48}{totals[key]:>14,}  ({totals[key] / 1e6:.1f}M)" for key, label in labels.items()]
+    return "\n".join(lines)
+
+
 def parameter_counts(config: ModelConfig) -> dict[str, int]:
     """Totals: the MLM model (tied decoder counted once), the same with the decoder counted separately,
     the encoder alone (BertModel without pooler) and with BERT's pooler."""

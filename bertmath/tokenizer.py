@@ -63,6 +63,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = Tru
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                         continuing_subword_prefix="##", show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    # The trainer orders equally frequent tokens by hash-map iteration, so the same corpus can give
+    # different ids run to run. Re-number: special tokens 0..4, then the rest sorted, so ids are reproducible.
+    vocab = tokenizer.get_vocab()
+    ordered = SPECIAL_TOKENS + sorted(token for token in vocab if token not in SPECIAL_TOKENS)
+    tokenizer.model = models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]",
+                                       continuing_subword_prefix="##")
     return _add_template(tokenizer)
 
 

@@ -1,0 +1,423 @@
+"""MLM pretraining: AdamW, warm-up + decay, precision, accumulation, evaluation, kill-safe resume.
+
+    for step in range(start, max_steps):
+        for each micro-batch m:  x = blocks[batch_indices(m)];  x̃, y = mask(x, generator(seed, m))
+                                 loss = CE(BertForMaskedLM(x̃), y) / accum;  loss.backward()
+        clip ‖g‖ ≤ grad_clip;  lr = schedule(step);  AdamW step
+
+Everything a step consumes is a pure function of (seed, step) — which blocks, which masks — or is saved
+in the checkpoint (weights, AdamW moments, the global RNG that drives dropout). A run killed at any
+moment and resumed therefore continues exactly as if it had never stopped, without re-reading data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed
+from .config import Config, ConfigError, config_to_yaml, load_config
+from .data import batch_indices, get_tokenizer, load_documents, prepare_data
+from .errors import BertmathError, CheckpointError, TrainingError
+from .masking import mask_tokens
+from .model import BertForMaskedLM, parameter_report
+from .tokenizer import continuation_mask, special_tokens
+
+log = logging.getLogger(__name__)
+
+_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainState:
+    """What, besides weights and optimizer moments, a resumed run needs to continue exactly."""
+
+    step: int = 0  # optimizer steps done; also the data position (see batch_indices)
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0  # training wall time before this process started
+    best_eval_accuracy: float | None = None
+    best_eval_step: int | None = None
+
+
+# --- pure pieces ----------------------------------------------------------------------------------------
+
+
+def learning_rate(step: int, lr: float, warmup_steps: int, max_steps: int, schedule: str,
+                  min_lr_ratio: float = 0.0) -> float:
+    """lr(s) = lr · (s+1)/W for s < W (linear warm-up), then decays from lr to lr·r over the rest:
+    linear: lr·(r + (1-r)(1-p)), cosine: lr·(r + (1-r)·½(1 + cos πp)), p = (s-W)/(S-W) ∈ [0, 1]."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant" or max_steps <= warmup_steps:
+        return lr
+    progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
+    decay = (1 - progress) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay)
+
+
+def mask_generator(seed: int, micro_batch: int) -> torch.Generator:
+    """The generator that masks global micro-batch `micro_batch`: a pure function of (seed, index)."""
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + micro_batch * 0xBF58476D1CE4E5B9 + 1) % 2**63)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices (weights, embeddings); none on biases and LayerNorm γ/β (1-D)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but no CUDA GPU is available (use auto or cpu)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any training if out_dir cannot hold checkpoints."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise BertmathError(f"train.out_dir: {out_dir} is not writable ({e.strerror or e})") from None
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
+             device: torch.device, autocast, baseline_token: int) -> dict:
+    """Held-out MLM loss (mean CE over masked tokens), perplexity e^loss, masked-token accuracy, and the
+    accuracy of always predicting the most frequent training token (the baseline to beat)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for i in range(0, len(inputs), batch_size):
+        x, y = inputs[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        with autocast():
+            out = model(x, labels=y)
+        n = int((out.labels != -100).sum())
+        total_loss += float(out.loss) * n
+        correct += int(((out.logits.argmax(-1) == out.labels) & (out.labels != -100)).sum())
+        count += n
+    model.train(was_training)
+    loss = total_loss / max(count, 1)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_accuracy": correct / max(count, 1),
+            "baseline_accuracy": int((labels == baseline_token).sum()) / max(count, 1), "eval_masked_tokens": count}
+
+
+# --- the trainer ------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, config: Config):
+        self.config = config
+        t = config.train
+        self.device = resolve_device(t.device)
+        self.dist = distributed.setup(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores; bf16/fp16 unaffected
+            torch.backends.cudnn.allow_tf32 = True
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.out_dir = Path(t.out_dir)
+        self.state = TrainState()
+        self.resume_from = self._resume_source()
+        if self.dist.is_main:
+            check_writable(self.out_dir)
+        self.amp_dtype = _PRECISIONS[t.precision]
+
+    # setup ----------------------------------------------------------------------------------------------
+
+    def _resume_source(self) -> Path | None:
+        """The checkpoint to continue from, or None; errors for a mismatched or absent checkpoint."""
+        t = self.config.train
+        latest = ckpt.latest_checkpoint(self.out_dir)
+        if t.resume == "required" and latest is None:
+            raise CheckpointError(f"--resume: no checkpoint in {self.out_dir} (expected step-* directories)")
+        if latest is None:
+            return None
+        if t.resume == "never":
+            raise CheckpointError(f"{self.out_dir} already holds checkpoints ({latest.name}); resume with "
+                                  "--resume / train.resume: auto, or choose another train.out_dir")
+        try:
+            saved = load_config(latest / ckpt.CONFIG_FILE)
+        except ConfigError as e:
+            raise CheckpointError(f"{latest / ckpt.CONFIG_FILE}: {e}") from None
+        if saved.model != self.config.model:
+            diffs = [f"model.{k}: {v} in checkpoint vs {getattr(self.config.model, k)} now"
+                     for k, v in asdict(saved.model).items() if getattr(self.config.model, k) != v]
+            raise CheckpointError(f"cannot resume from {latest}: it has a different model config ({'; '.join(diffs)})")
+        return latest
+
+    def _autocast(self):
+        if self.amp_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _prepare(self) -> None:
+        c, t = self.config, self.config.train
+        torch.manual_seed(t.seed)
+        cache_dir = Path(c.data.cache_dir) if c.data.cache_dir else self.out_dir / "cache"
+        # Rank 0 tokenises (and caches) first; the others then read its cache.
+        for turn in ("main", "others"):
+            if (turn == "main") == self.dist.is_main:
+                documents = load_documents(c.data)
+                self.tokenizer = get_tokenizer(c, self.out_dir, documents)
+                self.data = prepare_data(c, self.tokenizer, cache_dir, documents)
+            distributed.barrier(self.dist)
+        self.specials = special_tokens(self.tokenizer)
+        self.is_continuation = torch.tensor(continuation_mask(self.tokenizer)) if c.data.whole_word_masking else None
+        self._prepare_eval_set()
+
+        self.model = BertForMaskedLM(c.model).to(self.device)
+        self.model.set_activation_checkpointing(t.activation_checkpointing)
+        fused_adam = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr,
+                                           betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=fused_adam)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        self.train_model = self.model
+        if t.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.train_model = distributed.wrap(self.train_model, self.dist, self.device)
+
+    def _prepare_eval_set(self) -> None:
+        """A fixed held-out set: the first eval_batches·batch_size eval blocks, masked once with a fixed seed."""
+        t = self.config.train
+        n = min(len(self.data.eval), t.eval_batches * t.batch_size)
+        blocks = self.data.batch("eval", torch.arange(n))
+        self.eval_inputs, self.eval_labels = self._mask(blocks, torch.Generator().manual_seed(t.seed + 12345))
+        self.baseline_token = self.data.most_frequent_token(self.specials)
+
+    def _mask(self, blocks: torch.Tensor, generator: torch.Generator):
+        return mask_tokens(blocks, self.specials, self.config.model.vocab_size, self.config.data, generator,
+                           self.is_continuation)
+
+    # checkpoints ----------------------------------------------------------------------------------------
+
+    def _save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        optimizer_state = self.optimizer.state_dict()
+        tensors = {f"state.{i}.{k}": v for i, s in optimizer_state["state"].items() for k, v in s.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+                  for g in optimizer_state["param_groups"]]
+        trainer_state = {"train_state": asdict(self.state), "param_groups": groups,
+                         "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+        files = {
+            ckpt.MODEL_FILE: ckpt.model_state(self.model),
+            ckpt.CONFIG_FILE: config_to_yaml(self.config).encode(),
+            ckpt.TOKENIZER_FILE: self.tokenizer.to_str().encode(),
+            ckpt.OPTIMIZER_FILE: tensors,
+            ckpt.STATE_FILE: json.dumps(trainer_state, indent=1).encode(),
+        }
+        return ckpt.save_checkpoint(self.out_dir, self.state.step, files, keep=self.config.train.keep_checkpoints)
+
+    def _restore(self, directory: Path) -> None:
+        ckpt.load_state_into(self.model, ckpt.read_safetensors(directory / ckpt.MODEL_FILE), str(directory))
+        saved = ckpt.read_json(directory / ckpt.STATE_FILE)
+        tensors = ckpt.read_safetensors(directory / ckpt.OPTIMIZER_FILE)
+        state: dict[int, dict] = {}
+        for name, tensor in tensors.items():
+            if name.startswith("state."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = tensor
+        try:
+            self.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+            self.state = TrainState(**saved["train_state"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{directory}: trainer state does not fit this model/optimizer ({e})") from None
+        if saved.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        if self.dist.is_main:
+            self._truncate_metrics(self.state.step)
+        log.info("resumed from %s at step %d", directory, self.state.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after the checkpoint we resume from: they will be logged again."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _json_step(line) <= step]
+        ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    # the loop -------------------------------------------------------------------------------------------
+
+    def _log_metrics(self, record: dict) -> None:
+        if self.dist.is_main:
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
+
+    def _evaluate(self, pbar) -> dict:
+        t = self.config.train
+        result = {}
+        if self.dist.is_main:
+            result = evaluate(self.model, self.eval_inputs, self.eval_labels, t.batch_size, self.device,
+                              self._autocast, self.baseline_token)
+            result = {"step": self.state.step, **result}
+            self._log_metrics(result)
+            if self.state.best_eval_accuracy is None or result["eval_accuracy"] > self.state.best_eval_accuracy:
+                self.state.best_eval_accuracy, self.state.best_eval_step = result["eval_accuracy"], self.state.step
+            pbar.write(f"step {self.state.step:>6}: held-out loss {result['eval_loss']:.3f}, perplexity "
+                       f"{result['eval_perplexity']:.1f}, masked-token accuracy {result['eval_accuracy']:.1%} "
+                       f"(most-frequent-token baseline {result['baseline_accuracy']:.1%})")
+        distributed.barrier(self.dist)
+        return result
+
+    def _train_step(self) -> tuple[float, float]:
+        """One optimizer step over grad_accum_steps micro-batches; returns (loss, grad norm)."""
+        t, info = self.config.train, self.dist
+        total_loss = torch.zeros((), device=self.device)
+        for micro in range(t.grad_accum_steps):
+            m = (self.state.step * t.grad_accum_steps + micro) * info.world_size + info.rank  # global micro-batch
+            blocks = self.data.batch("train", batch_indices(len(self.data.train), t.batch_size, m, t.seed))
+            inputs, labels = self._mask(blocks, mask_generator(t.seed, m))
+            sync = micro == t.grad_accum_steps - 1 or not info.enabled
+            no_sync = contextlib.nullcontext() if sync else self.train_model.no_sync()
+            with no_sync, self._autocast():
+                loss = self.train_model(inputs.to(self.device, non_blocking=True),
+                                        labels=labels.to(self.device, non_blocking=True)).loss / t.grad_accum_steps
+            self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip) if t.grad_clip > 0
+                     else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters()
+                                                                 if p.grad is not None])))
+        lr = learning_rate(self.state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(total_loss), float(grad_norm)
+
+    def run(self) -> dict:
+        c, t = self.config, self.config.train
+        if self.dist.is_main:
+            log.info("model parameters:\n%s", parameter_report(c.model))
+        self._prepare()
+        tokens_per_step = t.batch_size * t.grad_accum_steps * self.dist.world_size * c.data.max_seq_len
+        if self.dist.is_main:
+            log.info("data: %d train blocks, %d eval blocks of %d tokens; %s tokens per step; device %s, %s",
+                     len(self.data.train), len(self.data.eval), c.data.max_seq_len, f"{tokens_per_step:,}",
+                     self.device, t.precision)
+            self.metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        start_step, start_time, session_tokens = self.state.step, time.perf_counter(), 0
+        pbar = tqdm(total=t.max_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
+                    disable=not self.dist.is_main)
+        last_saved = start_step if self.resume_from is not None else None
+        try:
+            while self.state.step < t.max_steps:
+                loss, grad_norm = self._train_step()
+                if not math.isfinite(loss):
+                    latest = ckpt.latest_checkpoint(self.out_dir)
+                    raise TrainingError(f"loss became {loss} at step {self.state.step + 1}; last good checkpoint: "
+                                        f"{latest or 'none'} (try a lower train.lr, a longer warm-up, or fp32)")
+                self.state.step += 1
+                self.state.tokens_seen += tokens_per_step
+                session_tokens += tokens_per_step
+                elapsed = time.perf_counter() - start_time
+                lr = self.optimizer.param_groups[0]["lr"]
+                self._log_metrics({"step": self.state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                   "tokens": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s + elapsed, 3),
+                                   "tokens_per_s": round(session_tokens / elapsed, 1)})
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{session_tokens / elapsed:,.0f}",
+                                 refresh=False)
+                done = self.state.step == t.max_steps
+                out_of_time = (t.max_time_minutes is not None
+                               and self.state.elapsed_s + elapsed > 60 * t.max_time_minutes)
+                out_of_time = distributed.broadcast_flag(out_of_time, self.dist)
+                if self.state.step % t.eval_every == 0 or done or out_of_time:
+                    self._evaluate(pbar)
+                if self.state.step % t.save_every == 0 or done or out_of_time:
+                    self.state.elapsed_s += time.perf_counter() - start_time
+                    start_time, session_tokens = time.perf_counter(), 0
+                    self._save()
+                    last_saved = self.state.step
+                if out_of_time:
+                    pbar.write(f"train.max_time_minutes ({t.max_time_minutes}) reached at step {self.state.step}")
+                    break
+            if last_saved is None or last_saved != self.state.step:  # e.g. resumed at max_steps
+                self._evaluate(pbar)
+                self._save()
+            elif self.state.step == start_step:  # nothing trained in this process: still report the model
+                self._evaluate(pbar)
+        finally:
+            pbar.close()
+            if self.dist.is_main:
+                self.metrics_file.close()
+        return self._summary()
+
+    def _summary(self) -> dict:
+        metrics = _read_metrics(self.out_dir / "metrics.jsonl") if self.dist.is_main else []
+        evals = [m for m in metrics if "eval_loss" in m]
+        last_eval = evals[-1] if evals else {}
+        steps = self.state.step
+        summary = {
+            "out_dir": str(self.out_dir), "steps": steps, "tokens": self.state.tokens_seen,
+            "time_s": round(self.state.elapsed_s, 1),
+            "tokens_per_s": round(self.state.tokens_seen / self.state.elapsed_s, 1) if self.state.elapsed_s else None,
+            "final_eval_loss": last_eval.get("eval_loss"), "final_eval_accuracy": last_eval.get("eval_accuracy"),
+            "best_eval_accuracy": self.state.best_eval_accuracy, "best_eval_step": self.state.best_eval_step,
+            "baseline_accuracy": last_eval.get("baseline_accuracy"),
+        }
+        if self.dist.is_main:
+            ckpt.atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _json_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # a torn last line from a kill: drop it
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def train(config: Config) -> dict:
+    """Pretrain BertForMaskedLM as `config` says; returns the run summary (also in out_dir/summary.json)."""
+    trainer = Trainer(config)
+    try:
+        return trainer.run()
+    finally:
+        distributed.cleanup(trainer.dist)

@@ -1,0 +1,92 @@
+"""Builders for small checkpoints used by tests/test_fill_mask.py and tests/test_export.py.
+
+A bertmath run directory is written by hand with checkpoint.save_checkpoint (model.safetensors from
+checkpoint.model_state, config.yaml from config.config_to_yaml, tokenizer.json from a WordPiece
+tokenizer trained on a few hundred generated sentences), so these tests do not depend on the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import torch
+
+from bertmath.checkpoint import model_state, save_checkpoint
+from bertmath.config import Config, ModelConfig, config_to_yaml
+from bertmath.model import BertForMaskedLM
+from bertmath.tokenizer import train_tokenizer
+
+_SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the teacher", "a small bird", "the king", "our neighbour"]
+_VERBS = ["sat on", "looked at", "walked to", "painted", "found", "cleaned", "jumped over", "talked about"]
+_OBJECTS = ["the mat", "a red door", "the garden", "the river", "a wooden table", "the city", "the window",
+            "a quiet house"]
+_ENDINGS = [".", " yesterday.", " in the morning.", " again!", " with great care.", "?"]
+
+
+def sentences(n: int = 400) -> list[str]:
+    """`n` deterministic English-like sentences ("The cat sat on the mat yesterday.")."""
+    combos = itertools.product(_SUBJECTS, _VERBS, _OBJECTS, _ENDINGS)
+    out = []
+    for subject, verb, obj, end in itertools.islice(combos, 0, None, 7):
+        out.append(f"{subject} {verb} {obj}{end}".capitalize())
+        if len(out) == n:
+            break
+    return out
+
+
+def tiny_model_config(vocab_size: int, **overrides) -> ModelConfig:
+    """A 2-layer, 32-wide GELU model: builds and runs in milliseconds. initializer_range 0.5 (not BERT's
+    0.02) makes a random model's predictions peaked (top-1 probability ~0.3-0.7), so rankings have no
+    near-ties that float rounding could reorder between implementations."""
+    values = dict(vocab_size=vocab_size, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                  max_position_embeddings=64, activation="gelu", hidden_dropout=0.0, attention_dropout=0.0,
+                  initializer_range=0.5)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def make_bertmath_run(out_dir: Path, seed: int = 0, train_steps: int = 0, vocab_size: int = 200,
+                      lowercase: bool = True, **model_overrides) -> Path:
+    """Write a bertmath run directory (out_dir/step-0000000 plus the latest-file links) holding a tiny
+    random-init BertForMaskedLM; with `train_steps` > 0 it is first fitted for that many AdamW steps
+    on masked `sentences()` (to get non-uniform predictions). Returns `out_dir`."""
+    texts = sentences()
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, lowercase=lowercase)
+    model_config = tiny_model_config(tokenizer.get_vocab_size(), **model_overrides)
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(model_config)
+    if train_steps:
+        _fit(model, tokenizer, texts, train_steps, seed)
+    config = dataclasses.replace(Config(), model=model_config)
+    files = {
+        "model.safetensors": model_state(model.eval()),
+        "config.yaml": config_to_yaml(config).encode("utf-8"),
+        "tokenizer.json": tokenizer.to_str().encode("utf-8"),
+    }
+    save_checkpoint(out_dir, step=train_steps, files=files, keep=1)
+    return Path(out_dir)
+
+
+def _fit(model: BertForMaskedLM, tokenizer, texts: list[str], steps: int, seed: int) -> None:
+    """A minimal MLM loop: mask 15% of the non-special tokens with [MASK], AdamW, full batch."""
+    g = torch.Generator().manual_seed(seed)
+    encodings = [tokenizer.encode(t).ids for t in texts]
+    T = max(len(ids) for ids in encodings)
+    ids = torch.zeros(len(encodings), T, dtype=torch.long)
+    for i, e in enumerate(encodings):
+        ids[i, :len(e)] = torch.tensor(e)
+    attention = (ids != 0).long()
+    cls_id, sep_id, mask_id = (tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[MASK]"))
+    maskable = (ids != 0) & (ids != cls_id) & (ids != sep_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        chosen = maskable & (torch.rand(ids.shape, generator=g) < 0.15)
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        loss = model(torch.where(chosen, torch.full_like(ids, mask_id), ids), attention, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()

@@ -1,0 +1,101 @@
+"""The `bertmath` command line, run as a user runs it (a subprocess): output, exit status, one-line errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bertmath import load_config, parameter_counts
+from bertmath.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, command=None):
+    """Run `python -m bertmath ARGS` (or `command ARGS`) from the repository root."""
+    argv = (command or [sys.executable, "-m", "bertmath"]) + [str(a) for a in args]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert result.stdout == ""
+
+
+def test_params_base():
+    result = run("params", "configs/base.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "109,514,298" in result.stdout  # BertForMaskedLM, tied decoder counted once
+    assert "109,482,240" in result.stdout  # encoder with pooler (transformers' BertModel)
+
+
+def test_params_json_matches_parameter_counts():
+    result = run("params", "configs/base.yaml", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["totals"] == parameter_counts(load_config(ROOT / "configs/base.yaml").model)
+    assert data["totals"]["bert_for_masked_lm"] == 109_514_298
+    assert sum(data["parts"].values()) == data["totals"]["bert_for_masked_lm"]
+
+
+def test_params_large():
+    result = run("params", "configs/large.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "335,174,458" in result.stdout
+    assert "335,141,888" in result.stdout
+
+
+def test_unknown_key_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  hidden_size: 64\n  num_heads: 4\n  hiden_dropout: 0.1\n")
+    assert_one_line_error(run("params", path), "model.hiden_dropout", str(path))
+
+
+def test_missing_config_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "missing.yaml"
+    assert_one_line_error(run("params", path), str(path))
+
+
+def test_set_invalid_heads_exits_2():
+    assert_one_line_error(run("params", "configs/base.yaml", "--set", "model.num_heads=5"), "num_heads")
+
+
+def test_help_lists_params():
+    script = shutil.which("bertmath")
+    result = run("--help", command=[script] if script else None)
+    assert result.returncode == 0
+    assert "params" in result.stdout
+
+
+# In-process: the same `main` the console script calls; cheaper than a subprocess for the remaining cases.
+
+
+def test_main_set_overrides_the_counts(capsys):
+    assert main(["params", str(ROOT / "configs/base.yaml"), "--json", "--set", "model.num_layers=1",
+                 "--set", "model.tie_word_embeddings=false"]) == 0
+    totals = json.loads(capsys.readouterr().out)["totals"]
+    cfg = load_config(ROOT / "configs/base.yaml", ["model.num_layers=1", "model.tie_word_embeddings=false"]).model
+    assert totals == parameter_counts(cfg)
+    assert totals["bert_for_masked_lm"] == totals["bert_for_masked_lm_decoder_counted_separately"]
+
+
+def test_main_yaml_syntax_error_returns_2(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  hidden_size: [64\n")
+    assert main(["params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(path) in err and "line" in err
+
+
+def test_main_without_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2

@@ -1,0 +1,526 @@
+"""bertmath.functional vs torch.nn.functional: values and gradients, both paths, float32 and float64.
+
+Every function is checked on the from-scratch path (fused=False) and the fused path (fused=True) against
+torch's own implementation, which is independent of the from-scratch code. Tolerances are named below.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from bertmath import functional as BF
+
+# float64: the from-scratch formulas differ from torch's kernels only by rounding (~1e-16 relative).
+ATOL_F64, RTOL_F64 = 1e-12, 1e-10
+# float32: rounding (~6e-8 relative) accumulates over sums of a few dozen terms.
+ATOL_F32, RTOL_F32 = 1e-5, 1e-5
+# gradients in float32 go through one more reduction than values
+GRAD_ATOL_F32, GRAD_RTOL_F32 = 1e-5, 1e-4
+
+DTYPES = [torch.float32, torch.float64]
+PATHS = [pytest.param(False, id="scratch"), pytest.param(True, id="fused")]
+
+
+def tol(dtype, grad=False):
+    if dtype == torch.float64:
+        return dict(atol=ATOL_F64, rtol=RTOL_F64)
+    return dict(atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32) if grad else dict(atol=ATOL_F32, rtol=RTOL_F32)
+
+
+def randn(*shape, dtype=torch.float64, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def check_values_and_grads(ours, reference, inputs, dtype, seed=1):
+    """ours(*inputs) ≈ reference(*inputs), and so are the gradients of Σ out·g for a random upstream g."""
+    a_in = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    b_in = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    a, b = ours(*a_in), reference(*b_in)
+    assert a.dtype == b.dtype == dtype
+    assert_close(a, b, **tol(dtype))
+    g = randn(*a.shape, dtype=dtype, seed=seed)
+    diff_a = [t for t in a_in if t.requires_grad]
+    diff_b = [t for t in b_in if t.requires_grad]
+    grads_a = torch.autograd.grad((a * g).sum(), diff_a)
+    grads_b = torch.autograd.grad((b * g).sum(), diff_b)
+    for ga, gb in zip(grads_a, grads_b):
+        assert torch.isfinite(ga).all()
+        assert_close(ga, gb, **tol(dtype, grad=True))
+
+
+# --- elementwise and row-wise functions -------------------------------------------------------------
+
+# (id, ours(x, fused), reference(x)); x is (4, 5, 16) with entries ~ N(0, 3²)
+UNARY = [
+    ("relu", lambda x, f: BF.relu(x, fused=f), F.relu),
+    ("sigmoid", lambda x, f: BF.sigmoid(x, fused=f), torch.sigmoid),
+    ("gelu_erf", lambda x, f: BF.gelu(x, fused=f), F.gelu),
+    ("gelu_erf_explicit", lambda x, f: BF.gelu(x, approximate="none", fused=f), lambda x: F.gelu(x, approximate="none")),
+    ("gelu_tanh", lambda x, f: BF.gelu(x, approximate="tanh", fused=f), lambda x: F.gelu(x, approximate="tanh")),
+    ("softmax_last", lambda x, f: BF.softmax(x, fused=f), lambda x: F.softmax(x, dim=-1)),
+    ("softmax_dim1", lambda x, f: BF.softmax(x, dim=1, fused=f), lambda x: F.softmax(x, dim=1)),
+    ("log_softmax_last", lambda x, f: BF.log_softmax(x, fused=f), lambda x: F.log_softmax(x, dim=-1)),
+    ("log_softmax_dim0", lambda x, f: BF.log_softmax(x, dim=0, fused=f), lambda x: F.log_softmax(x, dim=0)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("name,ours,reference", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_matches_torch(name, ours, reference, fused, dtype):
+    x = randn(4, 5, 16, dtype=dtype, scale=3.0)
+    check_values_and_grads(lambda x: ours(x, fused), reference, [x], dtype)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_gelu_rejects_unknown_approximation(fused):
+    with pytest.raises(ValueError):
+        BF.gelu(torch.zeros(3), approximate="sigmoid", fused=fused)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("name,ours,reference", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_gradient_at_zero_matches_torch(name, ours, reference, fused):
+    """x = 0 exactly is where abs/max/where have kinks; e.g. σ'(0) must be 1/4, relu'(0) torch's 0."""
+    x = torch.tensor([[0.0, 0.0, 1.0, -1.0]], dtype=torch.float64)
+    check_values_and_grads(lambda x: ours(x, fused), reference, [x], torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("eps", [1e-12, 1e-5])
+def test_layer_norm_matches_torch(eps, fused, dtype):
+    x = randn(3, 7, 24, dtype=dtype, scale=2.0, seed=2) + 0.5
+    w = randn(24, dtype=dtype, seed=3) + 1.0
+    b = randn(24, dtype=dtype, seed=4)
+    check_values_and_grads(lambda x, w, b: BF.layer_norm(x, w, b, eps, fused=fused),
+                           lambda x, w, b: F.layer_norm(x, (24,), w, b, eps), [x, w, b], dtype)
+
+
+def test_layer_norm_default_eps_is_berts():
+    x, w, b = randn(2, 8, seed=5), torch.ones(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
+    assert_close(BF.layer_norm(x, w, b), F.layer_norm(x, (8,), w, b, 1e-12), atol=ATOL_F64, rtol=RTOL_F64)
+
+
+def test_linear_matches_formula():
+    x, w, b = randn(3, 5, seed=6), randn(4, 5, seed=7), randn(4, seed=8)
+    assert_close(BF.linear(x, w, b), x @ w.T + b, atol=ATOL_F64, rtol=RTOL_F64)
+    assert_close(BF.linear(x, w), x @ w.T, atol=ATOL_F64, rtol=RTOL_F64)
+
+
+# --- attention --------------------------------------------------------------------------------------
+
+B, H, TQ, TK, DK, DV = 2, 3, 5, 7, 8, 6
+
+
+def qkv(dtype, seed=10):
+    return randn(B, H, TQ, DK, dtype=dtype, seed=seed), randn(B, H, TK, DK, dtype=dtype, seed=seed + 1), \
+        randn(B, H, TK, DV, dtype=dtype, seed=seed + 2)
+
+
+def key_mask(lengths=(TK, 4)):
+    """(B, 1, 1, TK) boolean, True = attend: batch element b sees its first lengths[b] keys."""
+    return (torch.arange(TK)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+
+
+def random_bool_mask(seed=20):
+    """(B, H, TQ, TK) with at least one True per row (a row with no key is tested separately)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B, H, TQ, TK, generator=g) < 0.6
+    mask[..., 0] = True
+    return mask
+
+
+def additive(mask, dtype):
+    """An independent additive version of a boolean mask: 0 where attended, -1e9 where hidden."""
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, -1e9)
+
+
+MASKS = ["none", "key_padding", "bool_full", "additive"]
+
+
+def make_mask(kind, dtype):
+    return {"none": None, "key_padding": key_mask(), "bool_full": random_bool_mask(),
+            "additive": additive(random_bool_mask(), dtype)}[kind]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_attention_matches_torch(mask_kind, fused, dtype):
+    q, k, v = qkv(dtype)
+    mask = make_mask(mask_kind, dtype)
+    check_values_and_grads(lambda q, k, v: BF.scaled_dot_product_attention(q, k, v, mask, fused=fused),
+                           lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), [q, k, v], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_attention_matches_explicit_formula(mask_kind, dtype):
+    """softmax(QKᵀ/√d_k + M) V written out with torch.softmax, and the returned weights."""
+    q, k, v = qkv(dtype)
+    mask = make_mask(mask_kind, dtype)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(DK)
+    if mask is not None:
+        scores = scores + (additive(mask, dtype) if mask.dtype == torch.bool else mask)
+    weights = torch.softmax(scores, dim=-1)
+    out, w = BF.scaled_dot_product_attention(q, k, v, mask, return_weights=True)
+    assert_close(w, weights, **tol(dtype))
+    assert_close(out, weights @ v, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_attention_key_mask_equals_unpadded_sequence(fused, dtype):
+    """Keys hidden by the mask change nothing: the real rows of a padded batch element equal the same
+    sequence run alone, whatever junk the padding holds; the padding query rows stay finite."""
+    q, k, v = qkv(dtype)
+    lengths = (TK, 4)
+    # make the padding loud: huge keys/values beyond length 4 in element 1
+    k[1, :, 4:] = 1e3
+    v[1, :, 4:] = -1e3
+    out = BF.scaled_dot_product_attention(q, k, v, key_mask(lengths), fused=fused)
+    alone = BF.scaled_dot_product_attention(q[1:], k[1:, :, :4], v[1:, :, :4], fused=fused)
+    assert_close(out[1:], alone, **tol(dtype))
+    # element 0 has no padding: equal to running it without any mask
+    assert_close(out[:1], BF.scaled_dot_product_attention(q[:1], k[:1], v[:1], fused=fused), **tol(dtype))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_attention_padding_queries_are_finite(fused, dtype):
+    """Self-attention over a padded sequence: the padding positions' own rows are finite."""
+    x = randn(B, H, TK, DK, dtype=dtype, seed=30)
+    x[1, :, 4:] = 0.0  # padding embeddings
+    out = BF.scaled_dot_product_attention(x, x, x, key_mask(), fused=fused)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fused", PATHS)
+def test_attention_row_with_every_key_masked_is_finite(fused, dtype):
+    q, k, v = qkv(dtype)
+    mask = key_mask((TK, 0))  # element 1 sees no key at all
+    out = BF.scaled_dot_product_attention(q, k, v, mask, fused=fused)
+    assert torch.isfinite(out).all()
+    if dtype in DTYPES:  # the rest of the batch is unaffected
+        assert_close(out[:1], F.scaled_dot_product_attention(q[:1], k[:1], v[:1]), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_row_with_every_key_masked_has_uniform_weights(dtype):
+    """Documented: the mask term is finite (not -inf), so a row with no visible key averages V."""
+    q, k, v = qkv(dtype)
+    out, w = BF.scaled_dot_product_attention(q, k, v, key_mask((TK, 0)), return_weights=True)
+    assert_close(w[1], torch.full_like(w[1], 1 / TK), **tol(dtype))
+    assert_close(out[1], v[1].mean(dim=-2, keepdim=True).expand_as(out[1]), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("mask_kind", ["key_padding", "bool_full"])
+def test_attention_return_weights(mask_kind, fused, dtype):
+    q, k, v = qkv(dtype)
+    mask = make_mask(mask_kind, dtype)
+    out, w = BF.scaled_dot_product_attention(q, k, v, mask, return_weights=True, fused=fused)
+    assert w.shape == (B, H, TQ, TK)
+    assert_close(w.sum(-1), torch.ones(B, H, TQ, dtype=dtype), **tol(dtype))
+    hidden = ~mask.expand(B, H, TQ, TK)
+    assert (w[hidden] == 0).all()
+    assert (w[~hidden] > 0).all()
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), **tol(dtype))
+
+
+def test_attention_bias():
+    mask = torch.tensor([[True, False, True]])
+    bias = BF.attention_bias(mask, torch.float32)
+    assert bias.dtype == torch.float32
+    assert bias.tolist() == [[0.0, torch.finfo(torch.float32).min, 0.0]]
+    add = torch.tensor([[0.0, -5.0]], dtype=torch.float64)
+    assert_close(BF.attention_bias(add, torch.float32), add.float())
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_attention_dropout(fused):
+    """Dropout on the weights: off in eval (= no dropout), on in training (output changes, stays finite);
+    dropout_p = 0 in training is exact attention."""
+    q, k, v = qkv(torch.float64)
+    plain = F.scaled_dot_product_attention(q, k, v)
+    assert_close(BF.scaled_dot_product_attention(q, k, v, dropout_p=0.5, training=False, fused=fused), plain,
+                 atol=ATOL_F64, rtol=RTOL_F64)
+    assert_close(BF.scaled_dot_product_attention(q, k, v, dropout_p=0.0, training=True, fused=fused), plain,
+                 atol=ATOL_F64, rtol=RTOL_F64)
+    torch.manual_seed(0)
+    dropped = BF.scaled_dot_product_attention(q, k, v, dropout_p=0.5, training=True, fused=fused)
+    assert torch.isfinite(dropped).all()
+    assert not torch.allclose(dropped, plain)
+
+
+# --- cross-entropy ------------------------------------------------------------------------------------
+
+
+def ce_targets(n, vocab, ignored_every=3, seed=40):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, vocab, (n,), generator=g)
+    t[::ignored_every] = -100
+    return t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_cross_entropy_matches_torch(fused, dtype):
+    logits = randn(12, 11, dtype=dtype, scale=3.0, seed=41)
+    target = ce_targets(12, 11)
+    check_values_and_grads(lambda z: BF.cross_entropy(z, target, fused=fused)[None],
+                           lambda z: F.cross_entropy(z, target, ignore_index=-100)[None], [logits], dtype)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_cross_entropy_no_ignored_and_3d_logits(fused):
+    """(B, T, V) logits with (B, T) targets are flattened; with nothing ignored it is the plain mean."""
+    logits = randn(2, 5, 7, scale=2.0, seed=42)
+    target = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(43))
+    expected = F.cross_entropy(logits.reshape(10, 7), target.reshape(10))
+    assert_close(BF.cross_entropy(logits, target, fused=fused), expected, atol=ATOL_F64, rtol=RTOL_F64)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_cross_entropy_other_ignore_index(fused):
+    logits = randn(9, 6, seed=44)
+    target = torch.randint(0, 6, (9,), generator=torch.Generator().manual_seed(45))
+    target[[1, 4]] = 5
+    expected = F.cross_entropy(logits, target, ignore_index=5)
+    assert_close(BF.cross_entropy(logits, target, ignore_index=5, fused=fused), expected,
+                 atol=ATOL_F64, rtol=RTOL_F64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_cross_entropy_all_ignored_is_zero_with_zero_grad(fused, dtype):
+    """Documented: |S| = 0 gives exactly 0 and a zero gradient (F.cross_entropy gives NaN here)."""
+    logits = randn(6, 5, dtype=dtype, seed=46).requires_grad_()
+    target = torch.full((6,), -100)
+    loss = BF.cross_entropy(logits, target, fused=fused)
+    assert loss.dtype == dtype
+    assert loss.item() == 0.0
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.isfinite(grad).all()
+    assert (grad == 0).all()
+
+
+# --- extreme logits -----------------------------------------------------------------------------------
+
+EXTREME = [[1e4, -1e4, 0.0, 1.0], [-1e4, -1e4, -1e4, 5.0], [1e4, 1e4, -3.0, 2.0]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "sigmoid", "cross_entropy"])
+def test_extreme_logits_are_finite_and_equal_torch(name, fused, dtype):
+    x = torch.tensor(EXTREME, dtype=dtype)
+    target = torch.tensor([1, 3, 2])  # element 1 picks a -1e4 logit: loss ≈ 2e4, still finite
+    ours, reference = {
+        "softmax": (lambda z: BF.softmax(z, fused=fused), lambda z: torch.softmax(z, -1)),
+        "log_softmax": (lambda z: BF.log_softmax(z, fused=fused), lambda z: torch.log_softmax(z, -1)),
+        "sigmoid": (lambda z: BF.sigmoid(z, fused=fused), torch.sigmoid),
+        "cross_entropy": (lambda z: BF.cross_entropy(z, target, fused=fused)[None],
+                          lambda z: F.cross_entropy(z, target)[None]),
+    }[name]
+    x_ours = x.clone().requires_grad_()
+    out = ours(x_ours)
+    assert torch.isfinite(out).all()
+    (grad,) = torch.autograd.grad(out.sum(), x_ours)
+    assert torch.isfinite(grad).all()
+    check_values_and_grads(ours, reference, [x], dtype)
+
+
+# --- dropout ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_dropout_identity_when_not_training_or_p_zero(fused):
+    x = randn(100, seed=50)
+    assert torch.equal(BF.dropout(x, 0.5, training=False, fused=fused), x)
+    assert torch.equal(BF.dropout(x, 0.0, training=True, fused=fused), x)
+    assert torch.equal(BF.dropout(x, 0.0, training=True, generator=torch.Generator(), fused=fused), x)
+
+
+@pytest.mark.parametrize("use_generator", [True, False])
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_keeps_one_minus_p_and_scales(p, fused, use_generator):
+    """Each element is 0 or x/(1-p); the kept share is 1-p within 5 standard deviations (n = 200,000)."""
+    n = 200_000
+    x = torch.rand(n, generator=torch.Generator().manual_seed(51), dtype=torch.float64) + 0.5  # nonzero
+    gen = torch.Generator().manual_seed(52) if use_generator else None
+    if gen is None:
+        torch.manual_seed(52)
+    y = BF.dropout(x, p, training=True, generator=gen, fused=fused)
+    kept = y != 0
+    assert_close(y[kept], x[kept] / (1 - p), atol=ATOL_F64, rtol=RTOL_F64)
+    share = kept.double().mean().item()
+    assert abs(share - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    # inverted dropout: the mean is unchanged (within 5 sd of the mean of y)
+    assert abs(y.mean().item() - x.mean().item()) < 5 * y.std().item() / math.sqrt(n)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_dropout_p_one_drops_everything(fused):
+    x = randn(50, seed=53).requires_grad_()
+    torch.manual_seed(0)
+    y = BF.dropout(x, 1.0, training=True, fused=fused)
+    assert_close(y, F.dropout(x.detach(), 1.0, training=True))
+    assert (y == 0).all()
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(grad).all() and (grad == 0).all()
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_dropout_generator_is_deterministic(fused):
+    x = randn(1000, seed=54)
+    a = BF.dropout(x, 0.3, True, generator=torch.Generator().manual_seed(7), fused=fused)
+    b = BF.dropout(x, 0.3, True, generator=torch.Generator().manual_seed(7), fused=fused)
+    c = BF.dropout(x, 0.3, True, generator=torch.Generator().manual_seed(8), fused=fused)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # the generator alone decides: the global RNG state does not matter
+    torch.manual_seed(123)
+    d = BF.dropout(x, 0.3, True, generator=torch.Generator().manual_seed(7), fused=fused)
+    assert torch.equal(a, d)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_dropout_gradient_is_mask_over_keep(fused):
+    p = 0.4
+    x = randn(500, seed=55).requires_grad_()
+    y = BF.dropout(x, p, True, generator=torch.Generator().manual_seed(9), fused=fused)
+    g = randn(500, seed=56)
+    (grad,) = torch.autograd.grad((y * g).sum(), x)
+    mask = (y != 0).double()
+    assert_close(grad, g * mask / (1 - p), atol=ATOL_F64, rtol=RTOL_F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dropout_keeps_dtype(dtype):
+    x = torch.ones(64, dtype=dtype)
+    assert BF.dropout(x, 0.5, True, generator=torch.Generator().manual_seed(0)).dtype == dtype
+
+
+# --- gradcheck (float64, central differences) ----------------------------------------------------------
+
+
+def _x(*shape, seed=60, shift=0.0):
+    return (randn(*shape, seed=seed) + shift).requires_grad_()
+
+
+def _relu_input():
+    x = randn(3, 6, seed=61)
+    x = torch.where(x.abs() < 0.1, x + 0.5, x)  # keep away from the kink at 0
+    return x.requires_grad_()
+
+
+GRADCHECKS = {
+    "relu": (lambda f: lambda x: BF.relu(x, fused=f), lambda: (_relu_input(),)),
+    "sigmoid": (lambda f: lambda x: BF.sigmoid(x, fused=f), lambda: (_x(3, 6, seed=62).mul(3).detach().requires_grad_(),)),
+    "gelu_erf": (lambda f: lambda x: BF.gelu(x, fused=f), lambda: (_x(3, 6, seed=63),)),
+    "gelu_tanh": (lambda f: lambda x: BF.gelu(x, "tanh", fused=f), lambda: (_x(3, 6, seed=64),)),
+    "softmax": (lambda f: lambda x: BF.softmax(x, fused=f), lambda: (_x(3, 6, seed=65),)),
+    "log_softmax": (lambda f: lambda x: BF.log_softmax(x, fused=f), lambda: (_x(3, 6, seed=66),)),
+    "layer_norm": (lambda f: lambda x, w, b: BF.layer_norm(x, w, b, 1e-5, fused=f),
+                   lambda: (_x(3, 6, seed=67), _x(6, seed=68, shift=1.0), _x(6, seed=69))),
+    "dropout": (lambda f: lambda x: BF.dropout(x, 0.3, True, generator=torch.Generator().manual_seed(1), fused=f),
+                lambda: (_x(3, 6, seed=70),)),
+    "attention_bool_mask": (lambda f: lambda q, k, v: BF.scaled_dot_product_attention(q, k, v, random_bool_mask()[:1, :1], fused=f),
+                            lambda: (_x(1, 1, TQ, DK, seed=71), _x(1, 1, TK, DK, seed=72), _x(1, 1, TK, DV, seed=73))),
+    "attention_additive_mask": (
+        lambda f: lambda q, k, v: BF.scaled_dot_product_attention(
+            q, k, v, additive(random_bool_mask()[:1, :1], torch.float64), fused=f),
+        lambda: (_x(1, 1, TQ, DK, seed=74), _x(1, 1, TK, DK, seed=75), _x(1, 1, TK, DV, seed=76))),
+    "cross_entropy": (lambda f: lambda z: BF.cross_entropy(z, ce_targets(8, 5), fused=f),
+                      lambda: (_x(8, 5, seed=77),)),
+}
+
+
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("name", list(GRADCHECKS))
+def test_gradcheck(name, fused):
+    make_fn, make_inputs = GRADCHECKS[name]
+    assert torch.autograd.gradcheck(make_fn(fused), make_inputs(), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+# --- the fused switch ---------------------------------------------------------------------------------
+
+# (function call with fused=<arg>, the torch kernel the fused path calls, where that kernel is looked up)
+X = randn(2, 8, seed=80)
+ONES, ZEROS = torch.ones(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
+Q4 = randn(1, 1, 3, 8, seed=81)
+SWITCHED = {
+    "relu": (lambda f: BF.relu(X, fused=f), F, "relu"),
+    "sigmoid": (lambda f: BF.sigmoid(X, fused=f), torch, "sigmoid"),
+    "gelu": (lambda f: BF.gelu(X, fused=f), F, "gelu"),
+    "softmax": (lambda f: BF.softmax(X, fused=f), torch, "softmax"),
+    "log_softmax": (lambda f: BF.log_softmax(X, fused=f), torch, "log_softmax"),
+    "layer_norm": (lambda f: BF.layer_norm(X, ONES, ZEROS, fused=f), F, "layer_norm"),
+    "dropout": (lambda f: BF.dropout(X, 0.5, True, fused=f), F, "dropout"),
+    "attention": (lambda f: BF.scaled_dot_product_attention(Q4, Q4, Q4, fused=f), F, "scaled_dot_product_attention"),
+    "cross_entropy": (lambda f: BF.cross_entropy(X, torch.tensor([1, -100]), fused=f), F, "cross_entropy"),
+}
+
+
+def spy(monkeypatch, owner, attr):
+    calls = []
+    real = getattr(owner, attr)
+
+    def wrapper(*args, **kwargs):
+        calls.append(attr)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(SWITCHED))
+def test_fused_argument_and_use_fused_override(name, monkeypatch):
+    call, owner, attr = SWITCHED[name]
+    calls = spy(monkeypatch, owner, attr)
+
+    def takes_fused_path(fused_arg):
+        calls.clear()
+        call(fused_arg)
+        return len(calls) > 0
+
+    assert takes_fused_path(True) and not takes_fused_path(False)
+    with BF.use_fused(True):
+        assert takes_fused_path(False) and takes_fused_path(True)
+        with BF.use_fused(False):  # nested: the inner block wins
+            assert not takes_fused_path(True)
+        assert takes_fused_path(False)  # restored on exit
+    with BF.use_fused(False):
+        assert not takes_fused_path(True)
+    with BF.use_fused():  # the default is enabled=True
+        assert takes_fused_path(False)
+    assert takes_fused_path(True) and not takes_fused_path(False)  # the argument decides again
+
+
+def test_use_fused_restores_after_exception():
+    with pytest.raises(RuntimeError):
+        with BF.use_fused(True):
+            raise RuntimeError("boom")
+    assert BF._fused(False) is False and BF._fused(True) is True
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_use_fused_gives_the_same_numbers(dtype):
+    """The switch changes the kernels, not the math."""
+    x = randn(4, 16, dtype=dtype, seed=82, scale=2.0)
+    w, b = torch.ones(16, dtype=dtype), torch.zeros(16, dtype=dtype)
+    with BF.use_fused(False):
+        a = BF.layer_norm(BF.gelu(BF.softmax(x)), w, b, fused=True)
+    with BF.use_fused(True):
+        c = BF.layer_norm(BF.gelu(BF.softmax(x)), w, b, fused=False)
+    assert_close(a, c, **tol(dtype))

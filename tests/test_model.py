@@ -1,0 +1,480 @@
+"""bertmath.model: shapes, parity with transformers' BERT, padding, loss, sparse MLM, tying, init,
+parameter counts, activation checkpointing. Tiny seeded configs; everything runs on CPU in seconds."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+import bertmath
+from bertmath import BertForMaskedLM, BertModel, functional as BF, hf_format, parameter_counts, parameter_table
+
+transformers = pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+# float32 logits of a 2-layer model against transformers: rounding differences of a few 1e-7
+PARITY_ATOL_F32, PARITY_RTOL_F32 = 1e-5, 1e-5
+PARITY_ATOL_F64, PARITY_RTOL_F64 = 1e-10, 1e-10
+# loss / gradients of two evaluation orders of the same float32 math
+GRAD_ATOL_F32, GRAD_RTOL_F32 = 1e-6, 1e-4
+
+BERT_BASE_MLM, BERT_LARGE_MLM = 109_514_298, 335_174_458  # Devlin et al.'s ≈110M / ≈340M, tied decoder
+BERT_BASE_POOLER, BERT_LARGE_POOLER = 109_482_240, 335_141_888  # transformers' BertModel (with pooler)
+
+FUSED = [pytest.param(False, id="scratch"), pytest.param(True, id="fused")]
+
+
+def hf_config(cfg):
+    return transformers.BertConfig(**hf_format.config_to_hf(cfg))
+
+
+def randomize(hf_model, seed=0):
+    """Perturb every parameter: transformers' init leaves biases 0 and LayerNorm γ 1, which would hide a
+    mix-up of bias or LayerNorm names."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
+    return hf_model
+
+
+def hf_mlm(cfg, seed=0):
+    torch.manual_seed(seed)
+    return randomize(transformers.BertForMaskedLM(hf_config(cfg)).eval(), seed)
+
+
+def from_hf(cls, cfg, hf_model, **kwargs):
+    """A bertmath model holding `hf_model`'s weights (strict: every name must map)."""
+    model = cls(cfg, **kwargs)
+    model.load_state_dict(hf_format.state_dict_from_hf(hf_model.state_dict()), strict=True)
+    return model.eval()
+
+
+def batch(cfg, seed=1, B=3, T=9, lengths=(9, 5, 2)):
+    """input_ids, attention_mask (1 = real token), token_type_ids; element b has lengths[b] real tokens."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, cfg.vocab_size, (B, T), generator=g)
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+    ids = ids.masked_fill(mask == 0, cfg.pad_token_id)
+    types = (torch.arange(T)[None, :] >= 3).long().expand(B, T) * mask
+    return ids, mask, types
+
+
+def mlm_labels(ids, mask, seed=2, rate=0.3):
+    g = torch.Generator().manual_seed(seed)
+    chosen = (torch.rand(ids.shape, generator=g) < rate) & (mask == 1)
+    chosen[0, 0] = True  # at least one
+    return torch.where(chosen, ids, torch.full_like(ids, -100))
+
+
+# --- shapes ---------------------------------------------------------------------------------------
+
+
+def test_shapes(tiny_config):
+    cfg = tiny_config()
+    ids, mask, types = batch(cfg)
+    B, T = ids.shape
+    out = BertForMaskedLM(cfg).eval()(ids, mask, types)
+    assert out.logits.shape == (B, T, cfg.vocab_size)
+    assert out.loss is None and out.labels is None
+    enc = BertModel(cfg).eval()(ids, mask, types)
+    assert enc.last_hidden_state.shape == (B, T, cfg.hidden_size)
+    assert enc.pooler_output.shape == (B, cfg.hidden_size)
+    assert BertModel(cfg, add_pooler=False)(ids).pooler_output is None
+
+
+def test_no_mask_and_no_token_types_mean_all_ones_and_zeros(tiny_config):
+    cfg = tiny_config()
+    ids, _, _ = batch(cfg, lengths=(9, 9, 9))
+    model = BertForMaskedLM(cfg).eval()
+    with torch.no_grad():
+        assert_close(model(ids).logits, model(ids, torch.ones_like(ids), torch.zeros_like(ids)).logits,
+                     atol=0, rtol=0)
+
+
+def test_too_long_sequence_raises(tiny_config):
+    cfg = tiny_config()
+    model = BertForMaskedLM(cfg).eval()
+    model(torch.ones(1, cfg.max_position_embeddings, dtype=torch.long))  # exactly the limit is fine
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(torch.ones(1, cfg.max_position_embeddings + 1, dtype=torch.long))
+
+
+# --- parity with transformers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("fused_qkv", [False, True], ids=["qkv3", "qkv1"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_mlm_logits_match_transformers(tiny_config, fused, fused_qkv, activation):
+    cfg = tiny_config(activation=activation, fused=fused, fused_qkv=fused_qkv)
+    hf = hf_mlm(cfg)
+    ours = from_hf(BertForMaskedLM, cfg, hf)
+    ids, mask, types = batch(cfg)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours(ids, mask, types).logits
+    assert_close(got, expected, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    real = mask.bool()
+    assert torch.equal(got.argmax(-1)[real], expected.argmax(-1)[real])
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_mlm_logits_match_transformers_float64(tiny_config, fused):
+    cfg = tiny_config(fused=fused)
+    hf = hf_mlm(cfg).double()
+    ours = from_hf(BertForMaskedLM, cfg, hf).double()
+    ids, mask, types = batch(cfg)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours(ids, mask, types).logits
+    assert got.dtype == torch.float64
+    assert_close(got, expected, atol=PARITY_ATOL_F64, rtol=PARITY_RTOL_F64)
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_mlm_loss_matches_transformers(tiny_config, fused):
+    cfg = tiny_config(fused=fused)
+    hf = hf_mlm(cfg)
+    ours = from_hf(BertForMaskedLM, cfg, hf)
+    ids, mask, types = batch(cfg)
+    labels = mlm_labels(ids, mask)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels).loss
+        got = ours(ids, mask, types, labels=labels).loss
+    assert_close(got, expected, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_untied_mlm_matches_transformers(tiny_config, fused):
+    cfg = tiny_config(fused=fused, tie_word_embeddings=False)
+    hf = hf_mlm(cfg)
+    head = hf.cls.predictions
+    assert head.decoder.weight is not hf.bert.embeddings.word_embeddings.weight
+    # transformers 5 unties the decoder bias too; its forward uses decoder.bias, not `cls.predictions.bias`
+    assert head.bias is head.decoder.bias or not torch.equal(head.bias, head.decoder.bias)
+    ours = from_hf(BertForMaskedLM, cfg, hf)
+    ids, mask, types = batch(cfg)
+    with torch.no_grad():
+        assert_close(ours(ids, mask, types).logits, hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits,
+                     atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_bert_model_matches_transformers(tiny_config, fused):
+    cfg = tiny_config(fused=fused)
+    torch.manual_seed(3)
+    hf = randomize(transformers.BertModel(hf_config(cfg)).eval())
+    ours = from_hf(BertModel, cfg, hf)
+    ids, mask, types = batch(cfg)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        got = ours(ids, mask, types)
+    assert_close(got.last_hidden_state, expected.last_hidden_state, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert_close(got.pooler_output, expected.pooler_output, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+def test_bert_model_without_pooler_matches_transformers(tiny_config):
+    cfg = tiny_config()
+    torch.manual_seed(4)
+    hf = randomize(transformers.BertModel(hf_config(cfg), add_pooling_layer=False).eval())
+    ours = from_hf(BertModel, cfg, hf, add_pooler=False)
+    ids, mask, types = batch(cfg)
+    with torch.no_grad():
+        assert_close(ours(ids, mask, types).last_hidden_state,
+                     hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
+                     atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+@pytest.mark.parametrize("fused_qkv", [False, True], ids=["qkv3", "qkv1"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_padding_does_not_change_other_positions(tiny_config, fused, fused_qkv):
+    """A padded batch gives, at every real position, what each sequence gives when run alone."""
+    cfg = tiny_config(fused=fused, fused_qkv=fused_qkv)
+    torch.manual_seed(5)
+    model = BertForMaskedLM(cfg).eval()
+    lengths = (9, 5, 2)
+    ids, mask, types = batch(cfg, lengths=lengths)
+    ids[1, 5:] = 7  # padding content must not matter either (not only the pad id)
+    with torch.no_grad():
+        padded = model(ids, mask, types).logits
+        for b, n in enumerate(lengths):
+            alone = model(ids[b:b + 1, :n], mask[b:b + 1, :n], types[b:b + 1, :n]).logits
+            assert_close(padded[b:b + 1, :n], alone, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert torch.isfinite(padded).all()  # padding rows too
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_model_respects_use_fused(tiny_config, fused, monkeypatch):
+    """`use_fused` overrides `model.fused` everywhere in the model, and the numbers stay the same."""
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = tiny_config(fused=fused)
+    model = BertForMaskedLM(cfg).eval()
+    ids, mask, types = batch(cfg)
+    with torch.no_grad():
+        own = model(ids, mask, types).logits
+        assert bool(calls) == fused
+        calls.clear()
+        with BF.use_fused(not fused):
+            other = model(ids, mask, types).logits
+        assert bool(calls) == (not fused)
+    assert_close(own, other, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+# --- loss, sparse MLM, activation checkpointing -----------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_loss_is_cross_entropy_over_labelled_positions(tiny_config, fused):
+    cfg = tiny_config(fused=fused)
+    torch.manual_seed(6)
+    model = BertForMaskedLM(cfg).eval()
+    ids, mask, types = batch(cfg)
+    labels = mlm_labels(ids, mask)
+    with torch.no_grad():
+        out = model(ids, mask, types, labels=labels)
+    V = cfg.vocab_size
+    expected = F.cross_entropy(out.logits.reshape(-1, V), labels.reshape(-1))  # ignore_index=-100
+    assert out.logits.shape == (*ids.shape, V)
+    assert_close(out.loss, expected, atol=1e-6, rtol=1e-6)
+    assert torch.equal(out.labels, labels)
+    # by hand: mean of -log p(label) over the labelled positions only
+    chosen = labels != -100
+    by_hand = -torch.log_softmax(out.logits[chosen].double(), -1).gather(-1, labels[chosen][:, None]).mean()
+    assert_close(out.loss.double(), by_hand, atol=1e-6, rtol=1e-6)
+
+
+def _loss_and_grads(model, ids, mask, types, labels):
+    model.zero_grad(set_to_none=True)
+    out = model(ids, mask, types, labels=labels)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_sparse_mlm_equals_dense(tiny_config, fused):
+    """sparse_mlm projects only the labelled rows in training: same loss and gradients as the dense head."""
+    dense_cfg = tiny_config(fused=fused)
+    torch.manual_seed(7)
+    dense = BertForMaskedLM(dense_cfg).train()
+    sparse = BertForMaskedLM(dataclasses.replace(dense_cfg, sparse_mlm=True)).train()
+    sparse.load_state_dict(dense.state_dict())
+    ids, mask, types = batch(dense_cfg)
+    labels = mlm_labels(ids, mask)
+    d_out, d_grads = _loss_and_grads(dense, ids, mask, types, labels)
+    s_out, s_grads = _loss_and_grads(sparse, ids, mask, types, labels)
+    M = int((labels != -100).sum())
+    assert s_out.logits.shape == (M, dense_cfg.vocab_size)
+    assert torch.equal(s_out.labels, labels[labels != -100])
+    assert_close(s_out.logits, d_out.logits[labels != -100], atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert_close(s_out.loss, d_out.loss, atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32)
+    assert d_grads.keys() == s_grads.keys()
+    for name in d_grads:
+        assert_close(s_grads[name], d_grads[name], atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32, msg=name)
+    # in eval mode the sparse model returns full logits like the dense one
+    sparse.eval()
+    with torch.no_grad():
+        assert sparse(ids, mask, types, labels=labels).logits.shape == (*ids.shape, dense_cfg.vocab_size)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_batch_without_labelled_positions_gives_zero_loss(tiny_config, fused, sparse):
+    """No position to predict: loss 0 with finite zero gradients (documented in functional.cross_entropy)."""
+    cfg = tiny_config(fused=fused, sparse_mlm=sparse)
+    model = BertForMaskedLM(cfg).train()
+    ids, mask, types = batch(cfg)
+    out, grads = _loss_and_grads(model, ids, mask, types, torch.full_like(ids, -100))
+    assert out.loss.item() == 0.0
+    assert all(torch.isfinite(g).all() and (g == 0).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_activation_checkpointing_same_loss_and_grads(tiny_config, fused, monkeypatch):
+    cfg = tiny_config(fused=fused)
+    torch.manual_seed(8)
+    model = BertForMaskedLM(cfg).train()
+    ids, mask, types = batch(cfg)
+    labels = mlm_labels(ids, mask)
+    plain_out, plain_grads = _loss_and_grads(model, ids, mask, types, labels)
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model.set_activation_checkpointing(True)
+    ckpt_out, ckpt_grads = _loss_and_grads(model, ids, mask, types, labels)
+    assert len(calls) == cfg.num_layers  # each layer went through torch.utils.checkpoint
+    assert_close(ckpt_out.loss, plain_out.loss, atol=0, rtol=0)
+    for name in plain_grads:
+        assert_close(ckpt_grads[name], plain_grads[name], atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32, msg=name)
+    model.set_activation_checkpointing(False)
+    calls.clear()
+    _loss_and_grads(model, ids, mask, types, labels)
+    assert not calls
+
+
+def test_dropout_active_only_in_training(tiny_config):
+    cfg = tiny_config(hidden_dropout=0.3, attention_dropout=0.3)
+    model = BertForMaskedLM(cfg)
+    ids, mask, types = batch(cfg)
+    with torch.no_grad():
+        model.eval()
+        a, b = model(ids, mask, types).logits, model(ids, mask, types).logits
+        assert torch.equal(a, b)
+        model.train()
+        torch.manual_seed(0)
+        c = model(ids, mask, types).logits
+    assert not torch.allclose(a, c)
+
+
+# --- tying and init --------------------------------------------------------------------------------------
+
+
+def test_tied_decoder_is_the_embedding_matrix(tiny_config):
+    model = BertForMaskedLM(tiny_config(tie_word_embeddings=True))
+    assert model.mlm_head.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    # still tied after loading a state dict (load_state_dict copies into the shared tensor)
+    model.load_state_dict(BertForMaskedLM(tiny_config()).state_dict())
+    assert model.mlm_head.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    # a gradient step on one is a step on the other
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight[3, 0] = 42.0
+    assert model.mlm_head.decoder.weight[3, 0].item() == 42.0
+
+
+def test_untied_decoder_is_separate(tiny_config):
+    model = BertForMaskedLM(tiny_config(tie_word_embeddings=False))
+    dec, emb = model.mlm_head.decoder.weight, model.bert.embeddings.word_embeddings.weight
+    assert dec is not emb and dec.data_ptr() != emb.data_ptr()
+    assert not torch.equal(dec, emb)  # initialised independently
+
+
+def test_init(tiny_config):
+    """Weights ~ N(0, initializer_range²) (mean and std within 5 standard errors), biases 0, LN γ=1, β=0."""
+    std = 0.05  # not the default, so a hard-coded 0.02 would fail
+    cfg = tiny_config(hidden_size=64, intermediate_size=128, initializer_range=std, tie_word_embeddings=False)
+    torch.manual_seed(9)
+    for model in (BertForMaskedLM(cfg), BertModel(cfg)):
+        seen = 0
+        for name, p in model.named_parameters():
+            p = p.detach().double()
+            if name.endswith("norm.weight"):  # norm, attention_norm, output_norm
+                assert (p == 1).all(), name
+            elif name.endswith("bias"):
+                assert (p == 0).all(), name
+            else:
+                n = p.numel()
+                assert abs(p.mean().item()) < 5 * std / n ** 0.5, name
+                assert abs(p.std().item() / std - 1) < 5 / (2 * n) ** 0.5, name
+                seen += 1
+        assert seen > 0
+
+
+# --- parameter counts -----------------------------------------------------------------------------------
+
+# Which parameters each row of `parameter_table` counts (by bertmath name, after "bert." for the MLM model).
+TABLE_ROWS = [
+    ("embeddings.word", r"embeddings\.word_embeddings\."),
+    ("embeddings.position", r"embeddings\.position_embeddings\."),
+    ("embeddings.token_type", r"embeddings\.token_type_embeddings\."),
+    ("embeddings.layer_norm", r"embeddings\.norm\."),
+    ("encoder.attention ", r"encoder\.layers\.\d+\.attention\."),
+    ("encoder.attention_norm ", r"encoder\.layers\.\d+\.attention_norm\."),
+    ("encoder.feed_forward ", r"encoder\.layers\.\d+\.feed_forward\."),
+    ("encoder.output_norm ", r"encoder\.layers\.\d+\.output_norm\."),
+    ("mlm_head.dense", r"mlm_head\.dense\."),
+    ("mlm_head.layer_norm", r"mlm_head\.norm\."),
+    ("mlm_head.decoder.bias", r"mlm_head\.decoder\.bias$"),
+    ("mlm_head.decoder.weight", r"mlm_head\.decoder\.weight$"),
+]
+
+
+def numel(model):
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
+
+
+def hf_numel(model):
+    """Parameters a transformers model uses: an untied BertForMaskedLM also holds `cls.predictions.bias`,
+    which its forward never reads (the decoder has its own bias), so that one is left out."""
+    head = getattr(getattr(model, "cls", None), "predictions", None)
+    unused = head.bias if head is not None and head.bias is not head.decoder.bias else None
+    return sum(p.numel() for p in model.parameters() if p is not unused)
+
+
+def build_on_meta(fn):
+    """Build without allocating or initialising memory: shapes (and so counts) only; BERT-large in ms."""
+    with torch.device("meta"):
+        return fn()
+
+
+COUNT_CONFIGS = {
+    "tiny": dict(),
+    "tiny_untied": dict(tie_word_embeddings=False),
+    "odd_sizes": dict(vocab_size=101, hidden_size=24, num_layers=3, num_heads=3, intermediate_size=50,
+                      max_position_embeddings=17, type_vocab_size=3),
+}
+
+
+@pytest.mark.parametrize("changes", list(COUNT_CONFIGS.values()), ids=list(COUNT_CONFIGS))
+def test_parameter_counts_equal_built_models(tiny_config, changes):
+    cfg = tiny_config(**changes)
+    counts = parameter_counts(cfg)
+    mlm = BertForMaskedLM(cfg)
+    assert counts["bert_for_masked_lm"] == numel(mlm) == mlm.num_parameters()
+    assert sum(n for _, n in parameter_table(cfg)) == numel(mlm)
+    untied = BertForMaskedLM(dataclasses.replace(cfg, tie_word_embeddings=False))
+    assert counts["bert_for_masked_lm_decoder_counted_separately"] == numel(untied)
+    assert counts["encoder_with_pooler"] == numel(BertModel(cfg)) == BertModel(cfg).num_parameters()
+    assert counts["encoder"] == numel(BertModel(cfg, add_pooler=False))
+    # transformers' models built from the same config
+    hf = hf_config(cfg)
+    assert counts["bert_for_masked_lm"] == hf_numel(transformers.BertForMaskedLM(hf))
+    assert counts["encoder_with_pooler"] == hf_numel(transformers.BertModel(hf))
+    assert counts["encoder"] == hf_numel(transformers.BertModel(hf, add_pooling_layer=False))
+    untied_hf = hf_config(dataclasses.replace(cfg, tie_word_embeddings=False))
+    assert counts["bert_for_masked_lm_decoder_counted_separately"] == \
+        hf_numel(transformers.BertForMaskedLM(untied_hf))
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_parameter_table_rows_equal_the_parts(tiny_config, tie):
+    """Each row equals the parameters of the part it names (a tied decoder weight counts 0: it is
+    the embedding matrix, already counted)."""
+    cfg = tiny_config(tie_word_embeddings=tie, num_layers=3)
+    model = BertForMaskedLM(cfg)
+    names = {name.removeprefix("bert."): p.numel() for name, p in model.named_parameters()}
+    table = parameter_table(cfg)
+    assert len(table) == len(TABLE_ROWS)
+    claimed = set()
+    for (row_name, count), (expected_name, pattern) in zip(table, TABLE_ROWS):
+        assert row_name.startswith(expected_name.strip()), (row_name, expected_name)
+        members = [n for n in names if re.match(pattern, n)]
+        assert count == sum(names[n] for n in members), row_name
+        claimed.update(members)
+    assert claimed == set(names)  # every parameter is in some row
+
+
+@pytest.mark.parametrize("path,mlm,with_pooler", [
+    ("configs/base.yaml", BERT_BASE_MLM, BERT_BASE_POOLER),
+    ("configs/large.yaml", BERT_LARGE_MLM, BERT_LARGE_POOLER),
+])
+def test_bert_base_and_large_counts(path, mlm, with_pooler):
+    cfg = bertmath.load_config(ROOT / path).model
+    counts = parameter_counts(cfg)
+    assert counts["bert_for_masked_lm"] == mlm
+    assert counts["encoder_with_pooler"] == with_pooler
+    assert sum(n for _, n in parameter_table(cfg)) == mlm
+    # the full-size models, built on the meta device (no memory, no init), agree
+    assert numel(build_on_meta(lambda: BertForMaskedLM(cfg))) == mlm
+    assert numel(build_on_meta(lambda: BertModel(cfg))) == with_pooler
+    assert hf_numel(build_on_meta(lambda: transformers.BertForMaskedLM(hf_config(cfg)))) == mlm
+    assert hf_numel(build_on_meta(lambda: transformers.BertModel(hf_config(cfg)))) == with_pooler
+    untied = dataclasses.replace(cfg, tie_word_embeddings=False)
+    assert numel(build_on_meta(lambda: BertForMaskedLM(untied))) == \
+        counts["bert_for_masked_lm_decoder_counted_separately"] == mlm + cfg.vocab_size * cfg.hidden_size

@@ -8,7 +8,15 @@ from .model import BertForMaskedLM, BertModel, parameter_counts, parameter_table
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "load_config",
     "BertmathError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
-    "BertModel", "BertForMaskedLM", "parameter_counts", "parameter_table",
+    "BertModel", "BertForMaskedLM", "train", "parameter_counts", "parameter_table",
     "FillMask", "FillMaskError",
 ]
 __version__ = "0.1.0"
+
+
+def train(config: Config) -> dict:
+    """Pretrain BertForMaskedLM as `config` says (what `bertmath pretrain` runs); returns the summary.
+    Imported on call: the trainer pulls in `datasets`, which plain model users do not need."""
+    from .trainer import train as run_training
+    return run_training(config)
+

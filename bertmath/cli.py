@@ -85,6 +85,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .figures import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2), like every other bertmath error; subcommands inherit it."""
 
@@ -128,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
     p.add_argument("out_dir", help="directory to write (created if missing; files in it are replaced)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="draw a run's training curves (loss, learning rate, held-out accuracy) to a PNG")
+    p.add_argument("run_dir", help="bertmath run directory (train.out_dir, holding metrics.jsonl)")
+    p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/training.png)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

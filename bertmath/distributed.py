@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+# How long a collective may wait for the slowest process. Rank 0 downloads, trains the tokenizer and
+# tokenises the corpus while the others wait at a barrier: for Wikipedia that takes far longer than the
+# defaults (10 min with NCCL, 30 with Gloo), after which every process would be aborted.
+TIMEOUT = timedelta(hours=4)
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ def setup(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=TIMEOUT)
     return info
 
 
@@ -63,6 +69,15 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """x̄ = (1/P) Σ_p x_p over the P processes (`value` itself in one process), e.g. the step's loss."""
+    if not info.enabled:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)  # Gloo has no AVG
+    return total / info.world_size
 
 
 def cleanup(info: DistInfo) -> None:

@@ -23,7 +23,8 @@ _FUSED_OVERRIDE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("b
 @contextlib.contextmanager
 def use_fused(enabled: bool = True):
     """Within this block every function here (and so every bertmath module) takes the fused path
-    (`enabled=True`) or the from-scratch path (`enabled=False`), whatever `model.fused` says."""
+    (`enabled=True`) or the from-scratch path (`enabled=False`), whatever `model.fused` says.
+    Eager mode only: code that torch.compile traces follows each call's own `fused`."""
     token = _FUSED_OVERRIDE.set(enabled)
     try:
         yield
@@ -32,6 +33,8 @@ def use_fused(enabled: bool = True):
 
 
 def _fused(fused: bool) -> bool:
+    if torch.compiler.is_compiling():  # torch.compile cannot trace ContextVar.get (a graph break at every op)
+        return fused
     override = _FUSED_OVERRIDE.get()
     return fused if override is None else override
 

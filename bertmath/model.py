@@ -323,3 +323,22 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
         "encoder": encoder,
         "encoder_with_pooler": encoder + D * D + D,
     }
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, training: bool = True, mlm_fraction: float = 1.0) -> float:
+    """Matmul FLOPs per input token (a multiply-add counts 2), the standard transformer estimate:
+
+        forward   F = 2·N_enc + 4·L·T·D + r·2·N_head,   N_enc = L·(4D² + 2DF),  N_head = D² + D·V
+        training  3F = 6·N_enc + 12·L·T·D + r·6·N_head  (backward ≈ 2 × forward: grads of inputs and weights)
+
+    N_enc: the encoder's weight matrices per token (Q, K, V, O: 4D²; FFN up and down: 2DF); 4·L·T·D: QKᵀ and
+    AV over T keys (2·T·D each, per layer); N_head: the MLM head's dense D² and vocabulary projection D·V;
+    r = `mlm_fraction`, the share of positions the head runs on (1 for full logits; the masked share for
+    sparse MLM or masked-position inference). Not counted: embedding lookups, biases, LayerNorm, softmax,
+    GELU, dropout, the loss and the optimizer (elementwise work, well under 1% of BERT-base's FLOPs), nor
+    the recomputation that activation checkpointing adds. Kaplan et al. 2020 §2.1; Chowdhery et al. 2022 App. B."""
+    L, D, F, V, T = config.num_layers, config.hidden_size, config.intermediate_size, config.vocab_size, seq_len
+    encoder = L * (4 * D * D + 2 * D * F)
+    head = D * D + D * V
+    forward = 2 * encoder + 4 * L * T * D + mlm_fraction * 2 * head
+    return 3 * forward if training else forward

@@ -26,7 +26,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, figures
 from .config import Config, ConfigError, config_to_yaml, load_config
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
@@ -317,7 +317,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(total_loss), float(grad_norm)
+        return float(distributed.mean(total_loss, self.dist)), float(grad_norm)  # loss: mean over all ranks
 
     def run(self) -> dict:
         c, t = self.config, self.config.train
@@ -375,7 +375,10 @@ class Trainer:
             pbar.close()
             if self.dist.is_main:
                 self.metrics_file.close()
-        return self._summary()
+        summary = self._summary()
+        if self.dist.is_main:
+            figures.plot_if_available(self.out_dir)  # out_dir/training.png; only warns if plotting fails
+        return summary
 
     def _summary(self) -> dict:
         metrics = _read_metrics(self.out_dir / "metrics.jsonl") if self.dist.is_main else []

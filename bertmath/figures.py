@@ -1,0 +1,173 @@
+"""Training curves: run_dir/metrics.jsonl → run_dir/training.png (matplotlib, the optional `plots` extra).
+
+Four panels against optimizer step: the MLM loss (each step's, faint, and smoothed, with the held-out loss
+on top: both are the mean cross-entropy over masked tokens), the held-out masked-token accuracy beside the
+most-frequent-token baseline it has to beat, the learning-rate schedule, and the gradient norm before
+clipping. matplotlib is imported only when a figure is drawn, and only through its Agg canvas: no pyplot,
+no global backend switch, nothing shown on screen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+from pathlib import Path
+
+from .errors import BertmathError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+FIGURE_FILE = "training.png"
+_INSTALL_HINT = "pip install 'bertmath[plots]'"
+
+
+def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(training records, evaluation records) of run_dir/metrics.jsonl, each sorted by step; a step logged
+    twice keeps its last record, a torn line (a killed run) is skipped. BertmathError if there is nothing."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        hint = " (give the run directory, train.out_dir, not a step-* directory)" if Path(run_dir).name.startswith(
+            "step-") else ""
+        raise BertmathError(f"{path}: no metrics file; is {run_dir} a bertmath run directory?{hint}")
+    train, evals = {}, {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            continue
+        if "loss" in record:
+            train[record["step"]] = record
+        if "eval_loss" in record:
+            evals[record["step"]] = record
+    if not train and not evals:
+        raise BertmathError(f"{path}: no metrics yet (the file is empty); plot once the run has logged a step")
+    return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
+
+
+def smooth(values: list[float], window: float) -> list[float]:
+    """s_i = m_i / (1 - β^(i+1)), m_i = β m_{i-1} + (1-β) x_i, β = 1 - 1/window: a debiased exponential moving
+    average (TensorBoard's). window ≤ 1 returns the values; a non-finite value (a diverged step) is passed
+    through, not averaged in."""
+    if window <= 1:
+        return list(values)
+    beta, m, weight, out = 1 - 1 / window, 0.0, 0.0, []
+    for x in values:
+        if not math.isfinite(x):
+            out.append(x)
+            continue
+        m, weight = beta * m + (1 - beta) * x, beta * weight + (1 - beta)
+        out.append(m / weight)
+    return out
+
+
+def _import_matplotlib():
+    try:
+        import matplotlib  # noqa: F401  (fails first and clearly when matplotlib is not installed)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise BertmathError(f"plotting needs matplotlib, which is not installed: {_INSTALL_HINT}") from None
+    return Figure, FigureCanvasAgg
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw run_dir/metrics.jsonl to `out` (default run_dir/training.png); returns the PNG's path."""
+    run_dir = Path(run_dir)
+    train, evals = read_metrics(run_dir)
+    Figure, FigureCanvasAgg = _import_matplotlib()
+    out = Path(out) if out is not None else run_dir / FIGURE_FILE
+
+    fig = Figure(figsize=(12, 8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    (ax_loss, ax_acc), (ax_lr, ax_grad) = fig.subplots(2, 2, sharex=True)
+    steps = [r["step"] for r in train]
+    last_step = max(steps + [r["step"] for r in evals])
+
+    losses = [float(r["loss"]) for r in train]
+    window = max(1.0, len(losses) / 50)
+    if window > 1:  # enough steps that smoothing shows the trend: the raw losses stay, faint, behind it
+        ax_loss.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="training (each step)")
+        ax_loss.plot(steps, smooth(losses, window), color="tab:blue", linewidth=1.8,
+                     label=f"training (EMA over ~{window:.0f} steps)")
+    elif losses:
+        ax_loss.plot(steps, losses, color="tab:blue", linewidth=1.5, label="training")
+    if evals:
+        ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", color="tab:orange",
+                     markersize=4, label="held-out")
+    ax_loss.set(title="MLM loss (cross-entropy over masked tokens)", ylabel="loss (nats)")
+    _legend_or_note(ax_loss, "no steps logged")
+
+    if evals:
+        eval_steps = [r["step"] for r in evals]
+        ax_acc.plot(eval_steps, [100 * r["eval_accuracy"] for r in evals], "o-", color="tab:green", markersize=4,
+                    label="held-out masked-token accuracy")
+        baseline = evals[-1].get("baseline_accuracy")
+        if baseline is not None:
+            ax_acc.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1.2,
+                           label=f"most-frequent-token baseline ({baseline:.1%})")
+        ax_acc.set_ylim(bottom=0)
+    ax_acc.set(title="Held-out masked-token accuracy", ylabel="accuracy (%)")
+    _legend_or_note(ax_acc, "no held-out evaluation yet")
+
+    if train and "lr" in train[0]:
+        ax_lr.plot(steps, [r["lr"] for r in train], color="tab:purple", linewidth=1.5)
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    else:
+        _note(ax_lr, "no learning rate logged")
+    ax_lr.set(title="Learning rate (warm-up, then decay)", xlabel="optimizer step", ylabel="learning rate")
+
+    grad = [(r["step"], r["grad_norm"]) for r in train if r.get("grad_norm") is not None]
+    if grad:
+        ax_grad.plot([s for s, _ in grad], [g for _, g in grad], color="tab:red", alpha=0.6, linewidth=0.8)
+    else:
+        _note(ax_grad, "no gradient norm logged")
+    ax_grad.set(title="Gradient norm ‖g‖ (before clipping)", xlabel="optimizer step", ylabel="‖g‖")
+
+    for ax in (ax_loss, ax_acc, ax_lr, ax_grad):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0, max(last_step, 1))
+    fig.suptitle(_title(run_dir, train, evals))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(out)  # a viewer never sees half a PNG
+    return out
+
+
+def _title(run_dir: Path, train: list[dict], evals: list[dict]) -> str:
+    parts = [f"{run_dir.resolve().name}: {max([r['step'] for r in train + evals])} steps"]
+    if train and train[-1].get("tokens"):
+        parts.append(f"{train[-1]['tokens']:,} tokens")
+    if evals:
+        parts.append(f"held-out accuracy {evals[-1]['eval_accuracy']:.1%} at step {evals[-1]['step']}")
+    return ", ".join(parts)
+
+
+def _legend_or_note(ax, note: str) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=9)
+    else:
+        _note(ax, note)
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def plot_if_available(run_dir: str | Path) -> Path | None:
+    """plot_run(run_dir) when matplotlib is installed (else None, silently). The trainer calls this at the end
+    of a run: a failure to plot logs a warning and returns None, never failing the run it describes."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    try:
+        out = plot_run(run_dir)
+    except Exception as e:  # noqa: BLE001  a figure is never worth losing a finished run over
+        log.warning("could not plot the training curves of %s: %s", run_dir, e)
+        return None
+    log.info("training curves: %s", out)
+    return out

@@ -1,0 +1,148 @@
+"""Training curves: plot_run writes a readable PNG, the trainer draws one at the end of a run, `bertmath plot`
+gives one-line errors for a missing or empty metrics file and for a missing matplotlib."""
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from bertmath import figures
+from bertmath.cli import main
+from bertmath.config import config_from_dict
+from bertmath.errors import BertmathError
+from bertmath.trainer import train
+
+from test_trainer import tiny_config_tree
+
+matplotlib_image = pytest.importorskip("matplotlib.image")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_metrics(run_dir: Path, steps: int = 200, eval_every: int = 50) -> Path:
+    """A synthetic metrics.jsonl as the trainer writes it, plus a torn last line (a killed run)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for s in range(1, steps + 1):
+        lr = 1e-3 * min(s / 20, (steps - s) / (steps - 20))
+        lines.append({"step": s, "loss": 9.0 * math.exp(-s / 60) + 2 + 0.3 * math.sin(s), "lr": lr,
+                      "grad_norm": 1 + 1 / s, "tokens": 512 * s, "elapsed_s": 0.1 * s, "tokens_per_s": 5120.0})
+        if s % eval_every == 0:
+            lines.append({"step": s, "eval_loss": 8 * math.exp(-s / 60) + 2.2, "eval_perplexity": 1.0,
+                          "eval_accuracy": 0.05 + 0.3 * s / steps, "baseline_accuracy": 0.06,
+                          "eval_masked_tokens": 400})
+    path = run_dir / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 201, "lo', encoding="utf-8")
+    return path
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 0
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib_image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100 and image.shape[2] in (3, 4)
+
+
+def test_plot_run_writes_a_png(tmp_path):
+    write_metrics(tmp_path / "run")
+    out = figures.plot_run(tmp_path / "run")
+    assert out == tmp_path / "run" / "training.png"
+    assert_png(out)
+    assert figures.read_metrics(tmp_path / "run")[0][-1]["step"] == 200  # the torn line is skipped
+    assert not list((tmp_path / "run").glob(".*"))  # no temporary file left behind
+
+
+def test_plot_run_to_another_path_and_without_evaluations(tmp_path):
+    run = tmp_path / "run"
+    write_metrics(run, steps=30, eval_every=1000)  # no evaluation records yet
+    out = figures.plot_run(run, tmp_path / "figs" / "curves.png")
+    assert_png(out)
+    assert not (run / "training.png").exists()
+
+
+def test_read_metrics_keeps_the_last_record_of_a_repeated_step(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n'
+                                            '{"step": 2, "loss": 3.0}\n{"step": 2, "eval_loss": 3.5}\n')
+    train_records, evals = figures.read_metrics(tmp_path)
+    assert [(r["step"], r["loss"]) for r in train_records] == [(1, 5.0), (2, 3.0)]
+    assert [r["eval_loss"] for r in evals] == [3.5]
+
+
+def test_smooth_is_a_debiased_moving_average():
+    assert figures.smooth([1.0, 2.0, 3.0], 1) == [1.0, 2.0, 3.0]
+    assert figures.smooth([4.0] * 10, 5) == pytest.approx([4.0] * 10)  # no pull towards 0 at the start
+    s = figures.smooth([0.0, 10.0], 2)  # β = 1/2: m = 0, 5; debiased by 1/2, 3/4
+    assert s == pytest.approx([0.0, 5 / 0.75])
+    nan = figures.smooth([1.0, float("nan"), 1.0], 3)
+    assert nan[0] == nan[2] == pytest.approx(1.0) and math.isnan(nan[1])
+
+
+def test_trainer_draws_the_curves_at_the_end_of_a_run(tmp_path):
+    tree = tiny_config_tree(tmp_path, max_steps=6, eval_every=3, save_every=6)
+    train(config_from_dict(tree))
+    assert_png(Path(tree["train"]["out_dir"]) / "training.png")
+
+
+def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):
+    def broken(run_dir, out=None):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(figures, "plot_run", broken)
+    tree = tiny_config_tree(tmp_path, max_steps=2, eval_every=2, save_every=2)
+    with caplog.at_level(logging.WARNING, logger="bertmath.figures"):
+        summary = train(config_from_dict(tree))
+    assert summary["steps"] == 2
+    assert "could not plot" in caplog.text and "no fonts" in caplog.text
+    assert not (Path(tree["train"]["out_dir"]) / "training.png").exists()
+
+
+def test_without_matplotlib_the_trainer_skips_the_plot_and_plot_run_says_how_to_install(tmp_path, monkeypatch):
+    write_metrics(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    assert figures.plot_if_available(tmp_path) is None
+    with pytest.raises(BertmathError, match=r"pip install 'bertmath\[plots\]'"):
+        figures.plot_run(tmp_path)
+    assert not (tmp_path / "training.png").exists()
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+
+def test_cli_plot(tmp_path, capsys):
+    write_metrics(tmp_path / "run")
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'run' / 'training.png'}"
+    assert_png(tmp_path / "run" / "training.png")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "other.png")]) == 0
+    assert_png(tmp_path / "other.png")
+
+
+def _one_line_error(capsys, *words) -> None:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bertmath plot: error:"), captured.err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert captured.out == ""
+
+
+def test_cli_plot_errors(tmp_path, capsys, monkeypatch):
+    assert main(["plot", str(tmp_path / "nowhere")]) == 1
+    _one_line_error(capsys, "metrics.jsonl", "run directory")
+
+    (tmp_path / "step-0000010").mkdir()
+    assert main(["plot", str(tmp_path / "step-0000010")]) == 1
+    _one_line_error(capsys, "not a step-* directory")
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "metrics.jsonl").write_text("")
+    assert main(["plot", str(tmp_path / "empty")]) == 1
+    _one_line_error(capsys, "empty")
+
+    write_metrics(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["plot", str(tmp_path / "run")]) == 1
+    _one_line_error(capsys, "matplotlib", "pip install 'bertmath[plots]'")

@@ -1,0 +1,101 @@
+"""configs/ and scripts/: every YAML loads, every shell recipe parses, the GPU recipe's batch arithmetic, and the
+CPU demo end to end with a tiny model."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bertmath.cli import main
+from bertmath.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+SCRIPTS = sorted((REPO / "scripts").glob("*.sh"))
+BASH = shutil.which("bash")
+needs_bash = pytest.mark.skipif(BASH is None, reason="needs bash")
+
+
+def test_there_are_configs_and_scripts():
+    names = {p.name for p in CONFIGS} | {p.name for p in SCRIPTS}
+    assert {"small.yaml", "base.yaml", "base_wikipedia.yaml", "pretrain_small_cpu.sh", "pretrain_base_gpu.sh"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(path):
+    load_config(path)
+
+
+@needs_bash
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_parses_and_is_strict(path):
+    result = subprocess.run([BASH, "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    assert os.access(path, os.X_OK), f"{path.name} is not executable"
+
+
+def test_base_wikipedia_is_bert_base_on_the_hub_corpus():
+    config = load_config(REPO / "configs" / "base_wikipedia.yaml")
+    assert config.model == load_config(REPO / "configs" / "base.yaml").model
+    d, t = config.data, config.train
+    assert (d.source, d.hub_dataset, d.hub_config, d.text_column) == ("hub", "wikimedia/wikipedia", "20231101.en", "text")
+    assert (t.precision, t.device) == ("bf16", "cuda")
+    assert t.batch_size * t.grad_accum_steps == 256  # the paper's batch, on one GPU
+    assert (t.lr, t.warmup_steps, t.max_steps, t.schedule, t.weight_decay) == (1e-4, 10_000, 1_000_000, "linear", 0.01)
+
+
+def test_params_of_base_wikipedia(capsys):
+    assert main(["params", str(REPO / "configs" / "base_wikipedia.yaml")]) == 0
+    assert "109,514,298" in capsys.readouterr().out
+
+
+@needs_bash
+@pytest.mark.parametrize("gpus, batch, accum", [(1, 128, 2), (2, 128, 1), (4, 64, 1), (8, 32, 1)])
+def test_gpu_recipe_keeps_256_sequences_per_step(tmp_path, gpus, batch, accum):
+    fake_python = tmp_path / "python"  # answers the script's GPU count: 8
+    fake_python.write_text("#!/bin/sh\necho 8\n")
+    fake_python.chmod(0o755)
+    env = {**os.environ, "GPUS": str(gpus), "PYTHON": str(fake_python), "TORCHRUN": "echo torchrun"}
+    result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_base_gpu.sh"), "--set", "train.lr=2e-4"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "torchrun", "--standalone", "--nproc_per_node", str(gpus), "-m", "bertmath", "pretrain",
+        "configs/base_wikipedia.yaml", "--set", f"train.batch_size={batch}", "--set", f"train.grad_accum_steps={accum}",
+        "--set", "train.lr=2e-4"]
+
+
+@needs_bash
+@pytest.mark.parametrize("env, message", [({"GPUS": "3"}, "multiple of GPUS"), ({"GPUS": "16"}, "torch sees 8")])
+def test_gpu_recipe_refuses_impossible_layouts(tmp_path, env, message):
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\necho 8\n")
+    fake_python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake_python), "TORCHRUN": "echo torchrun", **env}
+    result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_base_gpu.sh")], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode != 0 and result.stdout == ""
+    assert message in result.stderr
+
+
+@needs_bash
+@pytest.mark.slow
+def test_cpu_demo_end_to_end_with_a_tiny_model(tmp_path):
+    out = tmp_path / "small"
+    tiny = ["model.vocab_size=512", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+            "model.intermediate_size=64", "data.max_documents=300", "data.eval_fraction=0.2", "train.max_steps=4",
+            "train.eval_every=4", "train.save_every=4", "train.batch_size=8", "train.num_threads=1",
+            f"train.out_dir={out}"]
+    args = [a for kv in tiny for a in ("--set", kv)]
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_small_cpu.sh"), *args], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"== fill-mask with {out} ==" in result.stdout
+    assert result.stdout.count("  filled: ") == 5  # each of the five masked lines, filled
+    assert (out / "step-0000004").is_dir()

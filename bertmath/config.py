@@ -83,7 +83,7 @@ class DataConfig:
     mask_token_probability: float = 0.8  # chosen tokens replaced by [MASK]
     random_token_probability: float = 0.1  # chosen tokens replaced by a random token (the rest stay)
     whole_word_masking: bool = False  # choose whole words, not word pieces
-    num_proc: int | None = None  # tokenisation processes; None = one per core when the corpus is large
+    num_proc: int | None = None  # tokenisation processes; None = min(cores, 4) above 20k documents, else 1
     cache_dir: str | None = None  # datasets cache; None = out_dir/cache
 
     def __post_init__(self):

@@ -279,7 +279,7 @@ class Trainer:
     def _evaluate(self, pbar) -> dict:
         t = self.config.train
         result = {}
-        if self.dist.is_main:
+        if self.dist.is_main and len(self.eval_inputs):  # data.eval_fraction: 0 means no held-out set
             result = evaluate(self.model, self.eval_inputs, self.eval_labels, t.batch_size, self.device,
                               self._autocast, self.baseline_token)
             result = {"step": self.state.step, **result}

@@ -253,3 +253,12 @@ def test_cli_bad_inputs_give_one_line_and_nonzero_exit(tmp_path):
         assert run.returncode != 0, name
         assert "Traceback" not in err, (name, err)
         assert len(lines) == 1, (name, err)
+
+
+def test_no_held_out_set_trains_without_evaluating(tmp_path):
+    tree = tiny_config_tree(tmp_path, max_steps=4, save_every=2, eval_every=2)
+    tree["data"]["eval_fraction"] = 0.0
+    summary = train(config_from_dict(tree))
+    assert summary["steps"] == 4
+    assert summary["final_eval_accuracy"] is None and summary["best_eval_accuracy"] is None
+    assert not [m for m in _read_metrics(Path(tree["train"]["out_dir"])) if "eval_loss" in m]

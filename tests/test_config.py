@@ -11,6 +11,11 @@ from bertmath import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, 
 from bertmath.config import config_from_dict, config_to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+def _small_yaml() -> dict:
+    """configs/small.yaml read independently of bertmath.config."""
+    return yaml.safe_load((ROOT / "configs/small.yaml").read_text())
+
+
 SHIPPED = ["configs/small.yaml", "configs/base.yaml", "configs/large.yaml"]
 
 
@@ -53,7 +58,7 @@ def test_shipped_sizes():
     assert (large.num_layers, large.hidden_size, large.num_heads, large.intermediate_size) == (24, 1024, 16, 4096)
     assert base.vocab_size == large.vocab_size == 30522
     assert base.activation == large.activation == "gelu"
-    assert small.hidden_size == 256 and small.num_layers == 4 and small.activation == "relu"
+    assert small.hidden_size == _small_yaml()["model"]["hidden_size"] and small.num_layers == 4 and small.activation == "relu"
     assert isinstance(load_config(ROOT / "configs/base.yaml").train.lr, float)
 
 
@@ -102,7 +107,7 @@ def test_overrides():
     assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
     assert cfg.model.activation == "gelu"
     assert cfg.data.paths == ["a.txt", "b.txt"]
-    assert cfg.model.hidden_size == 256  # the file's value where nothing overrides it
+    assert cfg.model.hidden_size == _small_yaml()["model"]["hidden_size"]  # the file's value where nothing overrides it
 
 
 def test_override_precedence_cli_over_file_over_defaults(tmp_path):
@@ -237,7 +242,7 @@ def test_configs_are_frozen():
         cfg.train.lr = 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model = ModelConfig()
-    assert cfg.model.hidden_size == 256
+    assert cfg.model.hidden_size == _small_yaml()["model"]["hidden_size"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

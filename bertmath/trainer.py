@@ -421,6 +421,9 @@ def train(config: Config) -> dict:
     """Pretrain BertForMaskedLM as `config` says; returns the run summary (also in out_dir/summary.json)."""
     trainer = Trainer(config)
     try:
-        return trainer.run()
+        summary = trainer.run()
+        # Rank 0 still plots and writes the summary; a rank that tore the Gloo group down meanwhile aborts.
+        distributed.barrier(trainer.dist)
+        return summary
     finally:
         distributed.cleanup(trainer.dist)

@@ -108,14 +108,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict to save: bare names, each tied matrix once (under its first name)."""
-    state, seen = {}, set()
-    for name, tensor in unwrap(model).state_dict(keep_vars=False).items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        state[name] = tensor
-    return state
+    model = unwrap(model)
+    tied = _tied_names(model)
+    return {name: tensor for name, tensor in model.state_dict().items() if name not in tied}
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -221,10 +221,6 @@ def load_hf_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, Te
     config_path = directory / HF_CONFIG_FILE
     config = config_from_hf(read_json(config_path), where=str(config_path))
     hf_state = read_hf_weights(directory)
-    if "cls.predictions.decoder.bias" in hf_state:
-        # transformers' forward adds `decoder.bias`; `cls.predictions.bias` is only tied to it when the word
-        # embeddings are tied (always in 4.x). In an untied 5.x model the two differ and the first is the real one.
-        hf_state = {**hf_state, "cls.predictions.bias": hf_state["cls.predictions.decoder.bias"]}
     unknown: list[str] = []
     state = state_dict_from_hf(hf_state, unknown)
     if not state:

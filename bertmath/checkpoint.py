@@ -7,7 +7,7 @@ A run directory (`train.out_dir`) looks like
         model.safetensors  weights, bertmath names, a tied matrix stored once
         config.yaml        the resolved Config: the checkpoint rebuilds its model with no YAML at hand
         tokenizer.json
-        optimizer.safetensors  AdamW moments and RNG states (tensors only: no pickle)
+        optimizer.safetensors  AdamW moments by parameter name, each process's RNG state (tensors only: no pickle)
         trainer_state.json     step, tokens seen, AdamW hyper-parameters, scaler, data position
       model.safetensors, config.yaml, tokenizer.json, ...   hard links to the latest step's files
       metrics.jsonl
@@ -31,7 +31,10 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 
+from .distributed import is_sharded
 from .errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -107,10 +110,39 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict to save: bare names, each tied matrix once (under its first name)."""
+    """The state dict to save, on the CPU: bare names, each tied matrix once (under its first name).
+
+    For an FSDP-sharded model every process must call this (the shards are gathered); the full tensors
+    arrive on rank 0, the other processes get {}."""
     model = unwrap(model)
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     tied = _tied_names(model)
-    return {name: tensor for name, tensor in model.state_dict().items() if name not in tied}
+    return {name: tensor.cpu() for name, tensor in state.items() if name not in tied}
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """(tensors, param_groups) to save: each moment as 'state.<parameter name>.<key>' (CPU), and the groups'
+    hyper-parameters with parameter names in place of positions. Collective under FSDP, as model_state."""
+    state = get_optimizer_state_dict(unwrap(model), optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    tensors = {f"state.{name}.{key}": value.cpu() for name, moments in state.get("state", {}).items()
+               for key, value in moments.items()}
+    return tensors, state.get("param_groups", [])
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                         param_groups: list[dict], where: str) -> None:
+    """Inverse of optimizer_state (every process passes the whole state; FSDP keeps its shards)."""
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("state."):
+            parameter, key = name[len("state."):].rsplit(".", 1)
+            state.setdefault(parameter, {})[key] = tensor
+    try:
+        set_optimizer_state_dict(unwrap(model), optimizer, {"state": state, "param_groups": param_groups},
+                                 options=StateDictOptions(full_state_dict=True))
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: optimizer state does not fit this model ({str(e).splitlines()[0][:160]})") from None
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -155,20 +187,22 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str
     unexpected = [k for k in state if k not in expected]
     if unexpected:
         log.info("%s: ignoring %d tensors the model does not use, e.g. %s", where, len(unexpected), unexpected[0])
+    state = {name: tensor for name, tensor in state.items() if name in expected}
+    if is_sharded(model):  # each process keeps its shard of the full tensors
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
     with torch.no_grad():
         for name, tensor in state.items():
-            if name in expected:
-                model.state_dict()[name].copy_(tensor)
+            expected[name].copy_(tensor)
 
 
 def _tied_names(model: nn.Module) -> set[str]:
-    """Names that share storage with an earlier name (e.g. the tied MLM decoder weight)."""
+    """Names of parameters that are an earlier name's parameter (e.g. the tied MLM decoder weight)."""
     seen, tied = set(), set()
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tuple(tensor.shape))
-        if key in seen:
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in seen:
             tied.add(name)
-        seen.add(key)
+        seen.add(id(parameter))
     return tied
 
 
@@ -221,6 +255,18 @@ def save_checkpoint(out_dir: Path, step: int, files: dict[str, bytes | dict[str,
     for old in list_checkpoints(out_dir)[:-(keep + 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_temporaries(out_dir: Path) -> None:
+    """Delete what a killed save left behind: .step-*.tmp-PID / .step-*.old-PID directories, .*.tmp-PID files."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    for path in out_dir.iterdir():
+        if path.name.startswith(f".{STEP_PREFIX}") and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(".") and path.name.rpartition(".tmp-")[2].isdigit() and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _link_latest(out_dir: Path, step_dir: Path) -> None:

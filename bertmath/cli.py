@@ -92,6 +92,34 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_figures(args) -> int:
+    from .math_figures import write_math_figures
+
+    for path in write_math_figures(args.out, args.checkpoint):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_attention(args) -> int:
+    from .attention_maps import plot_attention
+
+    print(f"wrote {plot_attention(args.checkpoint, args.text, args.out, args.layer, args.head)}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .embedding_explorer import embed
+
+    options = {"top_k": args.top_k}
+    for name in ("word", "analogy", "context_word", "sentences"):
+        if getattr(args, name):  # unset options keep embed's defaults
+            options[name] = getattr(args, name)
+    report, path = embed(args.checkpoint, args.out, **options)
+    print(report.to_text())
+    print(f"wrote {path}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2), like every other bertmath error; subcommands inherit it."""
 
@@ -140,6 +168,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="bertmath run directory (train.out_dir, holding metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/training.png)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("figures", help="draw the figures of BERT's math (exp, sigmoid, GELU, softmax, sampling, "
+                                       "embeddings, attention scaling, masking, WordPiece) as PNGs")
+    p.add_argument("--out", required=True, help="directory to write NN_name.png into (created if missing)")
+    p.add_argument("--checkpoint", default=None,
+                   help="take the tokenizer and embedding matrix from this checkpoint (default: train a WordPiece "
+                        "vocabulary on the embedded Shakespeare corpus, ~1 s, with embeddings at BERT's init)")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("attention", help="draw a checkpoint's attention weights for a text as heat maps")
+    p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
+    p.add_argument("text", help="the text to encode ([CLS] and [SEP] are added)")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--layer", type=int, default=None, help="only this layer (from 0; default: every layer)")
+    p.add_argument("--head", type=int, default=None, help="only this head (from 0; default: every head)")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("embed", help="nearest words, analogies and contextual vectors of a checkpoint's embeddings")
+    p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
+    p.add_argument("--word", help="word whose nearest neighbours to list (default: king)")
+    p.add_argument("--analogy", nargs=3, metavar=("A", "B", "C"),
+                   help="solve A - B + C (default: king man woman)")
+    p.add_argument("--context-word", help="word to compare across --sentence's (default: bear)")
+    p.add_argument("--sentence", dest="sentences", action="append", metavar="TEXT",
+                   help="a sentence holding --context-word (repeat, at least twice; default: four about bears)")
+    p.add_argument("--top-k", type=int, default=8, help="neighbours and analogy answers to list")
+    p.add_argument("--out", default="embed.png", help="PNG to write (default: embed.png)")
+    p.set_defaults(func=cmd_embed)
     return parser
 
 
@@ -151,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BertmathError as e:
-        print(f"bertmath {args.command}: error: {e}", file=sys.stderr)
+        from .distributed import process_label  # " [rank r/P]" in a torchrun job: which process failed
+
+        print(f"bertmath {args.command}{process_label()}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"bertmath {args.command}: interrupted", file=sys.stderr)

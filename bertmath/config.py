@@ -108,8 +108,8 @@ class TrainConfig:
 
     out_dir: str = "checkpoints/run"
     max_steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # sequences per micro-batch (per process)
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    batch_size: int = 32  # sequences per micro-batch, all processes together (each of P takes batch_size / P)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step: batch_size · grad_accum_steps sequences per step
     lr: float = 1e-4  # peak learning rate
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
     warmup_steps: int = 100
@@ -131,6 +131,8 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
     max_time_minutes: float | None = None  # stop (and save) after this wall time
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun: auto = ddp; ddp/fsdp also demand torchrun
+    timeout_minutes: float = 10.0  # a collective waiting longer (a hung or lost process) aborts the job
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "save_every", "eval_batches"):
@@ -145,6 +147,7 @@ class TrainConfig:
         _require(self.max_time_minutes is None or self.max_time_minutes > 0, "train.max_time_minutes",
                  "must be positive")
         _require(self.num_threads is None or self.num_threads > 0, "train.num_threads", "must be positive")
+        _require(self.timeout_minutes > 0, "train.timeout_minutes", "must be positive")
 
 
 @dataclass(frozen=True)

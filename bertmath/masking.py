@@ -26,28 +26,33 @@ IGNORE_INDEX = -100  # label of tokens not chosen; functional.cross_entropy skip
 
 def mask_tokens(input_ids: torch.Tensor, specials: SpecialTokens, vocab_size: int, data: DataConfig,
                 generator: torch.Generator, is_continuation: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """(x̃, y) = MLM corruption of x (see module docstring).
 
     input_ids: (B, T) long; specials: ids never chosen ([PAD] [UNK] [CLS] [SEP] [MASK]); vocab_size: V, random
     replacements come from [0, V) minus the specials; data: mlm_probability, mask_token_probability,
     random_token_probability, whole_word_masking; generator: the only randomness (on input_ids' device), so
     the same generator state gives the same masks; is_continuation: (V,) bool, True for "##" pieces
-    (tokenizer.continuation_mask), needed for whole-word masking.
-    Returns masked_input_ids (B, T) long and labels (B, T) long. Three draws of (B, T) per call, always."""
+    (tokenizer.continuation_mask), needed for whole-word masking; shard: (r, P) when input_ids are rows
+    [r·B, (r+1)·B) of a batch of P·B rows split over P processes: the randomness is drawn for all P·B rows
+    and rows r·B.. kept, so each row is masked the same whatever P.
+    Returns masked_input_ids (B, T) long and labels (B, T) long. Three draws of (P·B, T) per call, always."""
     device = input_ids.device
+    rank, parts = shard
+    rows = slice(rank * len(input_ids), (rank + 1) * len(input_ids))
+    whole = (parts * input_ids.shape[0], input_ids.shape[1])  # (P·B, T)
     special = _is_special(input_ids, specials)  # (B, T)
-    draw = torch.rand(input_ids.shape, generator=generator, device=device)  # (B, T) choice
+    draw = torch.rand(whole, generator=generator, device=device)[rows]  # (B, T) choice
     if data.whole_word_masking:
         if is_continuation is None:
             raise ValueError("whole-word masking needs is_continuation (tokenizer.continuation_mask)")
         draw = draw.gather(1, _word_starts(input_ids, special, torch.as_tensor(is_continuation, device=device)))
     chosen = ~special & (draw < data.mlm_probability)
 
-    decision = torch.rand(input_ids.shape, generator=generator, device=device)  # (B, T) per piece, as Google's WWM
+    decision = torch.rand(whole, generator=generator, device=device)[rows]  # (B, T) per piece, as Google's WWM
     to_mask = chosen & (decision < data.mask_token_probability)
     to_random = chosen & ~to_mask & (decision < data.mask_token_probability + data.random_token_probability)
-    random_ids = _random_tokens(input_ids.shape, specials, vocab_size, generator, device)
+    random_ids = _random_tokens(whole, specials, vocab_size, generator, device)[rows]
 
     masked = torch.where(to_mask, torch.full_like(input_ids, specials.mask), input_ids)
     masked = torch.where(to_random, random_ids, masked)

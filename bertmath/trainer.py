@@ -2,12 +2,14 @@
 
     for step in range(start, max_steps):
         for each micro-batch m:  x = blocks[batch_indices(m)];  x̃, y = mask(x, generator(seed, m))
-                                 loss = CE(BertForMaskedLM(x̃), y) / accum;  loss.backward()
-        clip ‖g‖ ≤ grad_clip;  lr = schedule(step);  AdamW step
+                                 (process r of P: rows [r·B/P, (r+1)·B/P) of them)
+        L = Σ CE(BertForMaskedLM(x̃), y) / N over the N masked tokens of all micro-batches and processes
+        backward;  clip ‖g‖ ≤ grad_clip;  lr = schedule(step);  AdamW step
 
 Everything a step consumes is a pure function of (seed, step) — which blocks, which masks — or is saved
-in the checkpoint (weights, AdamW moments, the global RNG that drives dropout). A run killed at any
-moment and resumed therefore continues exactly as if it had never stopped, without re-reading data.
+in the checkpoint (weights, AdamW moments, each process's RNG that drives dropout). A run killed at any
+moment and resumed therefore continues exactly as if it had never stopped, without re-reading data; and
+the blocks, masks and loss of a step do not depend on the number of processes P (see distributed.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from . import distributed, figures
 from .config import Config, ConfigError, config_to_yaml, load_config
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
-from .masking import mask_tokens
+from .masking import IGNORE_INDEX, mask_tokens
 from .model import BertForMaskedLM, parameter_report
 from .tokenizer import continuation_mask, special_tokens
 
@@ -66,9 +68,14 @@ def learning_rate(step: int, lr: float, warmup_steps: int, max_steps: int, sched
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay)
 
 
+def derived_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A seed for item `index` of random stream `stream` (0: masks, 1: dropout), far from its neighbours'."""
+    return (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB + 1) % 2**63
+
+
 def mask_generator(seed: int, micro_batch: int) -> torch.Generator:
     """The generator that masks global micro-batch `micro_batch`: a pure function of (seed, index)."""
-    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + micro_batch * 0xBF58476D1CE4E5B9 + 1) % 2**63)
+    return torch.Generator().manual_seed(derived_seed(seed, micro_batch))
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -102,22 +109,31 @@ def check_writable(out_dir: Path) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             device: torch.device, autocast, baseline_token: int) -> dict:
+             device: torch.device, autocast, baseline_token: int,
+             info: distributed.DistInfo = distributed.DistInfo()) -> dict:
     """Held-out MLM loss (mean CE over masked tokens), perplexity e^loss, masked-token accuracy, and the
-    accuracy of always predicting the most frequent training token (the baseline to beat)."""
+    accuracy of always predicting the most frequent training token (the baseline to beat).
+
+    With P processes each evaluates 1/P of the rows, padded with unlabelled rows to the same length (under
+    FSDP every process must run the same forwards), and the sums of loss, hits and counts are added up."""
     was_training = model.training
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    for i in range(0, len(inputs), batch_size):
-        x, y = inputs[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+    share = -(-len(inputs) // info.world_size)
+    pad = share * info.world_size - len(inputs)
+    padded_inputs = torch.cat([inputs, inputs[:1].expand(pad, -1)])
+    padded_labels = torch.cat([labels, torch.full((pad, labels.shape[1]), IGNORE_INDEX, dtype=labels.dtype)])
+    start, stop = info.rank * share, (info.rank + 1) * share
+    sums = torch.zeros(3, dtype=torch.float64)  # Σ CE, hits, masked tokens
+    for i in range(start, stop, batch_size):
+        x, y = padded_inputs[i:min(i + batch_size, stop)].to(device), padded_labels[i:min(i + batch_size, stop)].to(device)
         with autocast():
             out = model(x, labels=y)
-        n = int((out.labels != -100).sum())
-        total_loss += float(out.loss) * n
-        correct += int(((out.logits.argmax(-1) == out.labels) & (out.labels != -100)).sum())
-        count += n
+        n = int((out.labels != IGNORE_INDEX).sum())
+        hits = int(((out.logits.argmax(-1) == out.labels) & (out.labels != IGNORE_INDEX)).sum())
+        sums += torch.tensor([float(out.loss) * n, hits, n], dtype=torch.float64)
     model.train(was_training)
-    loss = total_loss / max(count, 1)
+    loss_sum, correct, count = distributed.total(sums, info).tolist()
+    loss, count = loss_sum / max(count, 1), int(count)
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_accuracy": correct / max(count, 1),
             "baseline_accuracy": int((labels == baseline_token).sum()) / max(count, 1), "eval_masked_tokens": count}
 
@@ -130,7 +146,7 @@ class Trainer:
         self.config = config
         t = config.train
         self.device = resolve_device(t.device)
-        self.dist = distributed.setup(self.device.type)
+        self.dist = distributed.setup(self.device.type, t.parallel, t.batch_size, t.timeout_minutes)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores; bf16/fp16 unaffected
@@ -142,6 +158,7 @@ class Trainer:
         self.resume_from = self._resume_source()
         if self.dist.is_main:
             check_writable(self.out_dir)
+            ckpt.remove_temporaries(self.out_dir)  # left by a killed run; nobody writes yet
         self.amp_dtype = _PRECISIONS[t.precision]
 
     # setup ----------------------------------------------------------------------------------------------
@@ -174,7 +191,6 @@ class Trainer:
 
     def _prepare(self) -> None:
         c, t = self.config, self.config.train
-        torch.manual_seed(t.seed)
         cache_dir = Path(c.data.cache_dir) if c.data.cache_dir else self.out_dir / "cache"
         # Rank 0 tokenises (and caches) first; the others then read its cache.
         for turn in ("main", "others"):
@@ -182,23 +198,24 @@ class Trainer:
                 documents = load_documents(c.data)
                 self.tokenizer = get_tokenizer(c, self.out_dir, documents)
                 self.data = prepare_data(c, self.tokenizer, cache_dir, documents)
-            distributed.barrier(self.dist)
+            distributed.barrier(self.dist, slow=True)
         self.specials = special_tokens(self.tokenizer)
         self.is_continuation = torch.tensor(continuation_mask(self.tokenizer)) if c.data.whole_word_masking else None
         self._prepare_eval_set()
 
+        torch.manual_seed(t.seed)  # the same initial weights in every process
         self.model = BertForMaskedLM(c.model).to(self.device)
         self.model.set_activation_checkpointing(t.activation_checkpointing)
-        fused_adam = self.device.type == "cuda"
+        if t.compile:
+            self.model.compile()  # in place: parameter names stay bare
+        self.train_model = distributed.wrap(self.model, self.dist, self.device)  # FSDP shards self.model in place
+        fused_adam = self.device.type == "cuda" and self.dist.parallel != "fsdp"
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr,
                                            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=fused_adam)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        torch.manual_seed(derived_seed(t.seed, self.dist.rank, stream=1))  # dropout: each process its own masks
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        self.train_model = self.model
-        if t.compile:
-            self.train_model = torch.compile(self.train_model)
-        self.train_model = distributed.wrap(self.train_model, self.dist, self.device)
 
     def _prepare_eval_set(self) -> None:
         """A fixed held-out set: the first eval_batches·batch_size eval blocks, masked once with a fixed seed."""
@@ -208,27 +225,30 @@ class Trainer:
         self.eval_inputs, self.eval_labels = self._mask(blocks, torch.Generator().manual_seed(t.seed + 12345))
         self.baseline_token = self.data.most_frequent_token(self.specials)
 
-    def _mask(self, blocks: torch.Tensor, generator: torch.Generator):
+    def _mask(self, blocks: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
         return mask_tokens(blocks, self.specials, self.config.model.vocab_size, self.config.data, generator,
-                           self.is_continuation)
+                           self.is_continuation, shard)
 
     # checkpoints ----------------------------------------------------------------------------------------
 
     def _save(self) -> Path | None:
+        """Write a checkpoint (rank 0); every process takes part: FSDP gathers the shards, and each process's
+        RNG state is saved so that its dropout continues exactly after a resume."""
+        weights = ckpt.model_state(self.model)
+        moments, param_groups = ckpt.optimizer_state(self.model, self.optimizer)
+        rng_states = distributed.gather_objects(_rng_state(self.device), self.dist)
         if not self.dist.is_main:
             return None
-        optimizer_state = self.optimizer.state_dict()
-        tensors = {f"state.{i}.{k}": v for i, s in optimizer_state["state"].items() for k, v in s.items()}
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
-        groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
-                  for g in optimizer_state["param_groups"]]
-        trainer_state = {"train_state": asdict(self.state), "param_groups": groups,
+        tensors = dict(moments)
+        for rank, (cpu, cuda) in enumerate(rng_states):
+            tensors[f"rng.torch.{rank}"] = cpu
+            if cuda is not None:
+                tensors[f"rng.cuda.{rank}"] = cuda
+        trainer_state = {"train_state": asdict(self.state), "param_groups": param_groups,
+                         "world_size": self.dist.world_size,
                          "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
         files = {
-            ckpt.MODEL_FILE: ckpt.model_state(self.model),
+            ckpt.MODEL_FILE: weights,
             ckpt.CONFIG_FILE: config_to_yaml(self.config).encode(),
             ckpt.TOKENIZER_FILE: self.tokenizer.to_str().encode(),
             ckpt.OPTIMIZER_FILE: tensors,
@@ -240,22 +260,22 @@ class Trainer:
         ckpt.load_state_into(self.model, ckpt.read_safetensors(directory / ckpt.MODEL_FILE), str(directory))
         saved = ckpt.read_json(directory / ckpt.STATE_FILE)
         tensors = ckpt.read_safetensors(directory / ckpt.OPTIMIZER_FILE)
-        state: dict[int, dict] = {}
-        for name, tensor in tensors.items():
-            if name.startswith("state."):
-                _, index, key = name.split(".", 2)
-                state.setdefault(int(index), {})[key] = tensor
         try:
-            self.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+            ckpt.load_optimizer_state(self.model, self.optimizer, tensors, saved["param_groups"], str(directory))
             self.state = TrainState(**saved["train_state"])
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise CheckpointError(f"{directory}: trainer state does not fit this model/optimizer ({e})") from None
         if saved.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
+        rank = self.dist.rank
+        if saved.get("world_size", 1) == self.dist.world_size and f"rng.torch.{rank}" in tensors:
+            torch.set_rng_state(tensors[f"rng.torch.{rank}"])
+            if f"rng.cuda.{rank}" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], self.device)
+        else:  # another process count: weights, moments, data and masks continue exactly; dropout cannot
+            log.warning("%s was saved by %s process(es), this run has %d: dropout draws are re-seeded", directory,
+                        saved.get("world_size", 1), self.dist.world_size)
+            torch.manual_seed(derived_seed(self.config.train.seed, rank + self.state.step * 65_537, stream=1))
         if self.dist.is_main:
             self._truncate_metrics(self.state.step)
         log.info("resumed from %s at step %d", directory, self.state.step)
@@ -278,57 +298,72 @@ class Trainer:
 
     def _evaluate(self, pbar) -> dict:
         t = self.config.train
-        result = {}
-        if self.dist.is_main and len(self.eval_inputs):  # data.eval_fraction: 0 means no held-out set
-            result = evaluate(self.model, self.eval_inputs, self.eval_labels, t.batch_size, self.device,
-                              self._autocast, self.baseline_token)
-            result = {"step": self.state.step, **result}
+        if not len(self.eval_inputs):  # data.eval_fraction: 0 means no held-out set
+            return {}
+        result = evaluate(self.model, self.eval_inputs, self.eval_labels, t.batch_size // self.dist.world_size,
+                          self.device, self._autocast, self.baseline_token, self.dist)
+        result = {"step": self.state.step, **result}
+        if self.state.best_eval_accuracy is None or result["eval_accuracy"] > self.state.best_eval_accuracy:
+            self.state.best_eval_accuracy, self.state.best_eval_step = result["eval_accuracy"], self.state.step
+        if self.dist.is_main:
             self._log_metrics(result)
-            if self.state.best_eval_accuracy is None or result["eval_accuracy"] > self.state.best_eval_accuracy:
-                self.state.best_eval_accuracy, self.state.best_eval_step = result["eval_accuracy"], self.state.step
             pbar.write(f"step {self.state.step:>6}: held-out loss {result['eval_loss']:.3f}, perplexity "
                        f"{result['eval_perplexity']:.1f}, masked-token accuracy {result['eval_accuracy']:.1%} "
                        f"(most-frequent-token baseline {result['baseline_accuracy']:.1%})")
-        distributed.barrier(self.dist)
         return result
 
-    def _train_step(self) -> tuple[float, float]:
-        """One optimizer step over grad_accum_steps micro-batches; returns (loss, grad norm)."""
+    def _micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of global micro-batch m: (masked input ids, labels), each (B/P, T)."""
         t, info = self.config.train, self.dist
+        share = t.batch_size // info.world_size
+        indices = batch_indices(len(self.data.train), t.batch_size, m, t.seed)[info.rank * share:(info.rank + 1) * share]
+        return self._mask(self.data.batch("train", indices), mask_generator(t.seed, m), (info.rank, info.world_size))
+
+    def _train_step(self) -> tuple[float, float]:
+        """One optimizer step on L = Σ CE / N, the mean over the N masked tokens of all grad_accum_steps
+        micro-batches in all P processes; returns (L, ‖∇L‖ before clipping).
+
+        Each process back-propagates the Σ CE of its own tokens times P/N, and DDP / FSDP average gradients
+        over processes: (1/P) Σ_p P/N ∇Σ_p CE = ∇L, the gradient one process with the whole batch gets."""
+        t, info = self.config.train, self.dist
+        micro_batches = [self._micro_batch(self.state.step * t.grad_accum_steps + micro)
+                         for micro in range(t.grad_accum_steps)]
+        masked = [int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches]
+        all_masked = float(distributed.total(torch.tensor(float(sum(masked)), device=self.device), info))
+        scale = info.world_size / max(all_masked, 1.0)
         total_loss = torch.zeros((), device=self.device)
-        for micro in range(t.grad_accum_steps):
-            m = (self.state.step * t.grad_accum_steps + micro) * info.world_size + info.rank  # global micro-batch
-            blocks = self.data.batch("train", batch_indices(len(self.data.train), t.batch_size, m, t.seed))
-            inputs, labels = self._mask(blocks, mask_generator(t.seed, m))
-            sync = micro == t.grad_accum_steps - 1 or not info.enabled
-            no_sync = contextlib.nullcontext() if sync else self.train_model.no_sync()
-            with no_sync, self._autocast():
-                loss = self.train_model(inputs.to(self.device, non_blocking=True),
-                                        labels=labels.to(self.device, non_blocking=True)).loss / t.grad_accum_steps
+        for micro, (inputs, labels) in enumerate(micro_batches):
+            last = micro == t.grad_accum_steps - 1
+            with distributed.gradient_sync(self.train_model, info, enabled=last), self._autocast():
+                out = self.train_model(inputs.to(self.device, non_blocking=True),
+                                       labels=labels.to(self.device, non_blocking=True))
+                loss = out.loss * (masked[micro] * scale)  # this process's Σ CE · P/N
             self.scaler.scale(loss).backward()
             total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip) if t.grad_clip > 0
-                     else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.model.parameters()
-                                                                 if p.grad is not None])))
+        # max_norm ∞ leaves the gradients as they are (scaled by exactly 1) and still returns ‖g‖
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
         lr = learning_rate(self.state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(distributed.mean(total_loss, self.dist)), float(grad_norm)  # loss: mean over all ranks
+        step_loss = distributed.total(total_loss, info) / info.world_size  # Σ_p (P/N) Σ CE / P = L
+        return float(step_loss), float(distributed.full_tensor(grad_norm))
 
     def run(self) -> dict:
         c, t = self.config, self.config.train
         if self.dist.is_main:
             log.info("model parameters:\n%s", parameter_report(c.model))
         self._prepare()
-        tokens_per_step = t.batch_size * t.grad_accum_steps * self.dist.world_size * c.data.max_seq_len
+        tokens_per_step = t.batch_size * t.grad_accum_steps * c.data.max_seq_len  # all processes together
         if self.dist.is_main:
-            log.info("data: %d train blocks, %d eval blocks of %d tokens; %s tokens per step; device %s, %s",
+            processes = (f"{self.dist.world_size} processes ({self.dist.parallel}, {t.batch_size // self.dist.world_size}"
+                         f" sequences each per micro-batch)" if self.dist.enabled else "1 process")
+            log.info("data: %d train blocks, %d eval blocks of %d tokens; %s tokens per step; device %s, %s; %s",
                      len(self.data.train), len(self.data.eval), c.data.max_seq_len, f"{tokens_per_step:,}",
-                     self.device, t.precision)
+                     self.device, t.precision, processes)
             self.metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
         start_step, start_time, session_tokens = self.state.step, time.perf_counter(), 0
         pbar = tqdm(total=t.max_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
@@ -417,6 +452,11 @@ def _read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(CPU RNG state, this process's GPU RNG state or None): what drives its dropout."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
 def train(config: Config) -> dict:
     """Pretrain BertForMaskedLM as `config` says; returns the run summary (also in out_dir/summary.json)."""
     trainer = Trainer(config)
@@ -424,6 +464,14 @@ def train(config: Config) -> dict:
         summary = trainer.run()
         # Rank 0 still plots and writes the summary; a rank that tore the Gloo group down meanwhile aborts.
         distributed.barrier(trainer.dist)
-        return summary
-    finally:
-        distributed.cleanup(trainer.dist)
+    except Exception as e:
+        # A failing process leaves without the group teardown (it would wait for the others); torchrun then
+        # stops them. One that notices another's failure says so in one line instead of a collective's traceback.
+        if distributed.peer_failure(e, trainer.dist):
+            latest = ckpt.latest_checkpoint(trainer.out_dir)
+            raise TrainingError(f"another process failed or stopped answering "
+                                f"({str(e).splitlines()[0][:200]}); last good checkpoint: {latest or 'none'}; "
+                                "run the same command again to resume from it") from None
+        raise
+    distributed.cleanup(trainer.dist)
+    return summary

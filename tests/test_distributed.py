@@ -1,15 +1,15 @@
-"""Distributed: a real 2-process `torchrun` (Gloo on CPU) equals one process with 2-step gradient accumulation.
+"""Distributed: real 2-process `torchrun` jobs (Gloo on CPU), DDP and FSDP2, against one process.
 
-Rank r of P takes global micro-batch m = (step·A + micro)·P + r, so 2 ranks × 1 micro-batch see the same
-blocks and the same masks as 1 process × 2 accumulated micro-batches; DDP's mean of the ranks' gradients
-is the accumulated mean. With dropout off, weights and logged losses agree to float rounding: the ranks
-trained on different micro-batches (had both taken the same one, the weights would differ at the 1e-3 level).
-A run resumed under torchrun ends bit-identical to one that never stopped.
+train.batch_size is the batch of all processes together: rank r of P takes rows [r·B/P, (r+1)·B/P) of every
+micro-batch, masked as the whole batch would be, and the loss is normalised by the masked tokens of all
+processes. So 2 processes × B/2 rows and 1 process × B rows compute the same loss and gradients; with dropout
+off the weights agree to float rounding (the reductions add in another order).
+Faults: a process killed (SIGKILL) or raising mid-run ends the whole job with a non-zero exit naming it;
+the last checkpoint stays whole and a resumed run ends bit-identical to one that never stopped.
 """
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,27 +18,36 @@ import pytest
 import torch
 
 from bertmath import checkpoint as ckpt
+from bertmath import cli
 from bertmath.config import config_from_dict
-from bertmath.distributed import DistInfo, mean
+from bertmath.distributed import DistInfo, setup, total
+from bertmath.errors import ConfigError
 from bertmath.model import BertForMaskedLM
 from bertmath.trainer import train
 
 from test_trainer import REPO, tiny_config_tree, write_config
 
-STEPS, BATCH, SEQ = 12, 4, 32
+STEPS, BATCH, SEQ = 12, 8, 32  # BATCH: all processes together
+HANG_GUARD_S = 300  # a job still running after this is a hang: the test fails instead of blocking CI
 
 
-def _tree(tmp_path: Path) -> dict:
+def _tree(tmp_path: Path, dropout: bool = False) -> dict:
     tree = tiny_config_tree(tmp_path, max_steps=STEPS, batch_size=BATCH, save_every=6, eval_every=6)
-    tree["model"].update(hidden_dropout=0.0, attention_dropout=0.0)  # deterministic: compare across layouts
+    if not dropout:  # deterministic: compare across process counts
+        tree["model"].update(hidden_dropout=0.0, attention_dropout=0.0)
     return tree
 
 
-def _torchrun(config: Path, out_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-               "-m", "bertmath", "pretrain", str(config), "--set", f"train.out_dir={out_dir}", *args]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def _torchrun(config: Path, out_dir: Path, *args: str, fault: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "TQDM_DISABLE": "1",
+           "OMP_NUM_THREADS": "1"}
+    entry = ["-m", "bertmath"]
+    if fault:
+        env.update({f"FAULT_{k.upper()}": str(v) for k, v in fault.items()})
+        entry = [str(REPO / "tests" / "fault_injection.py")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *entry,
+               "pretrain", str(config), "--set", f"train.out_dir={out_dir}", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def _metrics(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -46,79 +55,124 @@ def _metrics(out_dir: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if "loss" in r], [r for r in records if "eval_loss" in r]
 
 
-def _assert_same_training(ddp: Path, single: Path) -> None:
-    a, b = ckpt.read_safetensors(ddp / ckpt.MODEL_FILE), ckpt.read_safetensors(single / ckpt.MODEL_FILE)
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
-    (steps_a, evals_a), (steps_b, evals_b) = _metrics(ddp), _metrics(single)
-    assert [r["step"] for r in steps_a] == [r["step"] for r in steps_b]
-    assert [r["tokens"] for r in steps_a] == [r["tokens"] for r in steps_b]
-    for x, y in zip(steps_a, steps_b):  # the logged loss is the mean over both ranks' micro-batches
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), x["step"]
-        assert x["lr"] == pytest.approx(y["lr"], rel=1e-12)
-    assert [r["step"] for r in evals_a] == [r["step"] for r in evals_b]
-    for x, y in zip(evals_a, evals_b):
-        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return ckpt.read_safetensors(run / ckpt.MODEL_FILE)
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_gradient_accumulation(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path, parallel):
     tree = _tree(tmp_path)
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    run = _torchrun(write_config(tmp_path, tree), ddp)
+    spread, single = tmp_path / parallel, tmp_path / "single"
+    run = _torchrun(write_config(tmp_path, tree), spread, "--set", f"train.parallel={parallel}")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     assert run.stdout.count("done:") == 1  # only rank 0 reports
 
-    tree["train"].update(out_dir=str(single), grad_accum_steps=2)
+    tree["train"]["out_dir"] = str(single)
     train(config_from_dict(tree))
 
     # rank 0 alone wrote: one checkpoint per save, one metrics line per step, nothing half-written left over
-    assert [p.name for p in ckpt.list_checkpoints(ddp)] == ["step-0000006", "step-0000012"]
-    assert not [p.name for p in ddp.iterdir() if p.name.startswith(".")]
-    steps, evals = _metrics(ddp)
-    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
-    assert [r["step"] for r in evals] == [6, 12]
-    losses = [r["loss"] for r in steps]
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1  # it learns
+    assert [p.name for p in ckpt.list_checkpoints(spread)] == ["step-0000006", "step-0000012"]
+    assert not [p.name for p in spread.iterdir() if p.name.startswith(".")]
+    assert json.loads((spread / "summary.json").read_text())["tokens"] == STEPS * BATCH * SEQ
 
-    # both ranks' micro-batches count: 2 × (batch × seq) tokens per step
-    tokens = STEPS * 2 * BATCH * SEQ
-    assert json.loads((ddp / "summary.json").read_text())["tokens"] == tokens
-    assert ckpt.read_json(ddp / ckpt.STATE_FILE)["train_state"]["tokens_seen"] == tokens
+    # the same weights: tolerance for float sums taken in another order over 12 AdamW steps
+    a, b = _weights(spread), _weights(single)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    (steps_a, evals_a), (steps_b, evals_b) = _metrics(spread), _metrics(single)
+    assert [r["step"] for r in steps_a] == [r["step"] for r in steps_b] == list(range(1, STEPS + 1))
+    for x, y in zip(steps_a, steps_b):  # the loss over both processes' tokens is the one process's loss
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), x["step"]
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4), x["step"]
+        assert x["tokens"] == y["tokens"]
+    assert [r["step"] for r in evals_a] == [r["step"] for r in evals_b] == [6, 12]
+    for x, y in zip(evals_a, evals_b):  # each process evaluated half the held-out set; the sums add up
+        assert x["eval_masked_tokens"] == y["eval_masked_tokens"]
+        assert x["eval_loss"] == pytest.approx(y["eval_loss"], rel=1e-5)
+        assert x["eval_accuracy"] == pytest.approx(y["eval_accuracy"], abs=1e-9)
 
-    model = BertForMaskedLM.from_pretrained(ddp)
+    # one process loads what the job saved, under bare names
+    model = BertForMaskedLM.from_pretrained(spread)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in model.state_dict())
-    _assert_same_training(ddp, single)
 
 
 @pytest.mark.slow
-def test_two_process_resume_is_bit_identical(tmp_path):
-    """Under torchrun with dropout on: a run stopped after its step-6 checkpoint (its later checkpoint removed,
-    its metrics running on to step 12, as a kill leaves them) and resumed ends bit-identical to the run that
-    never stopped: rank 1 continues from rank 0's saved RNG state, which is its own (same seed, same draws)."""
-    tree = tiny_config_tree(tmp_path, max_steps=STEPS, batch_size=BATCH, save_every=6, eval_every=6)
-    assert tree["model"]["hidden_dropout"] > 0
-    config, out = write_config(tmp_path, tree), tmp_path / "ddp"
-    run = _torchrun(config, out)
+@pytest.mark.parametrize("parallel, kind", [("ddp", "kill"), ("fsdp", "raise")])
+def test_a_failing_process_stops_the_job_and_the_resumed_run_is_bit_identical(tmp_path, parallel, kind):
+    """With dropout on, rank 1 fails before step 9 (after the step-6 checkpoint): the job exits non-zero
+    naming rank 1, step 6 stays whole, and resuming with 2 processes reproduces the uninterrupted run bit
+    for bit: each process restores its own dropout RNG, AdamW moments and the data/mask position."""
+    config = write_config(tmp_path, _tree(tmp_path, dropout=True))
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    run = _torchrun(config, straight, "--set", f"train.parallel={parallel}")
     assert run.returncode == 0, run.stderr[-3000:]
-    straight = ckpt.read_safetensors(out / "step-0000012" / ckpt.MODEL_FILE)
-    straight_metrics = (out / "metrics.jsonl").read_text()
-    shutil.rmtree(out / "step-0000012")
 
-    run = _torchrun(config, out, "--resume")
+    run = _torchrun(config, broken, "--set", f"train.parallel={parallel}",
+                    fault={"rank": 1, "step": 8, "kind": kind})
+    assert run.returncode != 0
+    summary = run.stderr[run.stderr.rindex("Root Cause"):]  # torchrun's report names the first failure
+    assert "rank      : 1 " in summary, run.stderr[-3000:]
+    assert ("Signal 9 (SIGKILL)" if kind == "kill" else "exitcode  : 1") in summary
+    assert [p.name for p in ckpt.list_checkpoints(broken)] == ["step-0000006"]
+    assert ckpt.read_json(broken / ckpt.STATE_FILE)["train_state"]["step"] == 6
+    BertForMaskedLM.from_pretrained(broken)  # whole and loadable
+
+    run = _torchrun(config, broken, "--set", f"train.parallel={parallel}", "--resume")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stderr.count("resumed from") == 2 and "step-0000006" in run.stderr  # both ranks
-    resumed = ckpt.read_safetensors(out / "step-0000012" / ckpt.MODEL_FILE)
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
-    strip = lambda text: [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tokens_per_s")}
-                          for line in text.splitlines()]
-    assert strip((out / "metrics.jsonl").read_text()) == strip(straight_metrics)  # steps 7-12 logged once, same
+    assert run.stderr.count("resumed from") == 2 and "step-0000006" in run.stderr  # both processes
+    a, b = _weights(straight), _weights(broken)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tokens_per_s")}
+                          for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert strip(broken) == strip(straight)  # steps 7-8 logged before the fault are logged once, the same
 
 
-def test_mean_in_one_process_is_the_value():
+def test_parallel_without_torchrun_is_a_one_line_config_error(tmp_path, monkeypatch, capsys):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    config = write_config(tmp_path, _tree(tmp_path))
+    assert cli.main(["pretrain", str(config), "--set", "train.parallel=fsdp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "train.parallel: 'fsdp' needs processes launched by torchrun" in err and "--nproc_per_node" in err
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_batch_that_the_world_size_does_not_divide_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"train.batch_size: 8 sequences cannot be split evenly over 3 processes"):
+        setup("cpu", "ddp", batch_size=8, timeout_minutes=1)
+    config = write_config(tmp_path, _tree(tmp_path))
+    assert cli.main(["pretrain", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bertmath pretrain [rank 0/3]: error: train.batch_size: 8") and len(err.splitlines()) == 1
+
+
+def test_one_process_under_torchrun_with_parallel_auto_trains_plainly(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert setup("cpu", "auto", batch_size=8, timeout_minutes=1) == DistInfo()
+
+
+def test_total_in_one_process_is_the_value():
     x = torch.tensor(3.5)
-    assert mean(x, DistInfo()) is x
+    assert total(x, DistInfo()) is x
+
+
+@pytest.mark.slow
+def test_a_hung_process_times_out_instead_of_hanging_the_job(tmp_path):
+    """Rank 1 stops answering after step 8: within train.timeout_minutes rank 0's collective gives up, it
+    says so in one line naming the last good checkpoint, and torchrun stops the job with a non-zero exit."""
+    config = write_config(tmp_path, _tree(tmp_path))
+    out = tmp_path / "hung"
+    run = _torchrun(config, out, "--set", "train.timeout_minutes=0.2", fault={"rank": 1, "step": 8, "kind": "hang"})
+    assert run.returncode != 0
+    assert (f"bertmath pretrain [rank 0/2]: error: another process failed or stopped answering" in run.stderr)
+    assert f"last good checkpoint: {out / 'step-0000006'}; run the same command again to resume" in run.stderr
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-0000006"]

@@ -153,3 +153,18 @@ def test_whole_word_masking_continuation_after_special_starts_a_word():
 def test_whole_word_masking_needs_the_table():
     with pytest.raises(ValueError, match="is_continuation"):
         run(blocks(batch=2), whole_word_masking=True)
+
+
+@pytest.mark.parametrize("whole_word_masking", [False, True])
+def test_each_process_share_is_masked_as_in_the_whole_batch(whole_word_masking):
+    """P processes masking rows [r·B/P, (r+1)·B/P) with (r, P) and the same generator seed reproduce the
+    masks of one process masking all B rows: training does not depend on the number of processes."""
+    ids, P = blocks(batch=12, length=64), 3
+    continuation = continuation_table()
+    data = DataConfig(whole_word_masking=whole_word_masking)
+    whole = mask_tokens(ids, SPECIALS, V, data, torch.Generator().manual_seed(7), continuation)
+    shares = [mask_tokens(ids[r * 4:(r + 1) * 4], SPECIALS, V, data, torch.Generator().manual_seed(7), continuation,
+                          shard=(r, P)) for r in range(P)]
+    for part, full in zip(zip(*shares), whole):
+        assert torch.equal(torch.cat(part), full)
+    assert not torch.equal(shares[0][1], shares[1][1])  # the shares are different rows, masked differently

@@ -235,9 +235,15 @@ def _as_dataset(documents: datasets.Dataset | Sequence[str]) -> datasets.Dataset
         {"text": list(documents)})
 
 
-def _texts(documents: datasets.Dataset, batch_size: int = 10_000) -> Iterator[list[str]]:
-    for batch in documents.iter(batch_size=batch_size):
-        yield batch["text"]
+class _TextBatches:
+    """The documents' texts in batches of lists; iterable again and again (train_tokenizer reads them twice)."""
+
+    def __init__(self, documents: datasets.Dataset, batch_size: int = 10_000):
+        self.documents, self.batch_size = documents, batch_size
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for batch in self.documents.iter(batch_size=self.batch_size):
+            yield batch["text"]
 
 
 # --- held-out split -------------------------------------------------------------------------------
@@ -271,7 +277,7 @@ def split_documents(documents: datasets.Dataset | Sequence[str], eval_fraction: 
     """Split by `is_eval_document`. When eval_fraction > 0 and there are >= 2 distinct documents, each split
     gets at least one: the text with the smallest hash moves to eval (or the largest to train)."""
     documents = _as_dataset(documents)
-    digests = [_digest(text) for batch in _texts(documents) for text in batch]
+    digests = [_digest(text) for batch in _TextBatches(documents) for text in batch]
     threshold = round(eval_fraction * HASH_BUCKETS)
     is_eval = np.array([_bucket(d) < threshold for d in digests], dtype=bool)
     if eval_fraction > 0 and len(set(digests)) >= 2:
@@ -317,7 +323,7 @@ def get_tokenizer(config: Config, out_dir: str | Path, documents: datasets.Datas
         return tokenizer
     documents = load_documents(config.data) if documents is None else _as_dataset(documents)
     train = split_documents(documents, config.data.eval_fraction).train
-    tokenizer = train_tokenizer(_texts(train), config.model.vocab_size, lowercase=config.data.lowercase)
+    tokenizer = train_tokenizer(_TextBatches(train), config.model.vocab_size, lowercase=config.data.lowercase)
     trained = tokenizer.get_vocab_size()
     if trained < config.model.vocab_size:
         raise DataError(f"the corpus ({len(train)} train documents) is too small for a {config.model.vocab_size}-"

@@ -57,19 +57,37 @@ def _add_template(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
-    """Train a BERT WordPiece vocabulary of `vocab_size` entries (special tokens first) on `texts`."""
-    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+def train_tokenizer(texts: Iterable[str | list[str]], vocab_size: int, lowercase: bool = True) -> Tokenizer:
+    """Train a BERT WordPiece vocabulary of `vocab_size` entries (special tokens first) on `texts`: strings
+    or lists of strings, iterated twice (a list, a dataset column, or a re-iterable object; not a generator).
+
+    The same texts always give the same vocabulary and ids. tokenizers' trainer alone does not: it numbers
+    the "##c" continuation pieces in hash-map order and breaks ties between equally frequent merges by those
+    numbers (huggingface/tokenizers#1794). So a first pass collects the alphabet and every "##c" is declared
+    up front, in sorted order; and the final ids are renumbered: special tokens 0..4, then the rest sorted."""
+    if iter(texts) is texts:
+        raise TypeError("train_tokenizer iterates the texts twice: pass a list or a re-iterable, not a generator")
+    pipeline = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
+    continuations = [f"##{c}" for c in _alphabet(texts, pipeline.normalizer)]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + continuations,
                                         continuing_subword_prefix="##", show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    # The trainer orders equally frequent tokens by hash-map iteration, so the same corpus can give
-    # different ids run to run. Re-number: special tokens 0..4, then the rest sorted, so ids are reproducible.
-    vocab = tokenizer.get_vocab()
+    pipeline.train_from_iterator(texts, trainer=trainer)
+    vocab = pipeline.get_vocab()
     ordered = SPECIAL_TOKENS + sorted(token for token in vocab if token not in SPECIAL_TOKENS)
-    tokenizer.model = models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]",
-                                       continuing_subword_prefix="##")
+    wordpiece = models.WordPiece({token: i for i, token in enumerate(ordered)}, unk_token="[UNK]",
+                                 continuing_subword_prefix="##")
+    tokenizer = _bert_pipeline(Tokenizer(wordpiece), lowercase)  # the "##c" were special only for the trainer
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
     return _add_template(tokenizer)
+
+
+def _alphabet(texts: Iterable[str | list[str]], normalizer) -> list[str]:
+    """The sorted non-space characters of the normalised texts."""
+    chars: set[str] = set()
+    for item in texts:
+        for text in [item] if isinstance(item, str) else item:
+            chars.update(normalizer.normalize_str(text))
+    return sorted(c for c in chars if not c.isspace())
 
 
 def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:

@@ -1,9 +1,11 @@
 """configs/ and scripts/: every YAML loads, every shell recipe parses, the GPU recipe's batch arithmetic, and the
 CPU demo end to end with a tiny model."""
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,31 +56,48 @@ def test_params_of_base_wikipedia(capsys):
     assert "109,514,298" in capsys.readouterr().out
 
 
-@needs_bash
-@pytest.mark.parametrize("gpus, batch, accum", [(1, 128, 2), (2, 128, 1), (4, 64, 1), (8, 32, 1)])
-def test_gpu_recipe_keeps_256_sequences_per_step(tmp_path, gpus, batch, accum):
+def _fake_gpu_env(tmp_path, **env) -> dict:
     fake_python = tmp_path / "python"  # answers the script's GPU count: 8
     fake_python.write_text("#!/bin/sh\necho 8\n")
     fake_python.chmod(0o755)
-    env = {**os.environ, "GPUS": str(gpus), "PYTHON": str(fake_python), "TORCHRUN": "echo torchrun"}
+    return {**os.environ, "PYTHON": str(fake_python), "TORCHRUN": "echo torchrun", **env}
+
+
+@needs_bash
+@pytest.mark.parametrize("gpus, batch, accum", [(1, 128, 2), (2, 256, 1), (4, 256, 1), (8, 256, 1)])
+def test_gpu_recipe_keeps_256_sequences_per_step(tmp_path, gpus, batch, accum):
+    """train.batch_size is the batch of all GPUs together: micro-batch per GPU × GPUs."""
     result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_base_gpu.sh"), "--set", "train.lr=2e-4"],
-                            env=env, capture_output=True, text=True)
+                            env=_fake_gpu_env(tmp_path, GPUS=str(gpus)), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "torchrun", "--standalone", "--nproc_per_node", str(gpus), "-m", "bertmath", "pretrain",
         "configs/base_wikipedia.yaml", "--set", f"train.batch_size={batch}", "--set", f"train.grad_accum_steps={accum}",
-        "--set", "train.lr=2e-4"]
+        "--set", "train.parallel=ddp", "--set", "train.lr=2e-4"]
+    assert batch * accum == 256
 
 
 @needs_bash
-@pytest.mark.parametrize("env, message", [({"GPUS": "3"}, "multiple of GPUS"), ({"GPUS": "16"}, "torch sees 8")])
-def test_gpu_recipe_refuses_impossible_layouts(tmp_path, env, message):
-    fake_python = tmp_path / "python"
-    fake_python.write_text("#!/bin/sh\necho 8\n")
-    fake_python.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake_python), "TORCHRUN": "echo torchrun", **env}
+def test_gpu_recipe_multi_node_fsdp(tmp_path):
+    env = _fake_gpu_env(tmp_path, GPUS="8", NNODES="4", NODE_RANK="2", MASTER_ADDR="10.0.0.1", PARALLEL="fsdp",
+                        GLOBAL_BATCH="1024", MICRO_BATCH="16")
     result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_base_gpu.sh")], env=env, capture_output=True,
                             text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "torchrun", "--nnodes", "4", "--node_rank", "2", "--nproc_per_node", "8", "--rdzv_backend", "c10d",
+        "--rdzv_endpoint", "10.0.0.1:29500", "--rdzv_id", "bertmath-base", "-m", "bertmath", "pretrain",
+        "configs/base_wikipedia.yaml", "--set", "train.batch_size=512", "--set", "train.grad_accum_steps=2",
+        "--set", "train.parallel=fsdp"]  # 16 per GPU × 32 GPUs × 2 steps = 1024
+
+
+@needs_bash
+@pytest.mark.parametrize("env, message", [({"GPUS": "3"}, "multiple of GPUS"), ({"GPUS": "16"}, "torch sees 8"),
+                                          ({"PARALLEL": "zero3"}, "PARALLEL must be ddp or fsdp"),
+                                          ({"NNODES": "2"}, "needs NODE_RANK")])
+def test_gpu_recipe_refuses_impossible_layouts(tmp_path, env, message):
+    result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_base_gpu.sh")], env=_fake_gpu_env(tmp_path, **env),
+                            capture_output=True, text=True)
     assert result.returncode != 0 and result.stdout == ""
     assert message in result.stderr
 
@@ -99,3 +118,20 @@ def test_cpu_demo_end_to_end_with_a_tiny_model(tmp_path):
     assert f"== fill-mask with {out} ==" in result.stdout
     assert result.stdout.count("  filled: ") == 5  # each of the five masked lines, filled
     assert (out / "step-0000004").is_dir()
+
+
+@pytest.mark.slow
+def test_scaling_script_runs_one_and_two_processes_on_the_same_work(tmp_path):
+    tiny = ["model.vocab_size=512", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+            "model.intermediate_size=64", "data.max_documents=1000", "data.eval_fraction=0.1", "data.max_seq_len=32",
+            "train.batch_size=8", "train.precision=fp32"]
+    command = [sys.executable, str(REPO / "scripts" / "scaling.py"), "--config", "configs/small.yaml", "--steps", "6",
+               "--skip", "2", "--json", *[a for kv in tiny for a in ("--set", kv)]]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["processes"], r["parallel"]) for r in rows] == [(1, "none"), (2, "ddp"), (2, "fsdp")]
+    assert rows[0]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
+    for r in rows[1:]:  # fp32, no dropout: the same training whatever the number of processes
+        assert r["final_loss"] == pytest.approx(rows[0]["final_loss"], rel=1e-5)

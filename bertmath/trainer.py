@@ -147,6 +147,8 @@ class Trainer:
         t = config.train
         self.device = resolve_device(t.device)
         self.dist = distributed.setup(self.device.type, t.parallel, t.batch_size, t.timeout_minutes)
+        if not self.dist.is_main:  # one copy of the progress: the others speak only to warn
+            logging.getLogger("bertmath").setLevel(logging.WARNING)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores; bf16/fp16 unaffected

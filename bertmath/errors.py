@@ -21,6 +21,10 @@ class DataError(BertmathError):
     """A corpus or tokenizer that cannot be used."""
 
 
+class InputError(BertmathError):
+    """A text or word a command cannot use: empty, longer than the model's positions, not in the vocabulary."""
+
+
 class CheckpointError(BertmathError):
     """A checkpoint that is missing, unreadable, corrupted, or does not match its config."""
 

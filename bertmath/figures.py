@@ -1,10 +1,9 @@
-"""Training curves: run_dir/metrics.jsonl → run_dir/training.png (matplotlib, the optional `plots` extra).
+"""Training curves: run_dir/metrics.jsonl → run_dir/training.png (matplotlib, the optional `plot` extra).
 
-Four panels against optimizer step: the MLM loss (each step's, faint, and smoothed, with the held-out loss
+Five panels against optimizer step: the MLM loss (each step's, faint, and smoothed, with the held-out loss
 on top: both are the mean cross-entropy over masked tokens), the held-out masked-token accuracy beside the
-most-frequent-token baseline it has to beat, the learning-rate schedule, and the gradient norm before
-clipping. matplotlib is imported only when a figure is drawn, and only through its Agg canvas: no pyplot,
-no global backend switch, nothing shown on screen.
+most-frequent-token baseline it has to beat, the throughput in tokens/s, the learning-rate schedule, and
+the gradient norm before clipping. Drawn through `plotting` (Agg canvas only, nothing shown on screen).
 """
 
 from __future__ import annotations
@@ -16,12 +15,12 @@ import math
 from pathlib import Path
 
 from .errors import BertmathError
+from .plotting import new_figure, save_png
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 FIGURE_FILE = "training.png"
-_INSTALL_HINT = "pip install 'bertmath[plots]'"
 
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -65,29 +64,16 @@ def smooth(values: list[float], window: float) -> list[float]:
     return out
 
 
-def _import_matplotlib():
-    try:
-        import matplotlib  # noqa: F401  (fails first and clearly when matplotlib is not installed)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise BertmathError(f"plotting needs matplotlib, which is not installed: {_INSTALL_HINT}") from None
-    return Figure, FigureCanvasAgg
-
-
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw run_dir/metrics.jsonl to `out` (default run_dir/training.png); returns the PNG's path."""
     run_dir = Path(run_dir)
     train, evals = read_metrics(run_dir)
-    Figure, FigureCanvasAgg = _import_matplotlib()
-    out = Path(out) if out is not None else run_dir / FIGURE_FILE
-
-    fig = Figure(figsize=(12, 8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    (ax_loss, ax_acc), (ax_lr, ax_grad) = fig.subplots(2, 2, sharex=True)
+    fig = new_figure(12, 11)
+    axes = fig.subplot_mosaic([["loss", "loss"], ["accuracy", "speed"], ["lr", "grad"]], sharex=True)
     steps = [r["step"] for r in train]
     last_step = max(steps + [r["step"] for r in evals])
 
+    ax_loss = axes["loss"]
     losses = [float(r["loss"]) for r in train]
     window = max(1.0, len(losses) / 50)
     if window > 1:  # enough steps that smoothing shows the trend: the raw losses stay, faint, behind it
@@ -102,6 +88,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax_loss.set(title="MLM loss (cross-entropy over masked tokens)", ylabel="loss (nats)")
     _legend_or_note(ax_loss, "no steps logged")
 
+    ax_acc = axes["accuracy"]
     if evals:
         eval_steps = [r["step"] for r in evals]
         ax_acc.plot(eval_steps, [100 * r["eval_accuracy"] for r in evals], "o-", color="tab:green", markersize=4,
@@ -114,6 +101,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax_acc.set(title="Held-out masked-token accuracy", ylabel="accuracy (%)")
     _legend_or_note(ax_acc, "no held-out evaluation yet")
 
+    _plot_throughput(axes["speed"], train)
+
+    ax_lr = axes["lr"]
     if train and "lr" in train[0]:
         ax_lr.plot(steps, [r["lr"] for r in train], color="tab:purple", linewidth=1.5)
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
@@ -121,6 +111,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         _note(ax_lr, "no learning rate logged")
     ax_lr.set(title="Learning rate (warm-up, then decay)", xlabel="optimizer step", ylabel="learning rate")
 
+    ax_grad = axes["grad"]
     grad = [(r["step"], r["grad_norm"]) for r in train if r.get("grad_norm") is not None]
     if grad:
         ax_grad.plot([s for s, _ in grad], [g for _, g in grad], color="tab:red", alpha=0.6, linewidth=0.8)
@@ -128,15 +119,39 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         _note(ax_grad, "no gradient norm logged")
     ax_grad.set(title="Gradient norm ‖g‖ (before clipping)", xlabel="optimizer step", ylabel="‖g‖")
 
-    for ax in (ax_loss, ax_acc, ax_lr, ax_grad):
+    for ax in axes.values():
         ax.grid(alpha=0.3)
         ax.set_xlim(0, max(last_step, 1))
     fig.suptitle(_title(run_dir, train, evals))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(out)  # a viewer never sees half a PNG
-    return out
+    return save_png(fig, out if out is not None else run_dir / FIGURE_FILE)
+
+
+def step_throughput(train: list[dict]) -> list[tuple[int, float]]:
+    """(step, Δtokens / Δelapsed_s) between consecutive logged steps: the speed of each step, evaluation
+    and checkpoint pauses included (they fall into the step after them). Pairs without both keys, or with
+    no time between them, are skipped."""
+    rates = []
+    for before, after in zip(train, train[1:]):
+        if all(k in r for r in (before, after) for k in ("tokens", "elapsed_s")):
+            seconds = after["elapsed_s"] - before["elapsed_s"]
+            if seconds > 0:
+                rates.append((after["step"], (after["tokens"] - before["tokens"]) / seconds))
+    return rates
+
+
+def _plot_throughput(ax, train: list[dict]) -> None:
+    rates = step_throughput(train)
+    if rates:
+        window = max(1.0, len(rates) / 50)
+        ax.plot([s for s, _ in rates], smooth([r for _, r in rates], window), color="tab:cyan", linewidth=1.2,
+                label="per step, Δtokens/Δtime" + (f" (EMA over ~{window:.0f} steps)" if window > 1 else ""))
+    logged = [(r["step"], r["tokens_per_s"]) for r in train if r.get("tokens_per_s") is not None]
+    if logged:
+        ax.plot([s for s, _ in logged], [v for _, v in logged], color="tab:brown", linewidth=1.5,
+                label="mean since the run (re)started")
+        ax.set_ylim(bottom=0)
+    ax.set(title="Throughput (training tokens per second)", ylabel="tokens/s")
+    _legend_or_note(ax, "no throughput logged")
 
 
 def _title(run_dir: Path, train: list[dict], evals: list[dict]) -> str:

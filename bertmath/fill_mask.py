@@ -156,14 +156,11 @@ class FillMask:
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FillMask":
         """Model (BertForMaskedLM) and tokenizer from a bertmath run/step directory or a transformers
         directory: tokenizer.json, or vocab.txt lowercased per tokenizer_config.json's do_lower_case."""
-        from .checkpoint import load_pretrained, resolve_checkpoint
-        from .hf_format import load_checkpoint_tokenizer
+        from .hf_format import load_model_and_tokenizer
         from .model import BertForMaskedLM
 
         device = _check_device(device)
-        _, directory = resolve_checkpoint(path)
-        tokenizer = load_checkpoint_tokenizer(directory)
-        return cls(load_pretrained(BertForMaskedLM, directory, device=device), tokenizer, device)
+        return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device), device)
 
     def __call__(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None, truncate: bool = False, batch_size: int = 32):
@@ -256,13 +253,9 @@ class FillMask:
         row = 0
         for x, ids in zip(inputs, seen):
             for pos in x.masks:
-                sorted_p, order = probs[row].sort(descending=True)
-                mass_before = sorted_p.cumsum(0) - sorted_p  # Σ_{j<i} p_(j)
-                n_p = max(1, int((mass_before < top_p).sum()))
-                n = min(top_k, n_p)
-                support, support_p = order[:n], sorted_p[:n]
-                drawn = int(torch.multinomial(support_p / support_p.sum(), 1, generator=generator))
-                ranked = [drawn] + [i for i in range(n) if i != drawn]
+                support, support_p = sampling_support(probs[row], top_k, top_p)
+                drawn = draw(support_p, generator)
+                ranked = [drawn] + [i for i in range(len(support)) if i != drawn]
                 x.predictions[pos] = self._prediction(ids, pos, [int(support[i]) for i in ranked],
                                                       [float(support_p[i]) for i in ranked], step=0)
                 row += 1
@@ -332,6 +325,21 @@ class FillMask:
     def _result(self, x: _Input, strategy: str) -> FillMaskResult:
         return FillMaskResult(x.text, [x.predictions[pos] for pos in x.masks], self._decode(x.ids),
                               x.truncated, strategy)
+
+
+def sampling_support(probs: Tensor, top_k: int, top_p: float = 1.0) -> tuple[Tensor, Tensor]:
+    """S = the first n = min(k, n_p) tokens of p sorted descending, p_(1) >= p_(2) >= ..., with
+    n_p = min{n : Σ_{i<=n} p_(i) >= top_p}: top-k ∩ nucleus (both are prefixes of this order).
+    probs (V,) → (token ids (n,), their p (n,)), most probable first; top_k = 1 is greedy, the argmax."""
+    sorted_p, order = probs.sort(descending=True)
+    mass_before = sorted_p.cumsum(0) - sorted_p  # Σ_{j<i} p_(j)
+    n = min(top_k, max(1, int((mass_before < top_p).sum())))
+    return order[:n], sorted_p[:n]
+
+
+def draw(support_p: Tensor, generator: torch.Generator) -> int:
+    """i ~ q, q_i = p_i / Σ_j p_j: one index into the support, drawn with `generator` from p renormalised."""
+    return int(torch.multinomial(support_p / support_p.sum(), 1, generator=generator))
 
 
 def _preview(text: str, limit: int = 60) -> str:

@@ -164,3 +164,15 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, fuse
     safe_target = torch.where(valid, target, torch.zeros_like(target))  # any index; the term is zeroed below
     nll = -log_softmax(logits, dim=-1).gather(-1, safe_target[:, None])[:, 0]
     return torch.where(valid, nll, torch.zeros_like(nll)).sum() / count
+
+
+def cosine_similarity(a: Tensor, b: Tensor, dim: int = -1, eps: float = 1e-8, fused: bool = False) -> Tensor:
+    """cos(a, b) = a·b / (max(‖a‖, ε) · max(‖b‖, ε)), ‖a‖ = √(Σ_i a_i²), over `dim`; a, b broadcast.
+
+    1 for vectors pointing the same way, 0 for orthogonal ones, -1 for opposite ones, whatever their lengths.
+    ε keeps a zero vector at similarity 0 instead of 0/0. (…, D) with (…, D) → (…)."""
+    if _fused(fused):
+        return F.cosine_similarity(a, b, dim=dim, eps=eps)
+    norm_a = torch.sqrt((a * a).sum(dim=dim)).clamp(min=eps)
+    norm_b = torch.sqrt((b * b).sum(dim=dim)).clamp(min=eps)
+    return (a * b).sum(dim=dim) / (norm_a * norm_b)

@@ -252,6 +252,16 @@ def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
     return load_tokenizer(directory, lowercase=lowercase)
 
 
+def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple:
+    """(`cls` (BertModel or BertForMaskedLM) with the checkpoint's weights, in eval mode; its tokenizer) from a
+    bertmath run/step directory or a transformers directory. The tokenizer is read first: it is the quick check."""
+    from .checkpoint import load_pretrained, resolve_checkpoint
+
+    _, directory = resolve_checkpoint(path)
+    tokenizer = load_checkpoint_tokenizer(directory)
+    return load_pretrained(cls, directory, device=device), tokenizer
+
+
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     """Write any checkpoint (bertmath run or step directory, transformers directory) in transformers'
     layout: out_dir/config.json, model.safetensors (transformers names), tokenizer.json,

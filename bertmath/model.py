@@ -182,9 +182,23 @@ class BertModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None) -> BertOutput:
         """attention_mask: (B, T), 1 for real tokens, 0 for padding; None = attend everywhere."""
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T) keys
+        mask = _key_mask(attention_mask)
         h = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
         return BertOutput(h, self.pooler(h) if self.pooler is not None else None)
+
+    def attention_weights(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                          token_type_ids: Tensor | None = None) -> list[Tensor]:
+        """A_l = softmax(Q_l K_lᵀ / √d_k + M) of every layer l = 0..N-1, each (B, H, T, T): row t is how
+        token t spreads its attention over the keys. The same pass as `forward`: each layer's attention
+        is asked for its weights on the layer's input x_l, then the layer maps x_l to x_{l+1}. For looking
+        at, not training: the attention runs twice per layer, and `forward` stays free of a weights flag."""
+        mask = _key_mask(attention_mask)
+        x = self.embeddings(input_ids, token_type_ids)
+        weights = []
+        for layer in self.encoder.layers:
+            weights.append(layer.attention(x, mask, return_weights=True)[1])  # (B, H, T, T)
+            x = layer(x, mask)
+        return weights
 
     def num_parameters(self) -> int:
         return count_unique_parameters(self)
@@ -194,6 +208,11 @@ class BertModel(nn.Module):
         """Load a bertmath run/checkpoint directory or a transformers BERT directory."""
         from .checkpoint import load_pretrained
         return load_pretrained(cls, path, device=device)
+
+
+def _key_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """attention_mask (B, T), 1 = real token → boolean key mask (B, 1, 1, T), broadcast over heads and queries."""
+    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
 
 
 class MLMHead(nn.Module):

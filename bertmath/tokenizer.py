@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Encoding, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from .errors import DataError
+from .errors import DataError, InputError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in a trained vocabulary
 
@@ -114,6 +114,19 @@ def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
         raise DataError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0][:200]})") from None
     special_tokens(tokenizer, where=str(path))
     return tokenizer
+
+
+def encode_for_model(tokenizer: Tokenizer, text: str, max_tokens: int) -> Encoding:
+    """tokenizer.encode(text), "[CLS] text [SEP]"; an InputError naming the text if it has no token or more
+    than `max_tokens` (the model's max_position_embeddings) with [CLS] and [SEP]."""
+    encoding = tokenizer.encode(text)
+    preview = repr(text if len(text) <= 60 else text[:57] + "...")
+    if not any(is_special == 0 for is_special in encoding.special_tokens_mask):
+        raise InputError(f"{preview} has no tokens; give some text")
+    if len(encoding.ids) > max_tokens:
+        raise InputError(f"{preview} is {len(encoding.ids)} tokens long ([CLS] and [SEP] included), more than the "
+                         f"model's limit of {max_tokens} (max_position_embeddings); shorten it")
+    return encoding
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:

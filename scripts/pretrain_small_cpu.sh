@@ -11,7 +11,7 @@
 # Every argument goes to `bertmath pretrain configs/small.yaml` (repeat --set KEY=VALUE as needed). A run
 # directory that already holds checkpoints is resumed (train.resume: auto); delete it to start afresh.
 # Outputs in train.out_dir (default checkpoints/small): step-*/ checkpoints, metrics.jsonl, summary.json and,
-# when matplotlib is installed (pip install 'bertmath[plots]'), training.png with the training curves.
+# when matplotlib is installed (pip install 'bertmath[plot]'), training.png with the training curves.
 # PYTHON picks the interpreter (default: python).
 set -euo pipefail
 

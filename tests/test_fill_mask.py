@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from bertmath import CheckpointError, ConfigError
-from bertmath.fill_mask import FillMask, FillMaskError, FillMaskResult
+from bertmath.fill_mask import FillMask, FillMaskError, FillMaskResult, sampling_support
 
 from helpers import make_bertmath_run
 
@@ -180,6 +180,15 @@ def test_sample_draws_from_the_truncated_tempered_distribution(fill):
     assert sorted(c.token for c in candidates) == sorted(support)
     for c in candidates:
         assert abs(c.score - float(p[c.token])) < 1e-5
+
+
+def test_sampling_support_is_top_k_intersected_with_the_nucleus():
+    p = torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15], dtype=torch.float64)
+    assert sampling_support(p, 1)[0].tolist() == [1]  # greedy
+    assert sampling_support(p, 3)[0].tolist() == [1, 3, 4]
+    assert sampling_support(p, 5, top_p=0.7)[0].tolist() == [1, 3]  # 0.4 + 0.3 >= 0.7
+    assert sampling_support(p, 5, top_p=0.71)[0].tolist() == [1, 3, 4]
+    assert sampling_support(p, 1, top_p=0.9)[1].tolist() == [0.4]
 
 
 def test_temperature_sharpens_and_flattens(fill):

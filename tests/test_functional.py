@@ -524,3 +524,31 @@ def test_use_fused_gives_the_same_numbers(dtype):
     with BF.use_fused(True):
         c = BF.layer_norm(BF.gelu(BF.softmax(x)), w, b, fused=False)
     assert_close(a, c, **tol(dtype))
+
+
+# --- cosine similarity ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_cosine_similarity_matches_torch(fused, dtype):
+    a, b = randn(4, 5, 16, dtype=dtype, seed=2), randn(4, 5, 16, dtype=dtype, seed=3)
+    check_values_and_grads(lambda x, y: BF.cosine_similarity(x, y, fused=fused),
+                           lambda x, y: F.cosine_similarity(x, y, dim=-1), [a, b], dtype)
+    check_values_and_grads(lambda x, y: BF.cosine_similarity(x, y, dim=1, fused=fused),
+                           lambda x, y: F.cosine_similarity(x, y, dim=1), [a, b], dtype)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_cosine_similarity_broadcasts_and_handles_tiny_vectors(fused):
+    table, query = randn(10, 8, seed=4), randn(8, seed=5)  # one vector against every row: (10,)
+    assert_close(BF.cosine_similarity(table, query, fused=fused), F.cosine_similarity(table, query[None], dim=-1),
+                 **tol(torch.float64))
+    pairs = BF.cosine_similarity(table[:, None], table[None], fused=fused)  # all pairs: (10, 10)
+    assert_close(pairs.diagonal(), torch.ones(10, dtype=torch.float64), **tol(torch.float64))
+    assert_close(pairs, pairs.T, **tol(torch.float64))
+    # below ε the norm is ε: a zero vector has similarity 0, a tiny one is not blown up to ±1
+    tiny = torch.tensor([[1e-9, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    unit = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    assert_close(BF.cosine_similarity(tiny, unit, fused=fused), F.cosine_similarity(tiny, unit, dim=-1))
+    assert BF.cosine_similarity(tiny, unit, fused=fused)[1] == 0

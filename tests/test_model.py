@@ -2,6 +2,7 @@
 parameter counts, activation checkpointing. Tiny seeded configs; everything runs on CPU in seconds."""
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -478,3 +479,40 @@ def test_bert_base_and_large_counts(path, mlm, with_pooler):
     untied = dataclasses.replace(cfg, tie_word_embeddings=False)
     assert numel(build_on_meta(lambda: BertForMaskedLM(untied))) == \
         counts["bert_for_masked_lm_decoder_counted_separately"] == mlm + cfg.vocab_size * cfg.hidden_size
+
+
+# --- attention weights ------------------------------------------------------------------------------------
+
+F64_ATOL, F64_RTOL = 1e-12, 1e-10  # the same float64 math in two evaluation orders: rounding only
+
+def reference_weights(layer, x, attention_mask):
+    """softmax(QKᵀ/√d_k) with -inf on padded keys, from the layer's own Linear weights and torch.softmax."""
+    attn = layer.attention
+    B, T, D = x.shape
+    H = attn.num_heads
+    q, k = (F.linear(x, m.weight, m.bias).view(B, T, H, D // H).transpose(1, 2)
+            for m in (attn.query, attn.key))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(D // H)
+    scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+@pytest.mark.parametrize("fused", FUSED)
+def test_attention_weights_are_softmax_of_scaled_scores(tiny_config, fused):
+    """BertModel.attention_weights: layer l's weights are softmax(Q_l K_lᵀ/√d_k + M) of its input x_l, and
+    the x_l are those of forward (float64: rounding only)."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_config(fused=fused)).double().eval()
+    ids = torch.randint(5, 99, (2, 7))
+    attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])  # the second sequence has 3 padding tokens
+    with torch.no_grad():
+        weights = model.attention_weights(ids, attention_mask)
+        x = model.embeddings(ids)
+        mask = attention_mask.bool()[:, None, None, :]
+        assert len(weights) == len(model.encoder.layers)
+        for layer, w in zip(model.encoder.layers, weights):
+            assert w.shape == (2, 4, 7, 7)
+            assert_close(w, reference_weights(layer, x, attention_mask), atol=F64_ATOL, rtol=F64_RTOL)
+            x = layer(x, mask)
+        assert_close(x, model(ids, attention_mask).last_hidden_state, atol=F64_ATOL, rtol=F64_RTOL)
+    assert (weights[0][1, :, :, 4:] == 0).all()  # padded keys get no attention

@@ -218,6 +218,10 @@ class Trainer:
         torch.manual_seed(derived_seed(t.seed, self.dist.rank, stream=1))  # dropout: each process its own masks
         if self.resume_from is not None:
             self._restore(self.resume_from)
+        steps = distributed.gather_objects(self.state.step, self.dist)
+        if len(set(steps)) > 1:  # e.g. machines that do not share out_dir: their weights would silently differ
+            raise CheckpointError(f"the processes would start from different steps ({steps}): train.out_dir "
+                                  f"({self.out_dir}) must be one directory that every process sees")
 
     def _prepare_eval_set(self) -> None:
         """A fixed held-out set: the first eval_batches·batch_size eval blocks, masked once with a fixed seed."""

@@ -31,7 +31,8 @@ Memory, after timing, one step per system and mode:
         the growth of resource.getrusage's ru_maxrss (a process-wide high-water mark that never falls, so
         only an upper-bound growth; marked in the output).
   cuda  torch.cuda.max_memory_allocated during the step minus memory_allocated before it.
-  `state_mb` is the memory held between steps: parameters + optimizer state (bytes of the tensors).
+  `state_mb` is the memory held between steps: parameters + optimizer state (bytes of the tensors);
+  `peak_mb` = state_mb + step memory: what the system needs at its peak (on CUDA: allocated, not reserved).
 
 FLOPs and MFU (`bertmath.model.flops_per_token`, matmuls only, a multiply-add = 2 FLOPs):
   forward per token   F = 2·N_enc + 4·L·T·D + r·2·(D² + D·V),   N_enc = L·(4D² + 2DF)
@@ -49,6 +50,7 @@ Usage:
   python scripts/bench.py --config configs/base.yaml --precision bf16 --sparse-mlm --fused-qkv --compile
   python scripts/bench.py --config configs/base.yaml --suite cpu       # the preset comparison rows
   python scripts/bench.py --config configs/base.yaml --suite ablation  # each fast path's contribution
+  python scripts/bench.py --config configs/base.yaml --suite gpu --device cuda --batch-size 128  # eager & compiled
   python scripts/bench.py ... --profile                                # torch.profiler table per system
   python scripts/bench.py ... --json                                   # one JSON document on stdout
 Unless given, the fast-path switches and the precision come from the config file (model.fused,
@@ -69,6 +71,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -187,10 +190,13 @@ def transformers_default_attention(config: ModelConfig) -> str:
 class Runner:
     """A built system with its optimizer: `train_step()` and `infer_step()` on a fixed batch."""
 
-    def __init__(self, system: System, config: ModelConfig, hf_state: dict, batch: dict, device: torch.device):
+    def __init__(self, system: System, config: ModelConfig, hf_state: dict, batch: dict, device: torch.device,
+                 fused_adam: bool = False):
         self.system, self.batch, self.device = system, batch, device
         self.model = build_model(system, config, hf_state, device)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, 0.01), lr=1e-4)  # foreach (default)
+        # foreach (torch's default) unless --fused-adam (one fused kernel; what bertmath's trainer uses on CUDA)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, 0.01), lr=1e-4,
+                                           **({"fused": True} if fused_adam else {}))
         self.scaler = torch.amp.GradScaler(device.type, enabled=system.precision == "fp16")
         self.amp = DTYPES[system.precision]
         self.forward_loss = self._bertmath_loss if system.impl == "bertmath" else self._transformers_loss
@@ -341,7 +347,7 @@ def measure_group(group: Group, config: ModelConfig, args, device: torch.device)
     runners = []
     for system in group.systems:
         log.info("building %s", system.name)
-        runners.append(Runner(system, config, hf_state, batch, device))
+        runners.append(Runner(system, config, hf_state, batch, device, fused_adam=args.fused_adam))
     del hf_state
     modes = MODES if args.mode == "both" else (args.mode,)
     first_s = {}
@@ -373,6 +379,8 @@ def measure_group(group: Group, config: ModelConfig, args, device: torch.device)
             median = statistics.median(times)
             tokens_per_s = B * T / median
             training = mode == "train"
+            state_mb = (runner.state_bytes() if training else
+                        sum(p.numel() * p.element_size() for p in runner.model.parameters())) / 2**20
             flops = flops_per_token(config, T, training=training, mlm_fraction=1.0 if training else masked_share)
             executed = flops_per_token(config, T, training=training,
                                        mlm_fraction=masked_share if (s.sparse_mlm and s.impl == "bertmath")
@@ -383,8 +391,8 @@ def measure_group(group: Group, config: ModelConfig, args, device: torch.device)
                 "spread_pct": 100 * (max(times) - min(times)) / median, "samples_ms": [1e3 * t for t in times],
                 "tokens_per_s": tokens_per_s, "first_step_s": first_s[(s, mode)],
                 "step_memory_mb": None if memory is None else memory / 2**20,
-                "state_mb": runner.state_bytes() / 2**20 if training else
-                sum(p.numel() * p.element_size() for p in runner.model.parameters()) / 2**20,
+                "state_mb": state_mb,
+                "peak_mb": None if memory is None else state_mb + memory / 2**20,
                 "flops_per_token": flops, "flops_per_token_executed": executed,
             })
     rows = []
@@ -400,7 +408,8 @@ def measure_group(group: Group, config: ModelConfig, args, device: torch.device)
 
 
 def profile(runner: Runner, mode: str, steps: int, row_limit: int) -> None:
-    """torch.profiler over `steps` steps; the key_averages table sorted by self CPU time, on stdout."""
+    """torch.profiler over `steps` steps; the key_averages table sorted by self CPU time (self GPU time on
+    CUDA), on stdout."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device.type == "cuda" else [])
@@ -408,7 +417,8 @@ def profile(runner: Runner, mode: str, steps: int, row_limit: int) -> None:
         for _ in range(steps):
             runner.step(mode)
         synchronize(runner.device)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit, max_name_column_width=48)
+    sort_by = "self_device_time_total" if runner.device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=48)
     print(f"\n### profile: {runner.system.name}, {mode}, {steps} steps\n\n```\n{table}\n```", flush=True)
 
 
@@ -471,7 +481,22 @@ def suite_groups(name: str, args) -> list[Group]:
                 (f"best {'without' if best.compile else 'with'} compile / best", other_compile, best),
                 ("best + activation checkpointing / best", ckpt, best)]),
         ]
-    raise SystemExit(f"unknown suite {name!r}; choose cpu or ablation")
+    if name == "gpu":
+        # bertmath's best (eager) and the same + torch.compile vs transformers' best (bf16 autocast, sdpa); with
+        # --hf-compile also transformers + torch.compile. --compile/--no-compile is ignored here (both are run).
+        eager = dataclasses.replace(best, compile=False)
+        compiled = dataclasses.replace(best, compile=True)
+        systems = [eager, compiled, hf16]
+        rows = [("bertmath best (eager) / transformers bf16 sdpa", eager, hf16),
+                ("bertmath best + compile / transformers bf16 sdpa", compiled, hf16),
+                ("bertmath: compile / eager", compiled, eager)]
+        if args.hf_compile:
+            hf16_compiled = dataclasses.replace(hf16, compile=True)
+            systems.append(hf16_compiled)
+            rows += [("bertmath best + compile / transformers bf16 sdpa + compile", compiled, hf16_compiled),
+                     ("transformers: compile / eager", hf16_compiled, hf16)]
+        return [Group("bertmath vs transformers, GPU", systems, rows)]
+    raise SystemExit(f"unknown suite {name!r}; choose cpu, ablation or gpu")
 
 
 # --- output ---------------------------------------------------------------------------------------------
@@ -496,7 +521,16 @@ def machine_info(device: torch.device) -> dict:
     except OSError:
         pass
     if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_sms"] = props.multi_processor_count
+        info["cuda"] = torch.version.cuda
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=30).stdout.strip() or "?"
+        except (OSError, subprocess.SubprocessError):
+            pass
     return info
 
 
@@ -505,7 +539,10 @@ def markdown(report: dict) -> str:
     meta = report["meta"]
     lines.append(f"{meta['config']} | batch {meta['batch_size']} × seq {meta['seq_len']} | {meta['device']} | "
                  f"torch {meta['machine']['torch']}, transformers {meta['machine'].get('transformers', '-')} | "
-                 f"{meta['machine'].get('cpu', '')} ({meta['machine']['threads']} threads)")
+                 f"{meta['machine'].get('cpu', '')} ({meta['machine']['threads']} threads)"
+                 + (f" | {meta['machine']['gpu']} ({meta['machine'].get('gpu_memory_gib', '?')} GiB), CUDA "
+                    f"{meta['machine'].get('cuda', '?')}, driver {meta['machine'].get('driver', '?')}"
+                    if "gpu" in meta["machine"] else ""))
     lines.append("peak matmul FLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f} G" for k, v in meta["peak_flops"].items())
                  + (f" (bf16/fp32 = {meta['peak_flops']['bf16'] / meta['peak_flops']['fp32']:.2f})"
                     if "bf16" in meta["peak_flops"] and "fp32" in meta["peak_flops"] else ""))
@@ -513,12 +550,13 @@ def markdown(report: dict) -> str:
                  f"transformers' default attention: {meta['transformers_default_attention']}; memory: {meta['memory_method']}")
     for group in report["groups"]:
         lines += ["", f"#### {group['title']}", "",
-                  "| system | mode | ms/step | spread | tokens/s | step mem MB | state MB | MFU |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| system | mode | ms/step | spread | tokens/s | step mem MB | state MB | peak MB | MFU |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in group["systems"]:
             mem = "-" if r["step_memory_mb"] is None else f"{r['step_memory_mb']:.0f}"
+            peak = "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
             lines.append(f"| {r['system']} | {r['mode']} | {r['ms_per_step']:.1f} | {r['spread_pct']:.1f}% | "
-                         f"{r['tokens_per_s']:.0f} | {mem} | {r['state_mb']:.0f} | {100 * r['mfu']:.1f}% |")
+                         f"{r['tokens_per_s']:.0f} | {mem} | {r['state_mb']:.0f} | {peak} | {100 * r['mfu']:.1f}% |")
         if group["rows"]:
             modes = [m for m in MODES if m in group["rows"][0]]
             lines += ["", "| row | " + " | ".join(f"{m} ratio [min–max]" for m in modes) + " |",
@@ -551,10 +589,12 @@ def parse_args(argv=None):
     p.add_argument("--hf-attn", default="default", help="transformers' attn_implementation: default, sdpa or eager")
     p.add_argument("--hf-precision", choices=list(DTYPES), default=None, help="default: bertmath's precision")
     p.add_argument("--hf-compile", action="store_true", help="torch.compile transformers' model too")
+    p.add_argument("--fused-adam", action="store_true",
+                   help="both systems: AdamW(fused=True) instead of torch's default foreach implementation")
     p.add_argument("--inductor-freezing", action="store_true",
                    help="compiled inference graphs: inductor freezing (weights as constants, prepacked for oneDNN); "
                         "applies to every compiled system")
-    p.add_argument("--suite", choices=["cpu", "ablation"], default=None, help="run a preset matrix of rows")
+    p.add_argument("--suite", choices=["cpu", "ablation", "gpu"], default=None, help="run a preset matrix of rows")
     p.add_argument("--mask-rate", type=float, default=0.15)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's")
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 matmuls for fp32 (both models)")

@@ -82,8 +82,10 @@ def setup(device_type: str, parallel: str, batch_size: int, timeout_minutes: flo
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
+        # device_id binds NCCL to this process's GPU (else every barrier warns that it guesses the device)
+        bound = {"device_id": torch.device("cuda", local_rank)} if device_type == "cuda" else {}
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
-                                timeout=timedelta(minutes=timeout_minutes))
+                                timeout=timedelta(minutes=timeout_minutes), **bound)
     slow_group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
     return DistInfo(rank, world_size, local_rank, mode, slow_group)
 

@@ -321,6 +321,18 @@ def get_tokenizer(config: Config, out_dir: str | Path, documents: datasets.Datas
         check_vocab_size(tokenizer, config.model.vocab_size, where)
         log.info("tokenizer: %s", where)
         return tokenizer
+    tokenizer, train_documents = train_corpus_tokenizer(config, documents)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tokenizer, saved)  # later runs in out_dir (resume) reuse exactly this vocabulary
+    log.info("tokenizer: trained %d WordPieces on %d documents, saved to %s", tokenizer.get_vocab_size(),
+             train_documents, saved)
+    return tokenizer
+
+
+def train_corpus_tokenizer(config: Config, documents: datasets.Dataset | Sequence[str] | None = None,
+                           ) -> tuple[Tokenizer, int]:
+    """(a WordPiece vocabulary of exactly model.vocab_size trained on the TRAIN split of `documents` (default:
+    load_documents), the number of train documents); DataError if the corpus gives another size."""
     documents = load_documents(config.data) if documents is None else _as_dataset(documents)
     train = split_documents(documents, config.data.eval_fraction).train
     tokenizer = train_tokenizer(_TextBatches(train), config.model.vocab_size, lowercase=config.data.lowercase)
@@ -329,10 +341,7 @@ def get_tokenizer(config: Config, out_dir: str | Path, documents: datasets.Datas
         raise DataError(f"the corpus ({len(train)} train documents) is too small for a {config.model.vocab_size}-"
                         f"token vocabulary: training made {trained}; set model.vocab_size: {trained} or add text")
     check_vocab_size(tokenizer, config.model.vocab_size, "trained tokenizer")  # more: alphabet > vocab_size
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_tokenizer(tokenizer, saved)  # later runs in out_dir (resume) reuse exactly this vocabulary
-    log.info("tokenizer: trained %d WordPieces on %d documents, saved to %s", trained, len(train), saved)
-    return tokenizer
+    return tokenizer, len(train)
 
 
 def check_vocab_size(tokenizer: Tokenizer, vocab_size: int, where: str) -> None:

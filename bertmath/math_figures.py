@@ -30,13 +30,13 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from . import functional as BF
-from .config import DataConfig, ModelConfig
+from .config import Config, DataConfig, ModelConfig
 from .fill_mask import draw, sampling_support
 from .hf_format import load_model_and_tokenizer
 from .masking import IGNORE_INDEX, mask_tokens
 from .model import BertModel
 from .plotting import checkpoint_name, heatmap, import_matplotlib, new_figure, save_png
-from .tokenizer import special_tokens, train_tokenizer
+from .tokenizer import special_tokens
 
 SHAKESPEARE_VOCAB_SIZE = 8192  # configs/small.yaml's model.vocab_size
 DENSE_SIZE = 128  # configs/small.yaml's hidden_size: the width of the random-init E when no checkpoint is given
@@ -62,11 +62,9 @@ class Vocabulary:
 def shakespeare_tokenizer(vocab_size: int = SHAKESPEARE_VOCAB_SIZE) -> Tokenizer:
     """A WordPiece vocabulary trained as `bertmath pretrain configs/small.yaml` trains it: on the train split
     of the embedded Shakespeare corpus (one document per paragraph), lowercased."""
-    from .data import load_documents, split_documents  # imports `datasets`: only when a vocabulary is trained
+    from .data import train_corpus_tokenizer  # imports `datasets`: only when a vocabulary is trained
 
-    data = DataConfig()
-    train = split_documents(load_documents(data), data.eval_fraction).train
-    return train_tokenizer(train["text"], vocab_size, lowercase=data.lowercase)
+    return train_corpus_tokenizer(Config(model=ModelConfig(vocab_size=vocab_size)))[0]
 
 
 def load_vocabulary(checkpoint: str | Path | None = None) -> Vocabulary:

@@ -8,6 +8,7 @@ backend switch, nothing shown on screen. Without matplotlib, every drawing funct
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from .errors import BertmathError
@@ -37,13 +38,15 @@ def new_figure(width: float, height: float):
 
 
 def save_png(fig, out: str | Path) -> Path:
-    """Write `fig` to `out` (parent directories created) through a temporary name, so that a viewer never
-    sees half a PNG; returns the path."""
+    """Write `fig` to `out` (parent directories created) atomically, as checkpoints are written, so that a
+    viewer never sees half a PNG; returns the path."""
+    from .checkpoint import atomic_write_bytes
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(out)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    atomic_write_bytes(out, png.getvalue())
     return out
 
 

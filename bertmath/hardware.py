@@ -17,6 +17,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
+AUTOCAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: no autocast
+
 # /proc/cpuinfo flags of the x86 instructions that multiply bf16 natively (oneDNN uses them for bf16 GEMM).
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 

@@ -33,14 +33,13 @@ from . import distributed, figures
 from .config import Config, ConfigError, DataConfig, TrainConfig, config_to_yaml, load_config
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
-from .hardware import resolve_precision
+from .hardware import AUTOCAST_DTYPES, resolve_precision
 from .masking import IGNORE_INDEX, mask_tokens
 from .model import BertForMaskedLM, parameter_report
 from .tokenizer import continuation_mask, special_tokens
 
 log = logging.getLogger(__name__)
 
-_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # The context probe: what the model infers from context alone, the same for every training recipe and seed.
 # 15% of held-out tokens chosen, every one replaced by [MASK] (none kept, none random), masks fixed by this
@@ -196,7 +195,7 @@ class Trainer:
             check_writable(self.out_dir)
             ckpt.remove_temporaries(self.out_dir)  # left by a killed run; nobody writes yet
         self.precision = resolve_precision(t.precision, self.device)
-        self.amp_dtype = _PRECISIONS[self.precision]
+        self.amp_dtype = AUTOCAST_DTYPES[self.precision]
 
     # setup ----------------------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ the blocks, masks and loss of a step do not depend on the number of processes P 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math

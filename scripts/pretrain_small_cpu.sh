@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU demo: pretrain the small BERT of configs/small.yaml (4 layers, 256 wide, 8192 WordPieces) with masked-
+# The CPU demo: pretrain the small BERT of configs/small.yaml (4 layers, 128 wide, rope, 8192 WordPieces) with masked-
 # language modelling on the Shakespeare corpus that ships inside the package (no download, no GPU; about
 # 10 minutes on 2 CPU cores), then let the checkpoint fill a few masked Shakespeare lines.
 #

@@ -11,6 +11,7 @@ A run directory (`train.out_dir`) looks like
         trainer_state.json     step, tokens seen, AdamW hyper-parameters, scaler, data position
       model.safetensors, config.yaml, tokenizer.json, ...   hard links to the latest step's files
       metrics.jsonl
+      .lock                the pretraining run writing here holds flock on it (see lock_run_dir)
 
 Each step directory is written under a temporary name, fsync'ed, and renamed into place, so a kill at
 any moment leaves the previous checkpoint complete: the latest checkpoint is the highest `step-*`.
@@ -20,12 +21,15 @@ transformers' `pytorch_model.bin`, in hf_format).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import socket
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -35,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_optimizer_state_dict)
 
 from .distributed import is_sharded
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError, RunDirInUseError
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -48,6 +52,7 @@ TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 STEP_PREFIX = "step-"
+LOCK_FILE = ".lock"
 LATEST_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, STATE_FILE)
 
 
@@ -267,6 +272,49 @@ def remove_temporaries(out_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif path.name.startswith(".") and path.name.rpartition(".tmp-")[2].isdigit() and path.is_file():
             path.unlink(missing_ok=True)
+
+
+def lock_run_dir(out_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the run directory `out_dir` (created if missing) until the returned file is
+    closed: `fcntl.flock` on out_dir/.lock, a file that holds the holder's pid, host and start time as JSON.
+    A second writer gets a RunDirInUseError naming them.
+
+    The kernel drops a flock when its process dies, even by SIGKILL, so a killed run leaves no stale lock
+    to block its own resume. The file itself is never deleted: a process that opened it just before an
+    unlink would lock the old file while a newcomer locks a new one of the same name, and both would write.
+    Readers (fill-mask, export, plot) take no lock: a step directory appears whole, by one rename."""
+    out_dir = Path(out_dir)
+    path = out_dir / LOCK_FILE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # Opened without truncating: until we hold the lock, what the file says belongs to its holder.
+        lock = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise OutputError(f"train.out_dir: cannot create the lock file {path} ({e.strerror or e})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = lock.read()
+        lock.close()
+        if isinstance(e, BlockingIOError):
+            raise RunDirInUseError(f"train.out_dir {out_dir} is in use by {_lock_holder(holder)}; wait until it "
+                                   "ends, or choose another train.out_dir") from None
+        raise OutputError(f"train.out_dir: cannot lock {path} ({e.strerror or e})") from None
+    lock.truncate()
+    lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": datetime.now().astimezone().isoformat(timespec="seconds")}) + "\n")
+    lock.flush()
+    return lock
+
+
+def _lock_holder(text: str) -> str:
+    """"pid N (started T)" from a lock file's JSON, with the host when it is not this one."""
+    try:
+        holder = json.loads(text)
+        where = f" on {holder['host']}" if holder.get("host") not in (None, socket.gethostname()) else ""
+        return f"pid {int(holder['pid'])}{where} (started {holder.get('started', 'at an unknown time')})"
+    except (ValueError, TypeError, KeyError, AttributeError):  # the holder has locked but not yet written
+        return "another process (its pid is not written yet)"
 
 
 def _link_latest(out_dir: Path, step_dir: Path) -> None:

@@ -157,11 +157,24 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         self.out_dir = Path(t.out_dir)
         self.state = TrainState()
-        self.resume_from = self._resume_source()
-        if self.dist.is_main:
+        self.lock = None
+        if self.dist.is_main:  # before anything reads out_dir: a second writer stops here, in one line
             check_writable(self.out_dir)
-            ckpt.remove_temporaries(self.out_dir)  # left by a killed run; nobody writes yet
+            self.lock = ckpt.lock_run_dir(self.out_dir)
+        try:
+            self.resume_from = self._resume_source()
+        except BaseException:
+            self.close()
+            raise
+        if self.dist.is_main:
+            ckpt.remove_temporaries(self.out_dir)  # left by a killed run; the lock says nobody else writes
         self.amp_dtype = _PRECISIONS[t.precision]
+
+    def close(self) -> None:
+        """Release train.out_dir (the end of the run, or an error): another run may write there now."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     # setup ----------------------------------------------------------------------------------------------
 
@@ -479,5 +492,7 @@ def train(config: Config) -> dict:
                                 f"({str(e).splitlines()[0][:200]}); last good checkpoint: {latest or 'none'}; "
                                 "run the same command again to resume from it") from None
         raise
+    finally:
+        trainer.close()
     distributed.cleanup(trainer.dist)
     return summary

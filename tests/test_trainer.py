@@ -1,5 +1,7 @@
-"""Trainer: schedule, parameter groups, a tiny run end to end, exact kill-and-resume, bad input."""
+"""Trainer: schedule, parameter groups, a tiny run end to end, exact kill-and-resume, one writer per out_dir,
+bad input."""
 
+import hashlib
 import json
 import math
 import os
@@ -14,6 +16,7 @@ import torch
 import yaml
 
 from bertmath import checkpoint as ckpt
+from bertmath.cli import main
 from bertmath.config import config_from_dict
 from bertmath.errors import BertmathError, CheckpointError
 from bertmath.model import BertForMaskedLM
@@ -262,3 +265,75 @@ def test_no_held_out_set_trains_without_evaluating(tmp_path):
     assert summary["steps"] == 4
     assert summary["final_eval_accuracy"] is None and summary["best_eval_accuracy"] is None
     assert not [m for m in _read_metrics(Path(tree["train"]["out_dir"])) if "eval_loss" in m]
+
+
+# --- one writer per out_dir (checkpoint.lock_run_dir, taken by the Trainer) --------------------------------
+
+
+def _paused_run(config: Path, tmp_path: Path, step: int) -> tuple[subprocess.Popen, Path]:
+    """A real `bertmath pretrain` process held before optimizer step `step` + 1 (tests/fault_injection.py,
+    pause) until the test creates the returned gate file; returns once it is held there."""
+    gate = tmp_path / "gate"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "FAULT_RANK": "0", "FAULT_STEP": str(step),
+           "FAULT_KIND": "pause", "FAULT_GATE": str(gate)}
+    run = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_injection.py"), "pretrain", str(config)],
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not Path(f"{gate}.reached").exists():
+        assert run.poll() is None and time.time() < deadline, run.communicate()[1]
+        time.sleep(0.02)
+    return run, gate
+
+
+def _tree_hashes(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_into_a_busy_out_dir_stops_at_once_and_the_first_finishes(tmp_path, capsys):
+    """Two processes, one out_dir: the second (this one, through the CLI's main) returns 1 with one line
+    naming the first one's pid and changes nothing; the first, held mid-run meanwhile, then finishes with
+    one metrics line per step."""
+    tree = tiny_config_tree(tmp_path, max_steps=8, save_every=4, eval_every=4)
+    config, out = write_config(tmp_path, tree), Path(tree["train"]["out_dir"])
+    first, gate = _paused_run(config, tmp_path, step=4)
+    before = _tree_hashes(out)
+
+    assert main(["pretrain", str(config)]) == 1
+    started = json.loads((out / ckpt.LOCK_FILE).read_text())["started"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"bertmath pretrain: error: train.out_dir {out} is in use by pid {first.pid} (started {started}); wait "
+        "until it ends, or choose another train.out_dir"]
+    assert _tree_hashes(out) == before
+
+    gate.touch()
+    assert first.wait(timeout=300) == 0, first.communicate()[1]
+    assert [m["step"] for m in _read_metrics(out) if "loss" in m] == list(range(1, 9))
+    assert ckpt.latest_checkpoint(out).name == "step-0000008"
+
+
+def test_a_sigkilled_run_resumes_with_its_lock_file_left_as_it_was(tmp_path):
+    """flock dies with its process: a run SIGKILLed while holding out_dir/.lock is resumed by the same
+    command with the file untouched (it still names the dead process), and the resumed run holds it."""
+    tree = tiny_config_tree(tmp_path, max_steps=8, save_every=4, eval_every=4)
+    config, out = write_config(tmp_path, tree), Path(tree["train"]["out_dir"])
+    killed, _ = _paused_run(config, tmp_path, step=4)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert json.loads((out / ckpt.LOCK_FILE).read_text())["pid"] == killed.pid
+
+    summary = train(config_from_dict(tree))
+    assert summary["steps"] == 8
+    assert [m["step"] for m in _read_metrics(out) if "loss" in m] == list(range(1, 9))
+    assert json.loads((out / ckpt.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_the_lock_is_released_when_a_run_ends_or_fails(tmp_path):
+    tree = tiny_config_tree(tmp_path, max_steps=2, save_every=2, eval_every=2)
+    out = Path(tree["train"]["out_dir"])
+    train(config_from_dict(tree))
+    ckpt.lock_run_dir(out).close()  # free after a finished run
+    tree["model"]["hidden_size"] = 64
+    with pytest.raises(CheckpointError, match="different model config"):
+        train(config_from_dict(tree))
+    ckpt.lock_run_dir(out).close()  # free after a run that failed in its set-up

@@ -1,0 +1,40 @@
+"""checkpoint.py: the run directory's lock."""
+
+import json
+import os
+
+import pytest
+
+from bertmath import checkpoint as ckpt
+from bertmath.errors import OutputError, RunDirInUseError
+
+
+def test_lock_is_exclusive_names_its_holder_and_outlives_its_release(tmp_path):
+    out = tmp_path / "run"
+    held = ckpt.lock_run_dir(out)  # creates out
+    holder = json.loads((out / ckpt.LOCK_FILE).read_text())
+    assert holder["pid"] == os.getpid() and holder["started"]
+    # flock belongs to an open file, not to a process: a second open in this process is a second writer
+    with pytest.raises(RunDirInUseError) as error:
+        ckpt.lock_run_dir(out)
+    assert str(error.value) == (f"train.out_dir {out} is in use by pid {os.getpid()} (started {holder['started']}); "
+                                "wait until it ends, or choose another train.out_dir")
+    assert json.loads((out / ckpt.LOCK_FILE).read_text()) == holder  # the refused writer left it as it was
+    held.close()
+    assert (out / ckpt.LOCK_FILE).is_file()  # never deleted (see lock_run_dir)
+    ckpt.lock_run_dir(out).close()
+
+
+def test_a_lock_file_not_yet_written_still_refuses_the_second_writer(tmp_path):
+    held = ckpt.lock_run_dir(tmp_path)
+    held.truncate(0)  # as just after the holder's flock, before it writes its pid
+    held.flush()
+    with pytest.raises(RunDirInUseError, match="in use by another process"):
+        ckpt.lock_run_dir(tmp_path)
+    held.close()
+
+
+def test_a_lock_that_cannot_be_created_is_one_output_error(tmp_path):
+    (tmp_path / ckpt.LOCK_FILE).mkdir()
+    with pytest.raises(OutputError, match="cannot create the lock file"):
+        ckpt.lock_run_dir(tmp_path)

@@ -29,20 +29,19 @@ import shutil
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
+from .config import Config, ModelConfig, load_config
 from .distributed import is_sharded
-from .errors import CheckpointError, OutputError, RunDirInUseError
-
-if TYPE_CHECKING:
-    from .config import ModelConfig
+from .errors import CheckpointError, ConfigError, OutputError, RunDirInUseError
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +149,17 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, ten
         raise CheckpointError(f"{where}: optimizer state does not fit this model ({str(e).splitlines()[0][:160]})") from None
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or corrupted file is a CheckpointError naming it."""
+def read_safetensors(path: Path, header_only: bool = False) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file is a CheckpointError naming it.
+    `header_only`: read just the header, which a truncated or garbage file fails too (it names more bytes
+    than the file has), and return {} (the tensor bytes themselves carry no checksum)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
+        if header_only:
+            with safe_open(str(path), "pt"):
+                return {}
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable or corrupted safetensors file ({str(e).splitlines()[0][:160]})") from None
@@ -256,7 +260,7 @@ def save_checkpoint(out_dir: Path, step: int, files: dict[str, bytes | dict[str,
     else:
         os.replace(tmp, final)
     _fsync_dir(out_dir)
-    _link_latest(out_dir, final)
+    link_latest(out_dir, final)
     for old in list_checkpoints(out_dir)[:-(keep + 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -317,7 +321,7 @@ def _lock_holder(text: str) -> str:
         return "another process (its pid is not written yet)"
 
 
-def _link_latest(out_dir: Path, step_dir: Path) -> None:
+def link_latest(out_dir: Path, step_dir: Path) -> None:
     """out_dir/<file> → the latest step's file, each replaced atomically (a hard link, or a copy)."""
     for name in LATEST_FILES:
         source = step_dir / name
@@ -352,23 +356,74 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
                           "or a transformers config.json)")
 
 
+def read_config(directory: Path) -> Config:
+    """The resolved Config a bertmath checkpoint directory saved (config.yaml); CheckpointError otherwise."""
+    try:
+        return load_config(Path(directory) / CONFIG_FILE)
+    except ConfigError as e:  # its message names the file; a bad checkpoint is not a bad command line (exit 1)
+        raise CheckpointError(str(e)) from None
+
+
 def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
     """(resolved directory, ModelConfig, state dict in bertmath names) of a bertmath run/checkpoint
     directory or a transformers BERT directory; no model is built."""
-    from .config import load_config
-    from .errors import ConfigError
-
     kind, directory = resolve_checkpoint(path)
     if kind == "transformers":
         from .hf_format import load_hf_checkpoint
         config, state = load_hf_checkpoint(directory)
     else:
-        try:
-            config = load_config(directory / CONFIG_FILE).model
-        except ConfigError as e:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
+        config = read_config(directory).model
         state = read_safetensors(directory / MODEL_FILE)
     return directory, config, state
+
+
+def check_resumable(step_dir: Path) -> None:
+    """Nothing if a run can continue from the newest checkpoint `step_dir`; else a one-line CheckpointError.
+
+    A newest checkpoint damaged on disk (a truncated or garbage file: the atomic writes cannot leave one, so
+    the disk or filesystem failed, or someone edited it) is not skipped: the error names the damage and the
+    newest intact earlier checkpoint, and says to move the damaged directory aside (to damaged-step-N, which
+    is no checkpoint name) and run the same command again, which then resumes from that one. Falling back on
+    its own would bury a failing disk in a log line, and the run's next saves would replace the damaged
+    directory or prune intact ones around it: here nothing is deleted or overwritten without a person."""
+    damage = checkpoint_damage(step_dir)
+    if damage is None:
+        return
+    step_dir = Path(step_dir)
+    earlier = list_checkpoints(step_dir.parent)[:-1]
+    intact = next((c for c in reversed(earlier) if checkpoint_damage(c) is None), None)
+    if intact is None:
+        raise CheckpointError(f"cannot resume: {damage}; no earlier checkpoint in {step_dir.parent} is intact: "
+                              "choose another train.out_dir to start afresh")
+    raise CheckpointError(f"cannot resume: {damage}; the newest intact checkpoint is {intact.name}: move the damaged "
+                          f"one aside (mv {step_dir} {step_dir.with_name('damaged-' + step_dir.name)}) and run the "
+                          f"same command again to resume from {intact.name}")
+
+
+def checkpoint_damage(step_dir: Path) -> str | None:
+    """What makes a step directory unusable for a resume (the first file that is missing or unreadable:
+    config.yaml, tokenizer.json, trainer_state.json with this directory's step, the safetensors headers), or
+    None. Reads no tensor data: cheap enough for every earlier checkpoint."""
+    step_dir = Path(step_dir)
+    try:
+        read_config(step_dir)
+        for name in (MODEL_FILE, OPTIMIZER_FILE):
+            read_safetensors(step_dir / name, header_only=True)
+        state = read_json(step_dir / STATE_FILE)
+    except CheckpointError as e:
+        return str(e)
+    try:
+        Tokenizer.from_file(str(step_dir / TOKENIZER_FILE))
+    except Exception as e:  # tokenizers raises plain Exception subclasses for missing and malformed files
+        return f"{step_dir / TOKENIZER_FILE}: not a readable tokenizer ({str(e).splitlines()[0][:160]})"
+    train_state = state.get("train_state") if isinstance(state, dict) else None
+    numbers = isinstance(train_state, dict) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in train_state.values())
+    if not numbers or train_state.get("step") != int(step_dir.name[len(STEP_PREFIX):]) \
+            or not isinstance(state.get("param_groups"), list):
+        return (f"{step_dir / STATE_FILE}: not the trainer state of {step_dir.name} (expected train_state with "
+                "numbers, its step that of the directory, and param_groups)")
+    return None
 
 
 def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, figures
-from .config import Config, ConfigError, config_to_yaml, load_config
+from .config import Config, ConfigError, config_to_yaml
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
 from .masking import IGNORE_INDEX, mask_tokens
@@ -168,6 +168,8 @@ class Trainer:
             raise
         if self.dist.is_main:
             ckpt.remove_temporaries(self.out_dir)  # left by a killed run; the lock says nobody else writes
+            if self.resume_from is not None:  # out_dir's tokenizer.json is read: that of the step we continue from
+                ckpt.link_latest(self.out_dir, self.resume_from)  # (a newer, damaged one may have been moved aside)
         self.amp_dtype = _PRECISIONS[t.precision]
 
     def close(self) -> None:
@@ -189,10 +191,8 @@ class Trainer:
         if t.resume == "never":
             raise CheckpointError(f"{self.out_dir} already holds checkpoints ({latest.name}); resume with "
                                   "--resume / train.resume: auto, or choose another train.out_dir")
-        try:
-            saved = load_config(latest / ckpt.CONFIG_FILE)
-        except ConfigError as e:
-            raise CheckpointError(f"{latest / ckpt.CONFIG_FILE}: {e}") from None
+        ckpt.check_resumable(latest)  # a damaged one: an error naming the newest intact earlier checkpoint
+        saved = ckpt.read_config(latest)
         if saved.model != self.config.model:
             diffs = [f"model.{k}: {v} in checkpoint vs {getattr(self.config.model, k)} now"
                      for k, v in asdict(saved.model).items() if getattr(self.config.model, k) != v]

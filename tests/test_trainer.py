@@ -337,3 +337,51 @@ def test_the_lock_is_released_when_a_run_ends_or_fails(tmp_path):
     with pytest.raises(CheckpointError, match="different model config"):
         train(config_from_dict(tree))
     ckpt.lock_run_dir(out).close()  # free after a run that failed in its set-up
+
+
+def _truncate(path: Path) -> None:
+    """Cut a file to half its length in place (its hard links see it too), as a failing disk could."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda step_dir: _truncate(step_dir / ckpt.MODEL_FILE),
+    lambda step_dir: (step_dir / ckpt.STATE_FILE).write_bytes(b"\x00{garbage"),
+], ids=["truncated model.safetensors", "garbage trainer_state.json"])
+def test_a_damaged_newest_checkpoint_is_an_error_naming_the_intact_one_to_resume_from(tmp_path, damage):
+    """The policy of checkpoint.check_resumable: one line naming the damaged file, the newest intact
+    checkpoint and the move that resumes from it; nothing changed. After that move the same command resumes
+    from the intact checkpoint and logs each step once."""
+    tree = tiny_config_tree(tmp_path, max_steps=8, save_every=4, eval_every=4)
+    out = Path(tree["train"]["out_dir"])
+    train(config_from_dict(tree))
+    newest = out / "step-0000008"
+    damage(newest)
+    before = _tree_hashes(out)
+    tree["train"]["max_steps"] = 12
+    with pytest.raises(CheckpointError) as error:
+        train(config_from_dict(tree))
+    aside = out / "damaged-step-0000008"
+    assert str(error.value).startswith(f"cannot resume: {newest}/")
+    assert str(error.value).endswith(f"; the newest intact checkpoint is step-0000004: move the damaged one aside "
+                                     f"(mv {newest} {aside}) and run the same command again to resume from "
+                                     "step-0000004")
+    after = _tree_hashes(out)
+    del before[ckpt.LOCK_FILE], after[ckpt.LOCK_FILE]  # each run that takes the lock writes its pid there
+    assert after == before
+
+    newest.rename(aside)
+    assert train(config_from_dict(tree))["steps"] == 12
+    assert [m["step"] for m in _read_metrics(out) if "loss" in m] == list(range(1, 13))
+    assert aside.is_dir() and ckpt.latest_checkpoint(out).name == "step-0000012"
+
+
+def test_no_intact_checkpoint_to_resume_from_is_an_error_saying_so(tmp_path):
+    tree = tiny_config_tree(tmp_path, max_steps=4, save_every=4, eval_every=4)
+    out = Path(tree["train"]["out_dir"])
+    train(config_from_dict(tree))
+    _truncate(out / "step-0000004" / ckpt.OPTIMIZER_FILE)
+    with pytest.raises(CheckpointError, match=f"optimizer.safetensors: unreadable or corrupted.*; no earlier "
+                                              f"checkpoint in {out} is intact: choose another train.out_dir"):
+        train(config_from_dict(tree))

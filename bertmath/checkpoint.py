@@ -21,6 +21,7 @@ transformers' `pytorch_model.bin`, in hf_format).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -78,13 +79,11 @@ def _tmp_name(path: Path) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a reader sees either the old file or the new one, never a part."""
     path = Path(path)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -93,12 +92,37 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     path = Path(path)
+    with _replacing(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yield a temporary name beside `path` to write; then rename it onto `path`. If the write or the rename
+    fails (e.g. `path` is a directory, the disk is full), the temporary file is removed and `path` is as it was."""
     tmp = _tmp_name(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def check_output(path: str | Path, directory: bool = False) -> Path:
+    """`path` as a file to write (or, with `directory`, a directory to create or write into), checked before
+    any slow work: an OutputError if it exists as the other kind, or if a parent of it is a file."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise OutputError(f"{path}: is a directory; give a file name" if path.is_dir() else
+                          f"{path}: is a file; give a directory (a new one is created)")
+    existing = next(p for p in path.parents if p.exists())  # "/" or "." at the latest
+    if not existing.is_dir():
+        raise OutputError(f"{path}: cannot be created: {existing} is a file")
+    return path
 
 
 # --- model weights --------------------------------------------------------------------------------------

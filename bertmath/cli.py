@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export",
                        help="write a checkpoint in transformers' layout (config.json, model.safetensors, tokenizer)")
     p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
-    p.add_argument("out_dir", help="directory to write (created if missing; files in it are replaced)")
+    p.add_argument("out_dir", help="directory to write: a new or empty one, or a previous bertmath export (whose "
+                                   "files are replaced); anything else is left alone, with an error")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="draw a run's training curves (loss, learning rate, held-out accuracy) to a PNG")

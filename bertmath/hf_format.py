@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from .config import ModelConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +262,42 @@ def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device =
     return load_pretrained(cls, directory, device=device), tokenizer
 
 
+# What makes a directory a previous export, which `export` may write over: a key of its config.json.
+EXPORT_MARK = {"exported_by": "bertmath"}
+
+
+def check_export_target(out_dir: str | Path) -> Path:
+    """`out_dir` if `export` may write there: it does not exist yet (it is created), it is an empty directory,
+    or it holds a previous export, i.e. a config.json with "model_type": "bert" and "exported_by": "bertmath"
+    and no "transformers_version" (transformers adds that key whenever it saves a model, e.g. one fine-tuned
+    from the export, and then the directory is no longer ours to overwrite). An export replaces only the six
+    files it writes there. OutputError otherwise: an existing file, another program's directory."""
+    from .checkpoint import check_output, read_json
+
+    out_dir = check_output(out_dir, directory=True)
+    try:
+        if not out_dir.exists() or not any(out_dir.iterdir()):
+            return out_dir
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot list this directory ({e.strerror or e})") from None
+    try:
+        config = read_json(out_dir / HF_CONFIG_FILE)
+    except CheckpointError:  # none, or not JSON: not an export
+        config = None
+    if (isinstance(config, dict) and config.get("model_type") == "bert" and "transformers_version" not in config
+            and all(config.get(k) == v for k, v in EXPORT_MARK.items())):
+        return out_dir
+    raise OutputError(f"{out_dir}: not empty and not a previous bertmath export (whose config.json says "
+                      '"exported_by": "bertmath"); give a new or empty directory, or remove this one')
+
+
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     """Write any checkpoint (bertmath run or step directory, transformers directory) in transformers'
     layout: out_dir/config.json, model.safetensors (transformers names), tokenizer.json,
     tokenizer_config.json, special_tokens_map.json, vocab.txt; each file written atomically.
     `transformers.AutoModelForMaskedLM/AutoTokenizer.from_pretrained(out_dir)` load the result.
+    `out_dir` must be new, empty or a previous export (check_export_target); it is checked, and the whole
+    export prepared, before anything is written.
 
     A checkpoint with an MLM head is exported as BertForMaskedLM, one without (a sentence encoder) as
     BertModel. The tied decoder weight is not stored (transformers re-ties it from
@@ -277,8 +308,9 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     from .model import BertForMaskedLM, BertModel
     from .tokenizer import special_tokens
 
+    out_dir = check_export_target(out_dir)
     directory, config, state = read_checkpoint(checkpoint_path)
-    tokenizer = load_checkpoint_tokenizer(directory)  # before writing anything: a checkpoint without one fails early
+    tokenizer = load_checkpoint_tokenizer(directory)
     has_head = any(name.startswith("mlm_head.") for name in state)
     model = build_from_state(BertForMaskedLM if has_head else BertModel, config, state, str(directory))  # checks shapes
     if tokenizer.get_vocab_size() > config.vocab_size:
@@ -287,14 +319,9 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     hf_state = state_dict_to_hf(model_state(model))  # model_state: the tied decoder weight once, as the embedding
     if "cls.predictions.decoder.bias" in hf_state:  # safetensors stores no shared storage: a copy under each name
         hf_state["cls.predictions.decoder.bias"] = hf_state["cls.predictions.decoder.bias"].clone()
-    hf_config = config_to_hf(config)
+    hf_config = {**config_to_hf(config), **EXPORT_MARK}
     if not has_head:
         hf_config["architectures"] = ["BertModel"]
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / HF_CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")
-    atomic_save_safetensors(hf_state, out_dir / HF_WEIGHTS_FILE, metadata={"format": "pt"})
 
     ids = special_tokens(tokenizer, where=str(directory))
     names = {k: tokenizer.id_to_token(getattr(ids, k)) for k in ("unk", "sep", "pad", "cls", "mask")}
@@ -309,9 +336,20 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     vocab = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     if [i for _, i in vocab] != list(range(len(vocab))):
         raise CheckpointError(f"{directory}: tokenizer ids are not 0..{len(vocab) - 1}; cannot write vocab.txt")
-    atomic_write_text(out_dir / "tokenizer.json", tokenizer.to_str())
-    atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
-    atomic_write_text(out_dir / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
-    atomic_write_text(out_dir / "vocab.txt", "".join(f"{token}\n" for token, _ in vocab))
+    texts = {
+        HF_CONFIG_FILE: json.dumps(hf_config, indent=2) + "\n",
+        "tokenizer.json": tokenizer.to_str(),
+        "tokenizer_config.json": json.dumps(tokenizer_config, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special_map, indent=2) + "\n",
+        "vocab.txt": "".join(f"{token}\n" for token, _ in vocab),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / HF_CONFIG_FILE, texts.pop(HF_CONFIG_FILE))  # first: it marks the export
+        atomic_save_safetensors(hf_state, out_dir / HF_WEIGHTS_FILE, metadata={"format": "pt"})
+        for name, text in texts.items():
+            atomic_write_text(out_dir / name, text)
+    except OSError as e:  # no permission, a full disk: the user's to fix, said in one line
+        raise OutputError(f"{out_dir}: cannot write the export ({e.strerror or e})") from None
     log.debug("exported %s to %s (%s)", directory, out_dir, hf_config["architectures"][0])
     return out_dir

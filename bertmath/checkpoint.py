@@ -30,7 +30,7 @@ import shutil
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from .config import Config, ModelConfig, load_config
 from .distributed import is_sharded
-from .errors import CheckpointError, ConfigError, OutputError, RunDirInUseError
+from .errors import BertmathError, CheckpointError, ConfigError, OutputError, RunDirInUseError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -391,14 +393,45 @@ def read_config(directory: Path) -> Config:
 def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
     """(resolved directory, ModelConfig, state dict in bertmath names) of a bertmath run/checkpoint
     directory or a transformers BERT directory; no model is built."""
-    kind, directory = resolve_checkpoint(path)
-    if kind == "transformers":
-        from .hf_format import load_hf_checkpoint
-        config, state = load_hf_checkpoint(directory)
-    else:
-        config = read_config(directory).model
-        state = read_safetensors(directory / MODEL_FILE)
-    return directory, config, state
+    def read(kind: str, directory: Path):
+        if kind == "transformers":
+            from .hf_format import load_hf_checkpoint
+            return directory, *load_hf_checkpoint(directory)
+        return directory, read_config(directory).model, read_safetensors(directory / MODEL_FILE)
+
+    return read_resolved(path, read)
+
+
+READ_ATTEMPTS = 5
+
+
+def read_resolved(path: str | Path, read: Callable[[str, Path], T]) -> T:
+    """read(kind, directory) of the checkpoint `path` resolves to (resolve_checkpoint), from one whole step
+    directory. A run that saves prunes old step directories and replaces a step saved again, so the directory
+    a reader resolved can vanish or change between the files it opens: then `read` runs again on the newest
+    one (READ_ATTEMPTS times at most). An error in a directory that stayed as it was is the checkpoint's own."""
+    for _ in range(READ_ATTEMPTS):
+        kind, directory = resolve_checkpoint(path)
+        before = _identity(directory)
+        try:
+            result = read(kind, directory)
+        except (BertmathError, OSError):
+            if _identity(directory) == before:
+                raise
+            continue
+        if _identity(directory) == before:
+            return result
+    raise CheckpointError(f"{path}: its newest checkpoint was replaced {READ_ATTEMPTS} times while being read "
+                          "(a run saving very often?); try again")
+
+
+def _identity(directory: Path) -> tuple[int, int, int] | None:
+    """What changes when a directory is deleted or another is renamed to its name; None if it is gone."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def check_resumable(step_dir: Path) -> None:

@@ -255,11 +255,22 @@ def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
 def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple:
     """(`cls` (BertModel or BertForMaskedLM) with the checkpoint's weights, in eval mode; its tokenizer) from a
     bertmath run/step directory or a transformers directory. The tokenizer is read first: it is the quick check."""
-    from .checkpoint import load_pretrained, resolve_checkpoint
+    from .checkpoint import build_from_state
 
-    _, directory = resolve_checkpoint(path)
-    tokenizer = load_checkpoint_tokenizer(directory)
-    return load_pretrained(cls, directory, device=device), tokenizer
+    directory, config, state, tokenizer = read_with_tokenizer(path)
+    return build_from_state(cls, config, state, str(directory)).to(device).eval(), tokenizer
+
+
+def read_with_tokenizer(path: str | Path) -> tuple[Path, ModelConfig, dict[str, Tensor], Tokenizer]:
+    """checkpoint.read_checkpoint(path) and the tokenizer, all from one step directory whatever a run that
+    saves there meanwhile does (checkpoint.read_resolved). The tokenizer is read first: it is the quick check."""
+    from .checkpoint import read_checkpoint, read_resolved
+
+    def read(kind: str, directory: Path) -> tuple:
+        tokenizer = load_checkpoint_tokenizer(directory)
+        return (*read_checkpoint(directory), tokenizer)
+
+    return read_resolved(path, read)
 
 
 # What makes a directory a previous export, which `export` may write over: a key of its config.json.
@@ -304,13 +315,12 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     `bert.embeddings.word_embeddings.weight`; safetensors cannot store two names for one tensor); an
     untied one is. The decoder bias is stored under both its names, `cls.predictions.bias` and
     `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter when the decoder is untied."""
-    from .checkpoint import atomic_save_safetensors, atomic_write_text, build_from_state, model_state, read_checkpoint
+    from .checkpoint import atomic_save_safetensors, atomic_write_text, build_from_state, model_state
     from .model import BertForMaskedLM, BertModel
     from .tokenizer import special_tokens
 
     out_dir = check_export_target(out_dir)
-    directory, config, state = read_checkpoint(checkpoint_path)
-    tokenizer = load_checkpoint_tokenizer(directory)
+    directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
     has_head = any(name.startswith("mlm_head.") for name in state)
     model = build_from_state(BertForMaskedLM if has_head else BertModel, config, state, str(directory))  # checks shapes
     if tokenizer.get_vocab_size() > config.vocab_size:

@@ -1,12 +1,19 @@
-"""checkpoint.py: atomic writes and output paths, the run directory's lock."""
+"""checkpoint.py: atomic writes and output paths, the run directory's lock, readers beside a writer."""
 
 import json
 import os
+import threading
+import time
 
 import pytest
+import torch
 
 from bertmath import checkpoint as ckpt
 from bertmath.errors import OutputError, RunDirInUseError
+from bertmath.hf_format import load_model_and_tokenizer
+from bertmath.model import BertForMaskedLM
+
+from helpers import make_bertmath_run
 
 
 def test_a_failed_atomic_write_leaves_the_target_and_no_temporary_file(tmp_path):
@@ -60,3 +67,41 @@ def test_a_lock_that_cannot_be_created_is_one_output_error(tmp_path):
     (tmp_path / ckpt.LOCK_FILE).mkdir()
     with pytest.raises(OutputError, match="cannot create the lock file"):
         ckpt.lock_run_dir(tmp_path)
+
+
+def test_readers_always_load_one_whole_step_directory_while_a_run_saves_and_prunes(tmp_path):
+    """A writer thread saves steps 1..40 (keep 0: each save deletes the step before); meanwhile a reader polls
+    latest_checkpoint and loads the run as fill-mask does. Every step's tensors are all equal to its step, so
+    a load that mixed files of two steps, or met a half-written or pruned directory, shows."""
+    out = make_bertmath_run(tmp_path / "run")
+    step_dir = ckpt.latest_checkpoint(out)
+    files = {name: (step_dir / name).read_bytes() for name in (ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE)}
+    weights = ckpt.read_safetensors(step_dir / ckpt.MODEL_FILE)
+    failures = []
+
+    def save(step: int) -> None:
+        state = {name: torch.full_like(tensor, float(step)) for name, tensor in weights.items()}
+        ckpt.save_checkpoint(out, step, {**files, ckpt.MODEL_FILE: state}, keep=0)
+
+    def save_steps():
+        try:
+            for step in range(1, 41):
+                save(step)
+                time.sleep(0.01)  # a run trains between saves; without a pause it could outpace every retry
+        except BaseException as e:  # noqa: BLE001  reported by the test's thread
+            failures.append(e)
+
+    save(0)  # step-0000000 again, now with its tensors all 0
+    writer = threading.Thread(target=save_steps)
+    writer.start()
+    loads = []
+    while writer.is_alive() or not loads:
+        polled = int(ckpt.latest_checkpoint(out).name[len(ckpt.STEP_PREFIX):])
+        model, tokenizer = load_model_and_tokenizer(BertForMaskedLM, out)
+        values = torch.cat([p.detach().flatten() for p in model.parameters()]).unique()
+        assert len(values) == 1 and values.item() >= polled, (polled, values[:5])
+        assert tokenizer.token_to_id("[MASK]") is not None
+        loads.append(values.item())
+    writer.join()
+    assert not failures, failures
+    assert loads == sorted(loads)  # never an older step after a newer one

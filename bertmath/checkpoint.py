@@ -209,6 +209,10 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str
         if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{where}: tensor '{name}' has shape {tuple(tensor.shape)} in the checkpoint "
                                   f"but {tuple(expected[name].shape)} in the model built from its config")
+        if name in expected and expected[name].is_floating_point() and not tensor.is_floating_point():
+            # copy_ would silently turn integers into weights: not something a trainer saved
+            raise CheckpointError(f"{where}: tensor '{name}' has dtype {tensor.dtype} in the checkpoint; expected "
+                                  "floating point weights")
     missing = [k for k in expected if k not in state and k not in tied]
     missing_head = [k for k in missing if k.startswith("mlm_head.")]
     missing_pooler = [k for k in missing if k.startswith("pooler.")]

@@ -112,7 +112,7 @@ def cmd_embed(args) -> int:
 
     options = {"top_k": args.top_k}
     for name in ("word", "analogy", "context_word", "sentences"):
-        if getattr(args, name):  # unset options keep embed's defaults
+        if getattr(args, name) is not None:  # unset options keep embed's defaults; an empty one is an error
             options[name] = getattr(args, name)
     report, path = embed(args.checkpoint, args.out, **options)
     print(report.to_text())

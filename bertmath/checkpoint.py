@@ -15,6 +15,10 @@ A run directory (`train.out_dir`) looks like
 
 Each step directory is written under a temporary name, fsync'ed, and renamed into place, so a kill at
 any moment leaves the previous checkpoint complete: the latest checkpoint is the highest `step-*`.
+One pretraining run writes a run directory at a time (lock_run_dir); readers take no lock and read one
+whole step directory even while the run prunes or replaces it (read_resolved). A run resumes from the
+latest checkpoint; if that one is damaged on disk, it stops with an error naming the newest intact one
+(check_resumable: the policy, and why it does not fall back by itself).
 Loading never unpickles: safetensors and JSON only (and `torch.load(weights_only=True)` for
 transformers' `pytorch_model.bin`, in hf_format).
 """
@@ -352,10 +356,11 @@ def _lock_holder(text: str) -> str:
 
 
 def link_latest(out_dir: Path, step_dir: Path) -> None:
-    """out_dir/<file> → the latest step's file, each replaced atomically (a hard link, or a copy)."""
+    """out_dir/<file> → the latest step's file, each replaced atomically (a hard link, or a copy); one that is
+    already a link to it is left as it is (a resume re-links, and mostly finds every file linked)."""
     for name in LATEST_FILES:
         source = step_dir / name
-        if not source.exists():
+        if not source.exists() or ((out_dir / name).exists() and os.path.samefile(source, out_dir / name)):
             continue
         tmp = _tmp_name(out_dir / name)
         try:

@@ -348,11 +348,12 @@ def _truncate(path: Path) -> None:
 @pytest.mark.parametrize("damage", [
     lambda step_dir: _truncate(step_dir / ckpt.MODEL_FILE),
     lambda step_dir: (step_dir / ckpt.STATE_FILE).write_bytes(b"\x00{garbage"),
-], ids=["truncated model.safetensors", "garbage trainer_state.json"])
+    lambda step_dir: (step_dir / ckpt.TOKENIZER_FILE).write_text("{}"),  # out_dir/tokenizer.json (a link) too
+], ids=["truncated model.safetensors", "garbage trainer_state.json", "empty tokenizer.json"])
 def test_a_damaged_newest_checkpoint_is_an_error_naming_the_intact_one_to_resume_from(tmp_path, damage):
     """The policy of checkpoint.check_resumable: one line naming the damaged file, the newest intact
     checkpoint and the move that resumes from it; nothing changed. After that move the same command resumes
-    from the intact checkpoint and logs each step once."""
+    from the intact checkpoint (and its tokenizer, not the damaged one out_dir linked) and logs each step once."""
     tree = tiny_config_tree(tmp_path, max_steps=8, save_every=4, eval_every=4)
     out = Path(tree["train"]["out_dir"])
     train(config_from_dict(tree))

@@ -37,12 +37,13 @@ def cmd_pretrain(args) -> int:
 
     overrides = list(args.overrides) + (["train.resume=required"] if args.resume else [])
     summary = train(load_config(args.config, overrides))
-    if summary.get("final_eval_accuracy") is not None:
+    if summary.get("final_mask_accuracy") is not None:
         print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "
-              f"({summary['tokens_per_s'] or 0:,.0f} tokens/s); held-out masked-token accuracy "
-              f"{summary['final_eval_accuracy']:.1%} (best {summary['best_eval_accuracy']:.1%} at step "
-              f"{summary['best_eval_step']}), most-frequent-token baseline {summary['baseline_accuracy']:.1%}; "
-              f"checkpoint: {summary['out_dir']}")
+              f"({summary['tokens_per_s'] or 0:,.0f} tokens/s, {summary['precision']}); held-out [MASK] accuracy "
+              f"{summary['final_mask_accuracy']:.1%} (best {summary['best_mask_accuracy']:.1%} at step "
+              f"{summary['best_mask_step']}), {summary['final_mask_accuracy'] / max(summary['baseline_mask_accuracy'], 1e-9):.1f}x "
+              f"the unigram baseline {summary['baseline_mask_accuracy']:.1%}; accuracy over all chosen tokens "
+              f"{summary['final_eval_accuracy']:.1%}; checkpoint: {summary['out_dir']}")
     return 0
 
 

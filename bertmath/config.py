@@ -20,6 +20,7 @@ import yaml
 from .errors import ConfigError
 
 Activation = Literal["relu", "gelu", "gelu_tanh"]
+PositionEncoding = Literal["learned", "alibi", "rope"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ModelConfig:
     num_layers: int = 12  # N encoder layers
     num_heads: int = 12  # H attention heads; head size D/H
     intermediate_size: int = 3072  # feed-forward inner width (4D in BERT)
-    max_position_embeddings: int = 512  # longest sequence the position table covers
+    max_position_embeddings: int = 512  # learned: rows of the position table; alibi/rope: longest input the tools accept
     type_vocab_size: int = 2  # segment ids (sentence A / B)
     activation: Activation = "relu"  # feed-forward and MLM-head nonlinearity; BERT's checkpoints use gelu
     hidden_dropout: float = 0.1  # dropout on embeddings and on each residual branch
@@ -43,6 +44,12 @@ class ModelConfig:
     fused: bool = False  # route softmax/attention/layer_norm/... to torch's fused kernels
     fused_qkv: bool = False  # one (D, 3D) matmul for Q, K, V instead of three (D, D)
     sparse_mlm: bool = False  # in training, project to the vocabulary only at masked positions
+    # How the model knows token order. learned: BERT's absolute position table (Devlin+19); alibi: a bias
+    # -m_h·|i-j| on the attention logits (Press+22); rope: q and k rotated by their position (Su+21).
+    # alibi and rope have no parameters, give every head a sense of distance from step 0, and extrapolate
+    # to inputs longer than the training length; transformers' BERT (export) knows only "learned".
+    position_encoding: PositionEncoding = "learned"
+    rope_base: float = 10000.0  # rope: θ_i = base^(-2i/d_head), the rotation frequencies
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -57,6 +64,10 @@ class ModelConfig:
                  f"must be positive, got {self.initializer_range}")
         _require(0 <= self.pad_token_id < self.vocab_size, "model.pad_token_id",
                  f"must be a token id in [0, {self.vocab_size}), got {self.pad_token_id}")
+        _require(self.position_encoding != "rope" or self.head_size % 2 == 0, "model.position_encoding",
+                 f"rope rotates pairs of dimensions, so the head size must be even; hidden_size/num_heads = "
+                 f"{self.hidden_size}/{self.num_heads} = {self.head_size}")
+        _require(self.rope_base > 1, "model.rope_base", f"must be greater than 1, got {self.rope_base}")
 
     @property
     def head_size(self) -> int:
@@ -114,12 +125,18 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
     warmup_steps: int = 100
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
+    # What the decay runs towards. max_steps: step max_steps. time: the last step that max_time_minutes
+    # allows, estimated once from the measured step time (Cramming's budgeted schedule, Geiping & Goldstein
+    # 2023) and saved in the checkpoint, so a resumed run keeps the same schedule.
+    schedule_horizon: Literal["max_steps", "time"] = "max_steps"
     weight_decay: float = 0.01  # not applied to biases and LayerNorm
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-6
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; weights stay fp32
+    # autocast dtype; weights stay fp32. auto: bf16 where the hardware multiplies it natively (CUDA, a CPU
+    # with AVX512-BF16 or AMX), else fp32 (bertmath/hardware.py); bf16 on an AVX2-only CPU is ~75x slower.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     eval_every: int = 200  # steps between held-out evaluations (and one at the end)
@@ -148,6 +165,8 @@ class TrainConfig:
                  "must be positive")
         _require(self.num_threads is None or self.num_threads > 0, "train.num_threads", "must be positive")
         _require(self.timeout_minutes > 0, "train.timeout_minutes", "must be positive")
+        _require(self.schedule_horizon != "time" or self.max_time_minutes is not None, "train.schedule_horizon",
+                 "'time' needs train.max_time_minutes, the budget the schedule runs on")
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,9 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
 
 # The numbers a record may hold (None: not measured) and those its kind must hold: what plot_run draws.
 _NUMBERS = ("loss", "lr", "grad_norm", "tokens", "elapsed_s", "tokens_per_s", "eval_loss", "eval_accuracy",
-            "baseline_accuracy")
-_REQUIRED = {"loss": ("loss",), "eval_loss": ("eval_loss", "eval_accuracy")}
+            "baseline_accuracy", "eval_mask_accuracy", "baseline_mask_accuracy")
+_REQUIRED = {"loss": ("loss",), "eval_loss": ("eval_loss", "eval_accuracy"),
+             "eval_mask_accuracy": ("eval_mask_accuracy", "baseline_mask_accuracy")}
 
 
 def _check_numbers(record: dict, where: str) -> None:
@@ -113,14 +114,18 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax_acc = axes["accuracy"]
     if evals:
         eval_steps = [r["step"] for r in evals]
-        ax_acc.plot(eval_steps, [100 * r["eval_accuracy"] for r in evals], "o-", color="tab:green", markersize=4,
-                    label="held-out masked-token accuracy")
-        baseline = evals[-1].get("baseline_accuracy")
+        probed = [r for r in evals if "eval_mask_accuracy" in r]  # runs logged before the probe existed lack it
+        if probed:
+            ax_acc.plot([r["step"] for r in probed], [100 * r["eval_mask_accuracy"] for r in probed], "o-",
+                        color="tab:red", markersize=4, linewidth=2, label="[MASK] accuracy (context)")
+        ax_acc.plot(eval_steps, [100 * r["eval_accuracy"] for r in evals], "o-", color="tab:green", markersize=3,
+                    alpha=0.6, label="accuracy over all chosen tokens (incl. kept ones)")
+        baseline = probed[-1]["baseline_mask_accuracy"] if probed else evals[-1].get("baseline_accuracy")
         if baseline is not None:
             ax_acc.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1.2,
-                           label=f"most-frequent-token baseline ({baseline:.1%})")
+                           label=f"unigram baseline ({baseline:.1%})")
         ax_acc.set_ylim(bottom=0)
-    ax_acc.set(title="Held-out masked-token accuracy", ylabel="accuracy (%)")
+    ax_acc.set(title="Held-out accuracy", ylabel="accuracy (%)")
     _legend_or_note(ax_acc, "no held-out evaluation yet")
 
     _plot_throughput(axes["speed"], train)
@@ -181,7 +186,9 @@ def _title(run_dir: Path, train: list[dict], evals: list[dict]) -> str:
     if train and train[-1].get("tokens"):
         parts.append(f"{train[-1]['tokens']:,} tokens")
     if evals:
-        parts.append(f"held-out accuracy {evals[-1]['eval_accuracy']:.1%} at step {evals[-1]['step']}")
+        last = evals[-1]
+        name, key = ("[MASK] accuracy", "eval_mask_accuracy") if "eval_mask_accuracy" in last else ("held-out accuracy", "eval_accuracy")
+        parts.append(f"{name} {last[key]:.1%} at step {last['step']}")
     return ", ".join(parts)
 
 

@@ -150,6 +150,41 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     return (out, weights) if return_weights else out
 
 
+def alibi_slopes(num_heads: int) -> Tensor:
+    """m_h = 2^(-8h/H), h = 1..H: one slope per head, a geometric sequence from 2^(-8/H) down to 2^-8.
+    For H not a power of two, the slopes of the next lower power of two n, then every other slope of 2n
+    (Press et al. 2022, ALiBi, §3 and their reference code). (H,) float32."""
+    def powers_of_two(n: int) -> list[float]:
+        return [2 ** (-8 * h / n) for h in range(1, n + 1)]
+    n = 2 ** math.floor(math.log2(num_heads))
+    slopes = powers_of_two(n) + powers_of_two(2 * n)[0::2][:num_heads - n]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(num_heads: int, length: int, device: torch.device | None = None) -> Tensor:
+    """B_hij = -m_h · |i - j|: the attention-logit bias of ALiBi, symmetric for a bidirectional encoder
+    (Press et al. 2022 define the causal -m_h·(i-j); MosaicBERT uses |i-j|). Nearby keys weigh more from
+    step 0, at every length: no parameters, no table to run out of. → (H, T, T) float32."""
+    positions = torch.arange(length, device=device)
+    distance = (positions[None, :] - positions[:, None]).abs().float()  # (T, T)
+    return -alibi_slopes(num_heads).to(device)[:, None, None] * distance  # (H, T, T)
+
+
+def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
+    """RoPE: rotate each pair (x_2i, x_2i+1) of the vector at position t by the angle t·θ_i, θ_i = base^(-2i/d):
+        (x_2i, x_2i+1) → (x_2i cos tθ_i − x_2i+1 sin tθ_i,  x_2i sin tθ_i + x_2i+1 cos tθ_i).
+    Applied to q and k, it makes q_s·k_t depend on s − t only (Su et al. 2021, RoFormer, §3.4.2).
+    x: (..., T, d) with d even → (..., T, d), in x's dtype (angles in at least float32: t·θ_i reaches T radians,
+    where bf16's 8-bit mantissa would be off by whole fractions of a turn)."""
+    T, d = x.shape[-2], x.shape[-1]
+    precise = torch.promote_types(x.dtype, torch.float32)
+    theta = base ** (-torch.arange(0, d, 2, device=x.device, dtype=precise) / d)  # (d/2,)
+    angle = torch.arange(T, device=x.device, dtype=precise)[:, None] * theta  # (T, d/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    even, odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2) each
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)  # interleave back
+
+
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, fused: bool = False) -> Tensor:
     """CE = -(1/|S|) Σ_{i∈S} log softmax(z_i)_{y_i}, S = {i : y_i ≠ ignore_index}.
 

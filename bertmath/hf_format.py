@@ -145,7 +145,11 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
 
 
 def config_to_hf(config: ModelConfig) -> dict:
-    """ModelConfig → transformers' BertConfig dict (config.json) for BertForMaskedLM."""
+    """ModelConfig → transformers' BertConfig dict (config.json) for BertForMaskedLM. transformers' BERT has
+    absolute positions only: a model with alibi or rope positions cannot be written in its layout."""
+    if config.position_encoding != "learned":
+        raise CheckpointError(f"model.position_encoding is '{config.position_encoding}': transformers' BERT has "
+                              "only learned absolute positions, so this checkpoint cannot be exported to its layout")
     return {
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",
@@ -321,6 +325,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
 
     out_dir = check_export_target(out_dir)
     directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
+    hf_config = {**config_to_hf(config), **EXPORT_MARK}  # first: a model transformers cannot represent fails here
     has_head = any(name.startswith("mlm_head.") for name in state)
     model = build_from_state(BertForMaskedLM if has_head else BertModel, config, state, str(directory))  # checks shapes
     if tokenizer.get_vocab_size() > config.vocab_size:
@@ -329,7 +334,6 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     hf_state = state_dict_to_hf(model_state(model))  # model_state: the tied decoder weight once, as the embedding
     if "cls.predictions.decoder.bias" in hf_state:  # safetensors stores no shared storage: a copy under each name
         hf_state["cls.predictions.decoder.bias"] = hf_state["cls.predictions.decoder.bias"].clone()
-    hf_config = {**config_to_hf(config), **EXPORT_MARK}
     if not has_head:
         hf_config["architectures"] = ["BertModel"]
 

@@ -46,33 +46,37 @@ class LayerNorm(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """e_t = Drop(LN(E_tok[x_t] + E_pos[t] + E_seg[s_t])). (B, T) ids → (B, T, D)."""
+    """e_t = Drop(LN(E_tok[x_t] + E_pos[t] + E_seg[s_t])). (B, T) ids → (B, T, D).
+    With alibi or rope positions there is no E_pos: order enters in the attention instead."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.position_embeddings = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+                                    if config.position_encoding == "learned" else None)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
         self.dropout_p, self.fused = config.hidden_dropout, config.fused
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        T = input_ids.shape[1]
-        if T > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence of {T} tokens is longer than max_position_embeddings "
-                             f"({self.position_embeddings.num_embeddings})")
-        positions = torch.arange(T, device=input_ids.device)  # (T,)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        e = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))  # (B, T, D)
+        e = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, D)
+        if self.position_embeddings is not None:
+            T = input_ids.shape[1]
+            if T > self.position_embeddings.num_embeddings:
+                raise ValueError(f"sequence of {T} tokens is longer than max_position_embeddings "
+                                 f"({self.position_embeddings.num_embeddings})")
+            e = e + self.position_embeddings(torch.arange(T, device=input_ids.device))  # (T, D) broadcast over B
         return BF.dropout(self.norm(e), self.dropout_p, self.training, fused=self.fused)
 
 
 class SelfAttention(nn.Module):
     """MultiHead(X) = Concat(head_1..head_H) W_O + b_O,
     head_h = softmax(Q_h K_hᵀ / √d_k + M) V_h with Q = X W_Q + b_Q, K = X W_K + b_K, V = X W_V + b_V.
-    (B, T, D) → (B, T, D). Vaswani et al. 2017, §3.2."""
+    (B, T, D) → (B, T, D). Vaswani et al. 2017, §3.2.
+    With rope positions, Q_h and K_h are rotated by their positions first (functional.rotary); ALiBi's
+    distance bias arrives inside M (BertModel.logit_mask)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -81,6 +85,7 @@ class SelfAttention(nn.Module):
         self.output = nn.Linear(D, D)
         self.num_heads, self.dropout_p = config.num_heads, config.attention_dropout
         self.fused, self.fused_qkv = config.fused, config.fused_qkv
+        self.rope_base = config.rope_base if config.position_encoding == "rope" else None
 
     def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
         B, T, D = x.shape
@@ -92,6 +97,8 @@ class SelfAttention(nn.Module):
         else:
             q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, D) each
         q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
+        if self.rope_base is not None:
+            q, k = BF.rotary(q, self.rope_base), BF.rotary(k, self.rope_base)
         y = BF.scaled_dot_product_attention(q, k, v, mask, self.dropout_p, self.training,
                                             return_weights=return_weights, fused=self.fused)
         y, weights = y if return_weights else (y, None)
@@ -182,7 +189,7 @@ class BertModel(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None) -> BertOutput:
         """attention_mask: (B, T), 1 for real tokens, 0 for padding; None = attend everywhere."""
-        mask = _key_mask(attention_mask)
+        mask = self.logit_mask(attention_mask, input_ids.shape[1], input_ids.device)
         h = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
         return BertOutput(h, self.pooler(h) if self.pooler is not None else None)
 
@@ -192,7 +199,7 @@ class BertModel(nn.Module):
         token t spreads its attention over the keys. The same pass as `forward`: each layer's attention
         is asked for its weights on the layer's input x_l, then the layer maps x_l to x_{l+1}. For looking
         at, not training: the attention runs twice per layer, and `forward` stays free of a weights flag."""
-        mask = _key_mask(attention_mask)
+        mask = self.logit_mask(attention_mask, input_ids.shape[1], input_ids.device)
         x = self.embeddings(input_ids, token_type_ids)
         weights = []
         for layer in self.encoder.layers:
@@ -210,9 +217,15 @@ class BertModel(nn.Module):
         return load_pretrained(cls, path, device=device)
 
 
-def _key_mask(attention_mask: Tensor | None) -> Tensor | None:
-    """attention_mask (B, T), 1 = real token → boolean key mask (B, 1, 1, T), broadcast over heads and queries."""
-    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+    def logit_mask(self, attention_mask: Tensor | None, length: int, device: torch.device) -> Tensor | None:
+        """M, the mask every layer's attention adds to its logits; built once per forward.
+        Learned or rope positions: the boolean key mask (B, 1, 1, T), True = real token (None: attend everywhere).
+        alibi: the additive −m_h·|i−j| (1, H, T, T), plus the key mask's large negative at padding (B, H, T, T)."""
+        keys = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if self.config.position_encoding != "alibi":
+            return keys
+        bias = BF.alibi_bias(self.config.num_heads, length, device)[None]  # (1, H, T, T)
+        return bias if keys is None else bias + BF.attention_bias(keys, bias.dtype)
 
 
 class MLMHead(nn.Module):
@@ -291,12 +304,13 @@ def parameter_table(config: ModelConfig) -> list[tuple[str, int]]:
     MLM head D² + D dense + 2D LN + V bias (+ V·D decoder when untied). Pooler D² + D."""
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
+    P = c.max_position_embeddings if c.position_encoding == "learned" else 0  # alibi and rope have no table
     attention = 4 * (D * D + D)
     ffn = D * F + F + F * D + D
     layer_norm = 2 * D
     rows = [
         ("embeddings.word", V * D),
-        ("embeddings.position", c.max_position_embeddings * D),
+        ("embeddings.position", P * D),
         ("embeddings.token_type", c.type_vocab_size * D),
         ("embeddings.layer_norm", layer_norm),
         (f"encoder.attention (x{c.num_layers})", c.num_layers * attention),

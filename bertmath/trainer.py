@@ -15,6 +15,7 @@ the blocks, masks and loss of a step do not depend on the number of processes P 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -29,16 +30,27 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, figures
-from .config import Config, ConfigError, config_to_yaml
+from .config import Config, ConfigError, DataConfig, TrainConfig, config_to_yaml
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
+from .hardware import AUTOCAST_DTYPES, resolve_precision
 from .masking import IGNORE_INDEX, mask_tokens
 from .model import BertForMaskedLM, parameter_report
 from .tokenizer import continuation_mask, special_tokens
 
 log = logging.getLogger(__name__)
 
-_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# The context probe: what the model infers from context alone, the same for every training recipe and seed.
+# 15% of held-out tokens chosen, every one replaced by [MASK] (none kept, none random), masks fixed by this
+# seed. Kept positions can be copied (~90% right) and would hide whether the model reads its context.
+CONTEXT_PROBE = DataConfig(mlm_probability=0.15, mask_token_probability=1.0, random_token_probability=0.0)
+CONTEXT_PROBE_SEED = 0
+EVAL_MASK_SEED_OFFSET = 12345  # held-out masks in the training corruption: a generator apart from the probe's
+# How long the step time is measured before schedule_horizon "time" fixes the step budget: the first steps
+# are slower (allocator, caches), so the window starts a little in.
+HORIZON_WINDOW = (10, 50)
+EVAL_BATCH_COST = 0.5  # one held-out batch (forward only) in training steps (forward + backward ≈ 3 forwards)
 
 
 @dataclass
@@ -48,8 +60,17 @@ class TrainState:
     step: int = 0  # optimizer steps done; also the data position (see batch_indices)
     tokens_seen: int = 0
     elapsed_s: float = 0.0  # training wall time before this process started
-    best_eval_accuracy: float | None = None
+    best_eval_accuracy: float | None = None  # over all chosen positions, in the training corruption
     best_eval_step: int | None = None
+    best_mask_accuracy: float | None = None  # the context probe: at [MASK] positions
+    best_mask_step: int | None = None
+    planned_steps: int | None = None  # schedule_horizon "time": the steps the budget allows, once measured
+
+
+def _now() -> float:
+    """The training clock (seconds): the time budget and tokens/s are measured on it; tests replace it to
+    run time-budgeted schedules deterministically."""
+    return time.perf_counter()
 
 
 # --- pure pieces ----------------------------------------------------------------------------------------
@@ -66,6 +87,18 @@ def learning_rate(step: int, lr: float, warmup_steps: int, max_steps: int, sched
     progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
     decay = (1 - progress) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay)
+
+
+def planned_last_step(step: int, step_time: float, elapsed_s: float, train: TrainConfig) -> int:
+    """The last step that train.max_time_minutes allows, after `step` steps and `elapsed_s` seconds, at
+    `step_time` seconds per step: what is left of the budget (less a 3% margin) pays for the remaining
+    steps and the evaluations among them (2·eval_batches forward passes each, EVAL_BATCH_COST steps apiece).
+    Never beyond max_steps, never before step + 1."""
+    left_s = 0.97 * (60 * train.max_time_minutes - elapsed_s)
+    steps = int(left_s / step_time)
+    evaluations = steps // train.eval_every + 1
+    steps -= math.ceil(evaluations * 2 * train.eval_batches * EVAL_BATCH_COST)
+    return min(train.max_steps, max(step + 1, step + steps))
 
 
 def derived_seed(seed: int, index: int, stream: int = 0) -> int:
@@ -111,8 +144,8 @@ def check_writable(out_dir: Path) -> None:
 def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int,
              device: torch.device, autocast, baseline_token: int,
              info: distributed.DistInfo = distributed.DistInfo()) -> dict:
-    """Held-out MLM loss (mean CE over masked tokens), perplexity e^loss, masked-token accuracy, and the
-    accuracy of always predicting the most frequent training token (the baseline to beat).
+    """On one masked held-out set: the MLM loss (mean CE over the labelled tokens), top-1 accuracy there, and
+    the accuracy of always predicting the most frequent training token (the unigram baseline to beat).
 
     With P processes each evaluates 1/P of the rows, padded with unlabelled rows to the same length (under
     FSDP every process must run the same forwards), and the sums of loss, hits and counts are added up."""
@@ -123,7 +156,7 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     padded_inputs = torch.cat([inputs, inputs[:1].expand(pad, -1)])
     padded_labels = torch.cat([labels, torch.full((pad, labels.shape[1]), IGNORE_INDEX, dtype=labels.dtype)])
     start, stop = info.rank * share, (info.rank + 1) * share
-    sums = torch.zeros(3, dtype=torch.float64)  # Σ CE, hits, masked tokens
+    sums = torch.zeros(3, dtype=torch.float64)  # Σ CE, hits, labelled tokens
     for i in range(start, stop, batch_size):
         x, y = padded_inputs[i:min(i + batch_size, stop)].to(device), padded_labels[i:min(i + batch_size, stop)].to(device)
         with autocast():
@@ -133,9 +166,9 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
         sums += torch.tensor([float(out.loss) * n, hits, n], dtype=torch.float64)
     model.train(was_training)
     loss_sum, correct, count = distributed.total(sums, info).tolist()
-    loss, count = loss_sum / max(count, 1), int(count)
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_accuracy": correct / max(count, 1),
-            "baseline_accuracy": int((labels == baseline_token).sum()) / max(count, 1), "eval_masked_tokens": count}
+    count = max(int(count), 1)
+    return {"loss": loss_sum / count, "accuracy": correct / count,
+            "baseline_accuracy": int((labels == baseline_token).sum()) / count, "tokens": int(count)}
 
 
 # --- the trainer ------------------------------------------------------------------------------------------
@@ -170,7 +203,8 @@ class Trainer:
             ckpt.remove_temporaries(self.out_dir)  # left by a killed run; the lock says nobody else writes
             if self.resume_from is not None:  # out_dir's tokenizer.json is read: that of the step we continue from
                 ckpt.link_latest(self.out_dir, self.resume_from)  # (a newer, damaged one may have been moved aside)
-        self.amp_dtype = _PRECISIONS[t.precision]
+        self.precision = resolve_precision(t.precision, self.device)
+        self.amp_dtype = AUTOCAST_DTYPES[self.precision]
 
     def close(self) -> None:
         """Release train.out_dir (the end of the run, or an error): another run may write there now."""
@@ -227,7 +261,7 @@ class Trainer:
         fused_adam = self.device.type == "cuda" and self.dist.parallel != "fsdp"
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr,
                                            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=fused_adam)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         torch.manual_seed(derived_seed(t.seed, self.dist.rank, stream=1))  # dropout: each process its own masks
         if self.resume_from is not None:
             self._restore(self.resume_from)
@@ -237,11 +271,17 @@ class Trainer:
                                   f"({self.out_dir}) must be one directory that every process sees")
 
     def _prepare_eval_set(self) -> None:
-        """A fixed held-out set: the first eval_batches·batch_size eval blocks, masked once with a fixed seed."""
+        """Two fixed masked copies of the first eval_batches·batch_size held-out blocks: the context probe
+        (CONTEXT_PROBE, the same for every recipe) and the training corruption (data.mlm_probability and the
+        [MASK]/random/keep split), each masked once."""
         t = self.config.train
         n = min(len(self.data.eval), t.eval_batches * t.batch_size)
         blocks = self.data.batch("eval", torch.arange(n))
-        self.eval_inputs, self.eval_labels = self._mask(blocks, torch.Generator().manual_seed(t.seed + 12345))
+        self.probe_inputs, self.probe_labels = mask_tokens(
+            blocks, self.specials, self.config.model.vocab_size, CONTEXT_PROBE,
+            torch.Generator().manual_seed(CONTEXT_PROBE_SEED))
+        self.eval_inputs, self.eval_labels = self._mask(
+            blocks, torch.Generator().manual_seed(t.seed + EVAL_MASK_SEED_OFFSET))
         self.baseline_token = self.data.most_frequent_token(self.specials)
 
     def _mask(self, blocks: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
@@ -316,19 +356,33 @@ class Trainer:
             self.metrics_file.flush()
 
     def _evaluate(self, pbar) -> dict:
+        """Held-out metrics, led by the context probe: accuracy at [MASK] positions (eval_mask_accuracy)
+        against the unigram baseline there; then loss, perplexity and accuracy over all chosen positions of
+        the training corruption."""
         t = self.config.train
         if not len(self.eval_inputs):  # data.eval_fraction: 0 means no held-out set
             return {}
-        result = evaluate(self.model, self.eval_inputs, self.eval_labels, t.batch_size // self.dist.world_size,
-                          self.device, self._autocast, self.baseline_token, self.dist)
-        result = {"step": self.state.step, **result}
-        if self.state.best_eval_accuracy is None or result["eval_accuracy"] > self.state.best_eval_accuracy:
-            self.state.best_eval_accuracy, self.state.best_eval_step = result["eval_accuracy"], self.state.step
+        probe, chosen = (evaluate(self.model, inputs, labels, t.batch_size // self.dist.world_size, self.device,
+                                  self._autocast, self.baseline_token, self.dist)
+                         for inputs, labels in ((self.probe_inputs, self.probe_labels),
+                                                (self.eval_inputs, self.eval_labels)))
+        result = {"step": self.state.step,
+                  "eval_mask_accuracy": probe["accuracy"], "baseline_mask_accuracy": probe["baseline_accuracy"],
+                  "eval_mask_loss": probe["loss"],
+                  "eval_loss": chosen["loss"], "eval_perplexity": math.exp(min(chosen["loss"], 50.0)),
+                  "eval_accuracy": chosen["accuracy"], "baseline_accuracy": chosen["baseline_accuracy"],
+                  "eval_masked_tokens": chosen["tokens"]}
+        s = self.state
+        if s.best_mask_accuracy is None or result["eval_mask_accuracy"] > s.best_mask_accuracy:
+            s.best_mask_accuracy, s.best_mask_step = result["eval_mask_accuracy"], s.step
+        if s.best_eval_accuracy is None or result["eval_accuracy"] > s.best_eval_accuracy:
+            s.best_eval_accuracy, s.best_eval_step = result["eval_accuracy"], s.step
         if self.dist.is_main:
             self._log_metrics(result)
-            pbar.write(f"step {self.state.step:>6}: held-out loss {result['eval_loss']:.3f}, perplexity "
-                       f"{result['eval_perplexity']:.1f}, masked-token accuracy {result['eval_accuracy']:.1%} "
-                       f"(most-frequent-token baseline {result['baseline_accuracy']:.1%})")
+            pbar.write(f"step {s.step:>6}: [MASK] accuracy {result['eval_mask_accuracy']:.1%} (unigram baseline "
+                       f"{result['baseline_mask_accuracy']:.1%}); held-out loss {result['eval_loss']:.3f}, "
+                       f"perplexity {result['eval_perplexity']:.1f}, accuracy over chosen tokens "
+                       f"{result['eval_accuracy']:.1%}")
         return result
 
     def _micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,7 +416,9 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         # max_norm ∞ leaves the gradients as they are (scaled by exactly 1) and still returns ‖g‖
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        lr = learning_rate(self.state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
+        # schedule_horizon time, before the step time is measured: warm-up, then the peak (no horizon to decay to yet)
+        schedule = "constant" if t.schedule_horizon == "time" and self.state.planned_steps is None else t.schedule
+        lr = learning_rate(self.state.step, t.lr, t.warmup_steps, self._last_step(), schedule, t.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)
@@ -382,14 +438,17 @@ class Trainer:
                          f" sequences each per micro-batch)" if self.dist.enabled else "1 process")
             log.info("data: %d train blocks, %d eval blocks of %d tokens; %s tokens per step; device %s, %s; %s",
                      len(self.data.train), len(self.data.eval), c.data.max_seq_len, f"{tokens_per_step:,}",
-                     self.device, t.precision, processes)
+                     self.device, self.precision, processes)
             self.metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
-        start_step, start_time, session_tokens = self.state.step, time.perf_counter(), 0
-        pbar = tqdm(total=t.max_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
+        start_step, start_time, session_tokens = self.state.step, _now(), 0
+        window_start = start_time  # reset at step HORIZON_WINDOW[0] of this process
+        pbar = tqdm(total=self._last_step(), initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
                     disable=not self.dist.is_main)
         last_saved = start_step if self.resume_from is not None else None
         try:
-            while self.state.step < t.max_steps:
+            while self.state.step < self._last_step():
+                if self.state.step - start_step == HORIZON_WINDOW[0]:
+                    window_start = _now()
                 loss, grad_norm = self._train_step()
                 if not math.isfinite(loss):
                     latest = ckpt.latest_checkpoint(self.out_dir)
@@ -398,7 +457,7 @@ class Trainer:
                 self.state.step += 1
                 self.state.tokens_seen += tokens_per_step
                 session_tokens += tokens_per_step
-                elapsed = time.perf_counter() - start_time
+                elapsed = _now() - start_time
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._log_metrics({"step": self.state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                    "tokens": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s + elapsed, 3),
@@ -406,15 +465,20 @@ class Trainer:
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{session_tokens / elapsed:,.0f}",
                                  refresh=False)
-                done = self.state.step == t.max_steps
+                if (t.schedule_horizon == "time" and self.state.planned_steps is None
+                        and self.state.step - start_step == HORIZON_WINDOW[1]):
+                    step_time = (_now() - window_start) / (HORIZON_WINDOW[1] - HORIZON_WINDOW[0])
+                    self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
+                    pbar.total = self._last_step()
+                done = self.state.step == self._last_step()
                 out_of_time = (t.max_time_minutes is not None
                                and self.state.elapsed_s + elapsed > 60 * t.max_time_minutes)
                 out_of_time = distributed.broadcast_flag(out_of_time, self.dist)
                 if self.state.step % t.eval_every == 0 or done or out_of_time:
                     self._evaluate(pbar)
                 if self.state.step % t.save_every == 0 or done or out_of_time:
-                    self.state.elapsed_s += time.perf_counter() - start_time
-                    start_time, session_tokens = time.perf_counter(), 0
+                    self.state.elapsed_s += _now() - start_time
+                    start_time, session_tokens = _now(), 0
                     self._save()
                     last_saved = self.state.step
                 if out_of_time:
@@ -434,6 +498,20 @@ class Trainer:
             figures.plot_if_available(self.out_dir)  # out_dir/training.png; only warns if plotting fails
         return summary
 
+    def _last_step(self) -> int:
+        """The step the run ends at, and the lr schedule decays to: max_steps, or the budget's planned steps."""
+        return self.state.planned_steps or self.config.train.max_steps
+
+    def _plan_steps(self, step_time: float, elapsed_s: float) -> None:
+        """schedule_horizon "time": fix the last step once, from rank 0's measured step time (the processes'
+        clocks differ); it is saved in the checkpoint, so a resumed run keeps the schedule."""
+        t = self.config.train
+        planned = planned_last_step(self.state.step, step_time, elapsed_s, t)
+        self.state.planned_steps = distributed.gather_objects(planned, self.dist)[0]
+        log.info("schedule_horizon time: %.3f s per step, %.0f s left of %s min → the run and its lr decay end "
+                 "at step %d", step_time, 60 * t.max_time_minutes - elapsed_s, t.max_time_minutes,
+                 self.state.planned_steps)
+
     def _summary(self) -> dict:
         metrics = _read_metrics(self.out_dir / "metrics.jsonl") if self.dist.is_main else []
         evals = [m for m in metrics if "eval_loss" in m]
@@ -443,9 +521,12 @@ class Trainer:
             "out_dir": str(self.out_dir), "steps": steps, "tokens": self.state.tokens_seen,
             "time_s": round(self.state.elapsed_s, 1),
             "tokens_per_s": round(self.state.tokens_seen / self.state.elapsed_s, 1) if self.state.elapsed_s else None,
+            "final_mask_accuracy": last_eval.get("eval_mask_accuracy"),
+            "best_mask_accuracy": self.state.best_mask_accuracy, "best_mask_step": self.state.best_mask_step,
+            "baseline_mask_accuracy": last_eval.get("baseline_mask_accuracy"),
             "final_eval_loss": last_eval.get("eval_loss"), "final_eval_accuracy": last_eval.get("eval_accuracy"),
             "best_eval_accuracy": self.state.best_eval_accuracy, "best_eval_step": self.state.best_eval_step,
-            "baseline_accuracy": last_eval.get("baseline_accuracy"),
+            "baseline_accuracy": last_eval.get("baseline_accuracy"), "precision": self.precision,
         }
         if self.dist.is_main:
             ckpt.atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

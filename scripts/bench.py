@@ -79,19 +79,22 @@ from dataclasses import dataclass, field
 import torch
 
 from bertmath.config import ModelConfig, load_config
+from bertmath.hardware import AUTOCAST_DTYPES as DTYPES
+from bertmath.hardware import resolve_precision
 from bertmath.hf_format import config_to_hf, state_dict_from_hf
 from bertmath.model import BertForMaskedLM, flops_per_token
 from bertmath.trainer import parameter_groups
 
 log = logging.getLogger("bench")
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = [*DTYPES, "auto"]  # auto: bf16 where the hardware multiplies it natively, else fp32 (bertmath.hardware)
 MODES = ("train", "infer")
 
 # bertmath's best CPU settings, chosen by `--suite ablation` on BERT-base, batch 8, seq 128 (docs/benchmarks.md):
-# bf16 autocast ×1.7, sparse MLM ×1.25 (training), fused kernels ×1.15; torch.compile does not pay on CPU
-# (×0.97 training), activation checkpointing costs ×0.8 for half the step memory.
-BEST_CPU = dict(fused=True, fused_qkv=True, sparse_mlm=True, precision="bf16", compile=False,
+# bf16 autocast ×1.7 (on a CPU with native bf16; auto keeps fp32 where bf16 would be emulated, ~75× slower),
+# sparse MLM ×1.25 (training), fused kernels ×1.15; torch.compile does not pay on CPU (×0.97 training),
+# activation checkpointing costs ×0.8 for half the step memory.
+BEST_CPU = dict(fused=True, fused_qkv=True, sparse_mlm=True, precision="auto", compile=False,
                 activation_checkpointing=False)
 
 
@@ -446,9 +449,9 @@ def suite_groups(name: str, args) -> list[Group]:
     best = System("bertmath", **{**BEST_CPU, **overrides})
     plain = System("bertmath", "fp32", fused=True)  # identical math: torch's kernels, full logits, fp32
     hf32 = System("transformers", "fp32")  # its defaults: fp32, its default attention (sdpa in 5.x)
-    hf16 = System("transformers", "bf16", attn="sdpa")  # bf16 autocast, sdpa
+    hf16 = System("transformers", "auto", attn="sdpa")  # bf16 autocast where native (else fp32), sdpa
     hf32_eager = System("transformers", "fp32", attn="eager")  # with dropout, eager trains faster than sdpa on CPU
-    hf16_eager = System("transformers", "bf16", attn="eager")
+    hf16_eager = System("transformers", "auto", attn="eager")
     scratch = System("bertmath", "fp32", fused=False)  # the from-scratch ops
     if name == "cpu":
         return [
@@ -573,7 +576,7 @@ def parse_args(argv=None):
     p.add_argument("--config", default="configs/base.yaml", help="YAML config: the model shape (and defaults)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=None, help="default: the config's data.max_seq_len")
-    p.add_argument("--precision", choices=list(DTYPES), default=None, help="bertmath autocast dtype; default: train.precision")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="bertmath autocast dtype; default: train.precision")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--steps", type=int, default=2, help="steps per system and mode in each timed round")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (interleaved across systems)")
@@ -587,7 +590,7 @@ def parse_args(argv=None):
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
                        help=f"bertmath: {text}; default from the config")
     p.add_argument("--hf-attn", default="default", help="transformers' attn_implementation: default, sdpa or eager")
-    p.add_argument("--hf-precision", choices=list(DTYPES), default=None, help="default: bertmath's precision")
+    p.add_argument("--hf-precision", choices=PRECISIONS, default=None, help="default: bertmath's precision")
     p.add_argument("--hf-compile", action="store_true", help="torch.compile transformers' model too")
     p.add_argument("--fused-adam", action="store_true",
                    help="both systems: AdamW(fused=True) instead of torch's default foreach implementation")
@@ -626,8 +629,10 @@ def main(argv=None) -> dict:
     args.seq_len = args.seq_len or cfg.data.max_seq_len
     groups = suite_groups(args.suite, args) if args.suite else [single_group(args, config, train_cfg)]
     default_attn = transformers_default_attention(config)
-    for group in groups:  # name the attention transformers will actually use
-        rename = lambda s: dataclasses.replace(s, attn=default_attn) if s.attn == "default" else s  # noqa: E731
+    resolved = {p: resolve_precision(p, device) for p in PRECISIONS}  # auto → what the trainer would pick here
+    for group in groups:  # name the attention and the precision each system will actually use
+        rename = lambda s: dataclasses.replace(s, attn=default_attn if s.attn == "default" else s.attn,  # noqa: E731
+                                               precision=resolved[s.precision])
         group.systems = [rename(s) for s in group.systems]
         group.rows = [(t, rename(a), rename(b)) for t, a, b in group.rows]
     precisions = sorted({"fp32"} | {s.precision for g in groups for s in g.systems}, key=list(DTYPES).index)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from bertmath.hardware import resolve_precision
 from bertmath.hf_format import hf_to_bertmath_name
 
 transformers = pytest.importorskip("transformers")
@@ -88,7 +89,9 @@ def test_bench_suite_runs(tiny_yaml):
                        "--warmup", "1", "--json", "--batch-size", "2", "--peak-size", "256", "--no-memory")
     rows = [row["row"] for group in report["groups"] for row in group["rows"]]
     assert len(rows) == 6 and any(r.startswith("(1) identical math") for r in rows)
-    assert set(report["meta"]["peak_flops"]) == {"fp32", "bf16"}
+    # auto resolves to what the trainer would pick on this machine: bf16 only where it is native
+    assert set(report["meta"]["peak_flops"]) == {"fp32", resolve_precision("auto", torch.device("cpu"))}
+    assert "auto" not in {s["settings"]["precision"] for g in report["groups"] for s in g["systems"]}
 
 
 def test_suites_are_well_formed():
@@ -103,7 +106,7 @@ def test_suites_are_well_formed():
     identical = main.rows[0][1]
     assert identical.precision == "fp32" and not (identical.sparse_mlm or identical.fused_qkv or identical.compile)
     best = next(a for title, a, _ in main.rows if title.startswith("(2)"))
-    assert best.precision == "bf16" and best.sparse_mlm
+    assert best.precision == "auto" and best.sparse_mlm  # resolved per machine when measured
     group = bench.suite_groups("cpu", bench.parse_args(["--suite", "cpu", "--compile", "--precision", "fp16"]))[0]
     overridden = next(a for title, a, _ in group.rows if title.startswith("(2)"))
     assert overridden == dataclasses.replace(best, compile=True, precision="fp16")  # the command line wins

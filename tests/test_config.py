@@ -180,6 +180,11 @@ ERRORS = {
     "text_without_paths": ("data:\n  source: text\n", ["data.paths"]),
     "paths_with_embedded_source": ("data:\n  paths: [a.txt]\n", ["data.paths", "embedded"]),
     "top_level_list": ("- model\n- data\n", ["sections"]),
+    "unknown_precision": ("train:\n  precision: int8\n", ["train.precision", "auto", "bf16"]),
+    "unknown_positions": ("model:\n  position_encoding: sinusoidal\n", ["model.position_encoding", "alibi", "rope"]),
+    "rope_odd_head_size": ("model:\n  position_encoding: rope\n  hidden_size: 15\n  num_heads: 5\n",
+                           ["model.position_encoding", "even", "15/5 = 3"]),
+    "time_horizon_without_budget": ("train:\n  schedule_horizon: time\n", ["train.schedule_horizon", "max_time_minutes"]),
 }
 
 

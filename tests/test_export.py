@@ -22,7 +22,7 @@ from bertmath.checkpoint import resolve_checkpoint  # noqa: E402
 from bertmath.fill_mask import FillMask  # noqa: E402
 from bertmath.hf_format import export_checkpoint, load_checkpoint_tokenizer, load_hf_checkpoint  # noqa: E402
 
-from helpers import make_bertmath_run, minilm_dir, sentences  # noqa: E402
+from helpers import assert_one_line_error, make_bertmath_run, minilm_dir, sentences  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
@@ -346,3 +346,18 @@ def test_export_of_a_plain_bertmodel_checkpoint(tmp_path):
         a, b = reference(input_ids=ids), again(input_ids=ids)
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-6, rtol=0)
     torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("positions", ["alibi", "rope"])
+def test_export_of_relative_positions_is_a_one_line_error_naming_the_key(tmp_path, positions, capsys):
+    """transformers' BERT has learned absolute positions only: exporting an alibi or rope checkpoint fails
+    before anything is written, naming model.position_encoding."""
+    from bertmath.cli import main
+    run = make_bertmath_run(tmp_path / "run", position_encoding=positions)
+    out = tmp_path / "exported"
+    with pytest.raises(CheckpointError, match=f"model.position_encoding is '{positions}'"):
+        export_checkpoint(run, out)
+    assert not out.exists()
+    assert main(["export", str(run), str(tmp_path / "exported2")]) == 1
+    assert_one_line_error(capsys, "export", "model.position_encoding", positions)
+    assert not (tmp_path / "exported2").exists()

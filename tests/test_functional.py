@@ -552,3 +552,66 @@ def test_cosine_similarity_broadcasts_and_handles_tiny_vectors(fused):
     unit = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     assert_close(BF.cosine_similarity(tiny, unit, fused=fused), F.cosine_similarity(tiny, unit, dim=-1))
     assert BF.cosine_similarity(tiny, unit, fused=fused)[1] == 0
+
+
+# --- positions: ALiBi's bias and RoPE's rotation, against formulas written another way ---------------------
+
+
+def _alibi_reference_slopes(n: int) -> list[float]:
+    """ALiBi's slopes as Press et al.'s reference code writes them: for a power of two n, the geometric
+    sequence start·ratio^i with start = ratio = 2^(-2^-(log2 n - 3)); otherwise the slopes of the closest
+    lower power of two, then every other slope of twice that."""
+    def power_of_two(n):
+        start = 2 ** (-2 ** -(math.log2(n) - 3))
+        return [start * start ** i for i in range(n)]
+    if math.log2(n).is_integer():
+        return power_of_two(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_two(closest) + _alibi_reference_slopes(2 * closest)[0::2][:n - closest]
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 8, 12, 16])
+def test_alibi_slopes_match_the_reference_code(heads):
+    assert_close(BF.alibi_slopes(heads), torch.tensor(_alibi_reference_slopes(heads), dtype=torch.float32))
+    if heads == 8:  # the paper's example: 1/2, 1/4, ..., 1/256
+        assert_close(BF.alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)]))
+
+
+def test_alibi_bias_is_minus_slope_times_distance():
+    H, T = 4, 7
+    bias = BF.alibi_bias(H, T)
+    slopes = _alibi_reference_slopes(H)
+    expected = torch.tensor([[[-slopes[h] * abs(i - j) for j in range(T)] for i in range(T)] for h in range(H)])
+    assert bias.shape == (H, T, T)
+    assert_close(bias, expected)
+
+
+def _rotary_complex(x: torch.Tensor, base: float) -> torch.Tensor:
+    """RoPE as RoFormer's §3.2 states it: each pair (x_2i, x_2i+1) as the complex number x_2i + i·x_2i+1,
+    multiplied by e^{i·t·θ_i}."""
+    T, d = x.shape[-2:]
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    rotation = torch.polar(torch.ones(T, d // 2, dtype=torch.float64), torch.arange(T, dtype=torch.float64)[:, None] * theta)
+    pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())
+    return torch.view_as_real(pairs * rotation).reshape(x.shape).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("base", [10000.0, 100.0])
+def test_rotary_equals_complex_multiplication(dtype, base):
+    x = torch.randn(2, 3, 11, 8, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    assert_close(BF.rotary(x, base), _rotary_complex(x, base), atol=1e-6 if dtype == torch.float32 else 1e-12,
+                 rtol=1e-5 if dtype == torch.float32 else 1e-10)
+
+
+def test_rotary_makes_dot_products_depend_only_on_the_offset():
+    """q_s·k_t after rotation is a function of s − t: shifting both positions by the same amount changes nothing."""
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(16, dtype=torch.float64, generator=g), torch.randn(16, dtype=torch.float64, generator=g)
+    T = 12
+    rq, rk = BF.rotary(q.expand(T, 16).clone()), BF.rotary(k.expand(T, 16).clone())  # the same vector at every position
+    scores = rq @ rk.T  # (T, T): score of query at s with key at t
+    for offset in range(-T + 1, T):
+        diagonal = torch.diagonal(scores, offset)
+        assert_close(diagonal, diagonal[:1].expand_as(diagonal), atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(torch.diagonal(scores, 0)[:1], torch.diagonal(scores, 3)[:1])  # but the offset matters

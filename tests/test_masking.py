@@ -168,3 +168,22 @@ def test_each_process_share_is_masked_as_in_the_whole_batch(whole_word_masking):
     for part, full in zip(zip(*shares), whole):
         assert torch.equal(torch.cat(part), full)
     assert not torch.equal(shares[0][1], shares[1][1])  # the shares are different rows, masked differently
+
+
+@pytest.mark.parametrize("rate", [0.15, 0.3, 0.4])
+@pytest.mark.parametrize("whole_word_masking", [False, True], ids=["pieces", "words"])
+def test_all_mask_corruption_at_any_rate_with_whole_words(rate, whole_word_masking):
+    """Wettig et al. 2023's 'no 80/10/10': every chosen token becomes [MASK], nothing random or kept, at
+    rates above BERT's 15%, with whole words too: [MASK] exactly where a label is, at the chosen rate."""
+    ids = blocks(batch=60, length=300)
+    continuation = continuation_table()
+    masked, labels = run(ids, continuation=continuation, whole_word_masking=whole_word_masking, mlm_probability=rate,
+                         mask_token_probability=1.0, random_token_probability=0.0)
+    chosen = labels != IGNORE_INDEX
+    special = torch.isin(ids, torch.tensor(SPECIALS.ids))
+    assert torch.equal(masked == SPECIALS.mask, chosen)
+    assert torch.equal(masked[~chosen], ids[~chosen]) and torch.equal(labels[chosen], ids[chosen])
+    assert abs(chosen[~special].float().mean() - rate) < 0.03
+    if whole_word_masking:
+        starts = word_starts(ids, continuation)
+        assert torch.equal(chosen[~special], chosen.gather(1, starts)[~special])  # a word is masked whole

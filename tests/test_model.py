@@ -27,6 +27,7 @@ BERT_BASE_MLM, BERT_LARGE_MLM = 109_514_298, 335_174_458  # Devlin et al.'s ≈1
 BERT_BASE_POOLER, BERT_LARGE_POOLER = 109_482_240, 335_141_888  # transformers' BertModel (with pooler)
 
 FUSED = [pytest.param(False, id="scratch"), pytest.param(True, id="fused")]
+POSITIONS = ["learned", "alibi", "rope"]
 
 
 def hf_config(cfg):
@@ -191,11 +192,12 @@ def test_bert_model_without_pooler_matches_transformers(tiny_config):
                      atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
 
 
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("fused_qkv", [False, True], ids=["qkv3", "qkv1"])
 @pytest.mark.parametrize("fused", FUSED)
-def test_padding_does_not_change_other_positions(tiny_config, fused, fused_qkv):
+def test_padding_does_not_change_other_positions(tiny_config, fused, fused_qkv, positions):
     """A padded batch gives, at every real position, what each sequence gives when run alone."""
-    cfg = tiny_config(fused=fused, fused_qkv=fused_qkv)
+    cfg = tiny_config(fused=fused, fused_qkv=fused_qkv, position_encoding=positions)
     torch.manual_seed(5)
     model = BertForMaskedLM(cfg).eval()
     lengths = (9, 5, 2)
@@ -485,34 +487,109 @@ def test_bert_base_and_large_counts(path, mlm, with_pooler):
 
 F64_ATOL, F64_RTOL = 1e-12, 1e-10  # the same float64 math in two evaluation orders: rounding only
 
-def reference_weights(layer, x, attention_mask):
-    """softmax(QKᵀ/√d_k) with -inf on padded keys, from the layer's own Linear weights and torch.softmax."""
+def reference_weights(layer, x, attention_mask, positions="learned", rope_base=10000.0):
+    """softmax(QKᵀ/√d_k [+ B_alibi]) with -inf on padded keys, from the layer's own Linear weights and
+    torch.softmax; rope rotates q and k as complex numbers, ALiBi's bias is −m_h·|i−j| from Press et al.'s
+    slopes (both written independently of bertmath in tests/test_functional.py)."""
+    from test_functional import _alibi_reference_slopes, _rotary_complex
     attn = layer.attention
     B, T, D = x.shape
     H = attn.num_heads
     q, k = (F.linear(x, m.weight, m.bias).view(B, T, H, D // H).transpose(1, 2)
             for m in (attn.query, attn.key))
+    if positions == "rope":
+        q, k = _rotary_complex(q, rope_base), _rotary_complex(k, rope_base)
     scores = q @ k.transpose(-2, -1) / math.sqrt(D // H)
+    if positions == "alibi":
+        distance = (torch.arange(T)[None, :] - torch.arange(T)[:, None]).abs().to(x.dtype)
+        scores = scores - torch.tensor(_alibi_reference_slopes(H), dtype=x.dtype)[:, None, None] * distance
     scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("fused", FUSED)
-def test_attention_weights_are_softmax_of_scaled_scores(tiny_config, fused):
+def test_attention_weights_are_softmax_of_scaled_scores(tiny_config, fused, positions):
     """BertModel.attention_weights: layer l's weights are softmax(Q_l K_lᵀ/√d_k + M) of its input x_l, and
-    the x_l are those of forward (float64: rounding only)."""
+    the x_l are those of forward (float64: rounding only); with rope and ALiBi as their papers write them."""
     torch.manual_seed(0)
-    model = BertModel(tiny_config(fused=fused)).double().eval()
+    model = BertModel(tiny_config(fused=fused, position_encoding=positions)).double().eval()
     ids = torch.randint(5, 99, (2, 7))
     attention_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])  # the second sequence has 3 padding tokens
     with torch.no_grad():
         weights = model.attention_weights(ids, attention_mask)
         x = model.embeddings(ids)
-        mask = attention_mask.bool()[:, None, None, :]
+        mask = model.logit_mask(attention_mask, 7, ids.device)
         assert len(weights) == len(model.encoder.layers)
         for layer, w in zip(model.encoder.layers, weights):
             assert w.shape == (2, 4, 7, 7)
-            assert_close(w, reference_weights(layer, x, attention_mask), atol=F64_ATOL, rtol=F64_RTOL)
+            assert_close(w, reference_weights(layer, x, attention_mask, positions), atol=F64_ATOL, rtol=F64_RTOL)
             x = layer(x, mask)
         assert_close(x, model(ids, attention_mask).last_hidden_state, atol=F64_ATOL, rtol=F64_RTOL)
     assert (weights[0][1, :, :, 4:] == 0).all()  # padded keys get no attention
+
+
+# --- position encodings: learned, alibi, rope ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_fused_and_from_scratch_paths_agree_for_every_position_encoding(tiny_config, positions):
+    """The same weights on the from-scratch path (functional.py's formulas) and the fused one (torch's
+    kernels; ALiBi's bias as SDPA's float mask): the same loss, logits and gradients (float32 rounding)."""
+    cfg = tiny_config(position_encoding=positions)
+    torch.manual_seed(3)
+    scratch = BertForMaskedLM(cfg).train()
+    fused = BertForMaskedLM(dataclasses.replace(cfg, fused=True, fused_qkv=True)).train()
+    fused.load_state_dict(scratch.state_dict())
+    ids, mask, types = batch(cfg)
+    labels = mlm_labels(ids, mask)
+    a, grads_a = _loss_and_grads(scratch, ids, mask, types, labels)
+    b, grads_b = _loss_and_grads(fused, ids, mask, types, labels)
+    assert_close(b.loss, a.loss, atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32)
+    assert_close(b.logits, a.logits, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert_close(grads_b[name], grads_a[name], atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32, msg=name)
+
+
+@pytest.mark.parametrize("positions", ["alibi", "rope"])
+def test_alibi_and_rope_have_no_position_table_and_are_counted_right(tiny_config, positions):
+    cfg = tiny_config(position_encoding=positions)
+    model = BertForMaskedLM(cfg)
+    assert model.bert.embeddings.position_embeddings is None
+    assert not any("position" in name for name, _ in model.named_parameters())
+    assert parameter_counts(cfg)["bert_for_masked_lm"] == numel(model)
+    assert dict(parameter_table(cfg))["embeddings.position"] == 0
+    learned = tiny_config()
+    assert numel(model) == numel(BertForMaskedLM(learned)) - learned.max_position_embeddings * learned.hidden_size
+
+
+@pytest.mark.parametrize("positions", ["alibi", "rope"])
+def test_alibi_and_rope_extrapolate_beyond_max_position_embeddings(tiny_config, positions):
+    """Relative positions work at any length (the design choice; learned positions raise instead): a
+    sequence longer than max_position_embeddings runs, and its first tokens see what a short one sees
+    when the rest is padding."""
+    cfg = tiny_config(position_encoding=positions)
+    torch.manual_seed(4)
+    model = BertForMaskedLM(cfg).eval()
+    T = cfg.max_position_embeddings + 16
+    ids = torch.randint(5, cfg.vocab_size, (1, T))
+    with torch.no_grad():
+        long = model(ids).logits
+        short = model(ids[:, :9]).logits
+        padded = model(ids, torch.tensor([[1] * 9 + [0] * (T - 9)])).logits
+    assert long.shape == (1, T, cfg.vocab_size) and torch.isfinite(long).all()
+    assert_close(padded[:, :9], short, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+def test_position_encodings_change_the_output(tiny_config):
+    """A check that the switch reaches the model: the same weights give other logits under each encoding."""
+    torch.manual_seed(5)
+    ids, mask, types = batch(tiny_config())
+    logits = {}
+    for positions in POSITIONS:
+        torch.manual_seed(5)
+        with torch.no_grad():
+            logits[positions] = BertForMaskedLM(tiny_config(position_encoding=positions)).eval()(ids, mask, types).logits
+    assert not torch.allclose(logits["alibi"], logits["rope"])
+    assert not torch.allclose(logits["learned"], logits["alibi"])

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from bertmath.cli import main
 from bertmath.config import config_from_dict
 from bertmath.errors import BertmathError, CheckpointError
 from bertmath.model import BertForMaskedLM
-from bertmath.trainer import learning_rate, parameter_groups, train
+from bertmath import trainer as trainer_module
+from bertmath.config import TrainConfig
+from bertmath.trainer import CONTEXT_PROBE, Trainer, learning_rate, parameter_groups, planned_last_step, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +56,7 @@ def tiny_config_tree(tmp_path: Path, **train) -> dict:
         "data": {"source": "text", "paths": [str(corpus)], "max_seq_len": 32, "eval_fraction": 0.1},
         "train": {"out_dir": str(tmp_path / "run"), "max_steps": 12, "batch_size": 4, "lr": 3e-3,
                   "warmup_steps": 2, "eval_every": 6, "save_every": 4, "eval_batches": 4, "seed": 1,
-                  "device": "cpu", "num_threads": 1, **train},
+                  "device": "cpu", "num_threads": 1, "precision": "fp32", **train},
     }
 
 
@@ -94,7 +97,10 @@ def _read_metrics(out_dir: Path) -> list[dict]:
 
 def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path):
     tree = tiny_config_tree(tmp_path, max_steps=200, eval_every=100, save_every=100, keep_checkpoints=1, batch_size=16)
-    tree["model"].update(vocab_size=128, hidden_size=64, intermediate_size=128, hidden_dropout=0.0, attention_dropout=0.0)
+    # rope: with learned positions this model stays on the unigram plateau for 200 steps ([MASK] accuracy
+    # = baseline, 8.3%); rotary positions reach ~29% (docs/benchmarks.md has the main job's version of this)
+    tree["model"].update(vocab_size=128, hidden_size=64, intermediate_size=128, hidden_dropout=0.0, attention_dropout=0.0,
+                         position_encoding="rope")
     summary = train(config_from_dict(tree))
     out = Path(tree["train"]["out_dir"])
     assert summary["steps"] == 200
@@ -107,6 +113,9 @@ def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path):
     assert [m["step"] for m in evals] == [100, 200]
     assert evals[-1]["eval_loss"] < math.log(128) - 0.5  # well below a uniform guess over the vocabulary
     assert evals[-1]["eval_accuracy"] >= evals[-1]["baseline_accuracy"]
+    assert evals[-1]["eval_mask_accuracy"] > 2 * evals[-1]["baseline_mask_accuracy"]  # it reads its context
+    assert summary["final_mask_accuracy"] == evals[-1]["eval_mask_accuracy"]
+    assert summary["best_mask_accuracy"] == max(e["eval_mask_accuracy"] for e in evals)
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-0000100", "step-0000200"]
     for name in ckpt.LATEST_FILES:
         assert (out / name).is_file()
@@ -386,3 +395,72 @@ def test_no_intact_checkpoint_to_resume_from_is_an_error_saying_so(tmp_path):
     with pytest.raises(CheckpointError, match=f"optimizer.safetensors: unreadable or corrupted.*; no earlier "
                                               f"checkpoint in {out} is intact: choose another train.out_dir"):
         train(config_from_dict(tree))
+
+
+# --- the context probe ----------------------------------------------------------------------------------
+
+
+def _prepared(tree: dict) -> Trainer:
+    trainer = Trainer(config_from_dict(tree))
+    trainer._prepare()
+    return trainer
+
+
+def test_context_probe_is_all_mask_and_the_same_for_every_recipe(tmp_path):
+    """The probe masks 15% of held-out tokens, every one with [MASK]; its masks do not depend on the seed or
+    the training corruption, so [MASK] accuracy compares recipes. The second held-out set follows the
+    training corruption (here 40%, all [MASK])."""
+    tree = tiny_config_tree(tmp_path, eval_batches=8)
+    a = _prepared(tree)
+    tree["train"].update(seed=7, out_dir=str(tmp_path / "other"))
+    tree["data"].update(mlm_probability=0.4, mask_token_probability=1.0, random_token_probability=0.0)
+    b = _prepared(tree)
+    assert torch.equal(a.probe_inputs, b.probe_inputs) and torch.equal(a.probe_labels, b.probe_labels)
+    chosen = a.probe_labels != -100
+    assert torch.equal(a.probe_inputs == a.specials.mask, chosen)  # [MASK] at every chosen position, nowhere else
+    non_special = ~torch.isin(a.probe_labels.where(chosen, a.probe_inputs), torch.tensor(a.specials.ids))
+    assert abs(chosen.sum() / non_special.sum() - CONTEXT_PROBE.mlm_probability) < 0.04
+    b_chosen = b.eval_labels != -100
+    assert torch.equal(b.eval_inputs == b.specials.mask, b_chosen) and b_chosen.sum() > 2 * chosen.sum()
+
+
+# --- schedule_horizon: time ------------------------------------------------------------------------------
+
+
+def test_planned_last_step_spends_the_budget_on_steps_and_evaluations():
+    t = TrainConfig(max_steps=100_000, max_time_minutes=10, eval_every=500, eval_batches=20, schedule_horizon="time")
+    # 600 s, 50 of them gone, 0.2 s per step: 0.97·550/0.2 = 2667 steps, 6 evaluations of 2·20 batches at 0.5 step
+    assert planned_last_step(100, 0.2, 50.0, t) == 100 + 2667 - 120
+    assert planned_last_step(100, 0.2, 50.0, TrainConfig(max_steps=1000, max_time_minutes=10)) == 1000  # the cap
+    assert planned_last_step(100, 5.0, 599.0, t) == 101  # no time left: at least one more step
+
+
+@pytest.mark.slow
+def test_time_horizon_ends_the_run_and_the_decay_at_the_planned_step_and_resumes_exactly(tmp_path, monkeypatch):
+    """With schedule_horizon time, the step time measured over HORIZON_WINDOW fixes the last step; the lr
+    decays to 0 exactly there and the run ends there, not at the time limit. That step is saved in each
+    later checkpoint: a run resumed from one continues to the same step with the same lr and ends with the
+    same weights. The trainer's clock ticks 10 ms per reading, so the plan does not depend on this machine."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(trainer_module, "_now", lambda: next(ticks) * 0.01)
+    tree = tiny_config_tree(tmp_path, max_steps=100_000, max_time_minutes=0.05, schedule_horizon="time",
+                            save_every=25, keep_checkpoints=100, eval_every=1000, eval_batches=2, warmup_steps=5)
+    summary = train(config_from_dict(tree))
+    out = Path(tree["train"]["out_dir"])
+    planned = json.loads((ckpt.latest_checkpoint(out) / ckpt.STATE_FILE).read_text())["train_state"]["planned_steps"]
+    assert summary["steps"] == planned and 50 < planned < 100_000
+    lrs = [(m["step"], m["lr"]) for m in _read_metrics(out) if "lr" in m]
+    t = config_from_dict(tree).train
+    window_end = trainer_module.HORIZON_WINDOW[1]  # until the plan: warm-up, then the peak
+    assert lrs == [(s + 1, learning_rate(s, t.lr, t.warmup_steps, planned, "constant" if s < window_end else t.schedule))
+                   for s in range(planned)]
+    assert lrs[-1][1] == pytest.approx(t.lr / (planned - t.warmup_steps))  # one step short of 0 at the end
+
+    resumed = tmp_path / "resumed"  # as if killed after step 75: only that checkpoint is left
+    resumed.mkdir()
+    shutil.copytree(out / "step-0000075", resumed / "step-0000075")
+    tree["train"]["out_dir"] = str(resumed)
+    assert train(config_from_dict(tree))["steps"] == planned
+    a, b = _weights(out), _weights(resumed)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert [(m["step"], m["lr"]) for m in _read_metrics(resumed) if "lr" in m] == lrs[75:]

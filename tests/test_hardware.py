@@ -1,0 +1,86 @@
+"""bertmath.hardware: train.precision auto picks bf16 only where the hardware multiplies it natively."""
+
+import logging
+
+import pytest
+import torch
+
+from bertmath import hardware
+from bertmath.hardware import cpu_class, native_bf16, resolve_precision
+
+CPU = torch.device("cpu")
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl"}  # Skylake-class: AVX-512 but no bf16 instructions
+AVX512_BF16 = AVX512 | {"avx512_bf16"}
+AMX = AVX512_BF16 | {"amx_tile", "amx_bf16"}
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """machine(flags, onednn_bf16): pretend to be a CPU with these /proc/cpuinfo flags, whose oneDNN
+    does or does not use its bf16 instructions."""
+    def pretend(flags, onednn_bf16=True):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    return pretend
+
+
+@pytest.mark.parametrize("flags, expected", [(AVX2, "fp32"), (AVX512, "fp32"), (AVX512_BF16, "bf16"), (AMX, "bf16"),
+                                             (frozenset(), "fp32")], ids=["avx2", "avx512", "avx512_bf16", "amx", "unknown"])
+def test_auto_is_bf16_only_with_native_bf16(machine, flags, expected, caplog):
+    machine(flags)
+    with caplog.at_level(logging.INFO, logger="bertmath.hardware"):
+        assert resolve_precision("auto", CPU) == expected
+    assert f"precision auto → {expected}" in caplog.text  # says what it chose, and why
+    assert cpu_class() in caplog.text or "amx" in caplog.text or "avx512_bf16" in caplog.text
+
+
+def test_auto_is_fp32_when_onednn_is_held_below_bf16(machine):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on a bf16-capable CPU: oneDNN would emulate bf16, so auto keeps fp32."""
+    machine(AVX512_BF16, onednn_bf16=False)
+    assert native_bf16(CPU) == (False, "CPU has avx512_bf16 but torch's oneDNN does not use them")
+    assert resolve_precision("auto", CPU) == "fp32"
+
+
+def test_explicit_bf16_is_kept_but_warns_where_emulated(machine, caplog):
+    machine(AVX2)
+    with caplog.at_level(logging.WARNING, logger="bertmath.hardware"):
+        assert resolve_precision("bf16", CPU) == "bf16"
+    assert "75x slower" in caplog.text and "precision auto or fp32" in caplog.text
+    caplog.clear()
+    machine(AMX)
+    with caplog.at_level(logging.WARNING, logger="bertmath.hardware"):
+        assert resolve_precision("bf16", CPU) == "bf16"
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_explicit_precisions_are_kept(machine, precision):
+    machine(AMX)
+    assert resolve_precision(precision, CPU) == precision
+
+
+@pytest.mark.parametrize("flags, name", [(AVX2, "avx2"), (AVX512, "avx512"), (AVX512_BF16, "avx512_bf16"), (AMX, "amx"),
+                                         (frozenset({"neon"}), "other")])
+def test_cpu_class(machine, flags, name):
+    machine(flags)
+    assert cpu_class() == name
+
+
+def test_this_machine_agrees_with_its_cpuinfo():
+    """On the machine running the tests: the flags read are /proc/cpuinfo's, and bf16 counts as native
+    exactly when they hold avx512_bf16 or amx_bf16 and torch's oneDNN says it uses bf16."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+    assert hardware.cpu_flags() == flags
+    expected = bool(flags & {"avx512_bf16", "amx_bf16"}) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert native_bf16(CPU)[0] == expected
+
+
+def test_unknown_precision_is_a_config_error():
+    from bertmath.config import ConfigError, config_from_dict
+    with pytest.raises(ConfigError, match="train.precision.*'auto'"):
+        config_from_dict({"train": {"precision": "int8"}})

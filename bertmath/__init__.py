@@ -1,13 +1,15 @@
 """bertmath: a small, exact, fast PyTorch reference implementation of the BERT encoder."""
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config
-from .errors import BertmathError, CheckpointError, ConfigError, DataError, InputError, TrainingError
+from .errors import (BertmathError, CheckpointError, ConfigError, DataError, InputError, OutputError, RunDirInUseError,
+                     TrainingError)
 from .fill_mask import FillMask, FillMaskError
 from .model import BertForMaskedLM, BertModel, parameter_counts, parameter_table
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "load_config",
-    "BertmathError", "ConfigError", "DataError", "CheckpointError", "InputError", "TrainingError",
+    "BertmathError", "ConfigError", "DataError", "CheckpointError", "InputError", "OutputError", "RunDirInUseError",
+    "TrainingError",
     "BertModel", "BertForMaskedLM", "train", "parameter_counts", "parameter_table",
     "FillMask", "FillMaskError",
 ]

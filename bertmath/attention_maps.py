@@ -19,6 +19,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from .checkpoint import check_output
 from .errors import ConfigError
 from .hf_format import load_model_and_tokenizer
 from .model import BertModel
@@ -59,7 +60,8 @@ def plot_attention(checkpoint: str | Path, text: str, out: str | Path, layer: in
                    head: int | None = None) -> Path:
     """Draw the attention maps of `text` in `checkpoint` (a bertmath run/step directory or a transformers
     directory) for one layer/head, one layer's heads, one head across layers, or all; returns the PNG's path."""
-    import_matplotlib()  # before loading the checkpoint: a missing matplotlib fails at once
+    import_matplotlib()  # before loading the checkpoint: a missing matplotlib or a bad --out fails at once
+    check_output(out)
     model, tokenizer = load_model_and_tokenizer(BertModel, checkpoint)
     layers = check_index("layer", layer, model.config.num_layers, str(checkpoint))
     heads = check_index("head", head, model.config.num_heads, str(checkpoint))

@@ -11,34 +11,44 @@ A run directory (`train.out_dir`) looks like
         trainer_state.json     step, tokens seen, AdamW hyper-parameters, scaler, data position
       model.safetensors, config.yaml, tokenizer.json, ...   hard links to the latest step's files
       metrics.jsonl
+      .lock                the pretraining run writing here holds flock on it (see lock_run_dir)
 
 Each step directory is written under a temporary name, fsync'ed, and renamed into place, so a kill at
 any moment leaves the previous checkpoint complete: the latest checkpoint is the highest `step-*`.
+One pretraining run writes a run directory at a time (lock_run_dir); readers take no lock and read one
+whole step directory even while the run prunes or replaces it (read_resolved). A run resumes from the
+latest checkpoint; if that one is damaged on disk, it stops with an error naming the newest intact one
+(check_resumable: the policy, and why it does not fall back by itself).
 Loading never unpickles: safetensors and JSON only (and `torch.load(weights_only=True)` for
 transformers' `pytorch_model.bin`, in hf_format).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
+import socket
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Callable, TypeVar
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
+from .config import Config, ModelConfig, load_config
 from .distributed import is_sharded
-from .errors import CheckpointError
+from .errors import BertmathError, CheckpointError, ConfigError, OutputError, RunDirInUseError
 
-if TYPE_CHECKING:
-    from .config import ModelConfig
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,7 @@ TOKENIZER_FILE = "tokenizer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 STEP_PREFIX = "step-"
+LOCK_FILE = ".lock"
 LATEST_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, STATE_FILE)
 
 
@@ -74,13 +85,11 @@ def _tmp_name(path: Path) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a reader sees either the old file or the new one, never a part."""
     path = Path(path)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -89,12 +98,37 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     path = Path(path)
+    with _replacing(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yield a temporary name beside `path` to write; then rename it onto `path`. If the write or the rename
+    fails (e.g. `path` is a directory, the disk is full), the temporary file is removed and `path` is as it was."""
     tmp = _tmp_name(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
+
+
+def check_output(path: str | Path, directory: bool = False) -> Path:
+    """`path` as a file to write (or, with `directory`, a directory to create or write into), checked before
+    any slow work: an OutputError if it exists as the other kind, or if a parent of it is a file."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise OutputError(f"{path}: is a directory; give a file name" if path.is_dir() else
+                          f"{path}: is a file; give a directory (a new one is created)")
+    existing = next(p for p in path.parents if p.exists())  # "/" or "." at the latest
+    if not existing.is_dir():
+        raise OutputError(f"{path}: cannot be created: {existing} is a file")
+    return path
 
 
 # --- model weights --------------------------------------------------------------------------------------
@@ -145,12 +179,17 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, ten
         raise CheckpointError(f"{where}: optimizer state does not fit this model ({str(e).splitlines()[0][:160]})") from None
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or corrupted file is a CheckpointError naming it."""
+def read_safetensors(path: Path, header_only: bool = False) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file is a CheckpointError naming it.
+    `header_only`: read just the header, which a truncated or garbage file fails too (it names more bytes
+    than the file has), and return {} (the tensor bytes themselves carry no checksum)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:
+        if header_only:
+            with safe_open(str(path), "pt"):
+                return {}
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable or corrupted safetensors file ({str(e).splitlines()[0][:160]})") from None
@@ -174,6 +213,10 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str
         if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
             raise CheckpointError(f"{where}: tensor '{name}' has shape {tuple(tensor.shape)} in the checkpoint "
                                   f"but {tuple(expected[name].shape)} in the model built from its config")
+        if name in expected and expected[name].is_floating_point() and not tensor.is_floating_point():
+            # copy_ would silently turn integers into weights: not something a trainer saved
+            raise CheckpointError(f"{where}: tensor '{name}' has dtype {tensor.dtype} in the checkpoint; expected "
+                                  "floating point weights")
     missing = [k for k in expected if k not in state and k not in tied]
     missing_head = [k for k in missing if k.startswith("mlm_head.")]
     missing_pooler = [k for k in missing if k.startswith("pooler.")]
@@ -251,7 +294,7 @@ def save_checkpoint(out_dir: Path, step: int, files: dict[str, bytes | dict[str,
     else:
         os.replace(tmp, final)
     _fsync_dir(out_dir)
-    _link_latest(out_dir, final)
+    link_latest(out_dir, final)
     for old in list_checkpoints(out_dir)[:-(keep + 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -269,11 +312,55 @@ def remove_temporaries(out_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _link_latest(out_dir: Path, step_dir: Path) -> None:
-    """out_dir/<file> → the latest step's file, each replaced atomically (a hard link, or a copy)."""
+def lock_run_dir(out_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the run directory `out_dir` (created if missing) until the returned file is
+    closed: `fcntl.flock` on out_dir/.lock, a file that holds the holder's pid, host and start time as JSON.
+    A second writer gets a RunDirInUseError naming them.
+
+    The kernel drops a flock when its process dies, even by SIGKILL, so a killed run leaves no stale lock
+    to block its own resume. The file itself is never deleted: a process that opened it just before an
+    unlink would lock the old file while a newcomer locks a new one of the same name, and both would write.
+    Readers (fill-mask, export, plot) take no lock: a step directory appears whole, by one rename."""
+    out_dir = Path(out_dir)
+    path = out_dir / LOCK_FILE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # Opened without truncating: until we hold the lock, what the file says belongs to its holder.
+        lock = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise OutputError(f"train.out_dir: cannot create the lock file {path} ({e.strerror or e})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = lock.read()
+        lock.close()
+        if isinstance(e, BlockingIOError):
+            raise RunDirInUseError(f"train.out_dir {out_dir} is in use by {_lock_holder(holder)}; wait until it "
+                                   "ends, or choose another train.out_dir") from None
+        raise OutputError(f"train.out_dir: cannot lock {path} ({e.strerror or e})") from None
+    lock.truncate()
+    lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": datetime.now().astimezone().isoformat(timespec="seconds")}) + "\n")
+    lock.flush()
+    return lock
+
+
+def _lock_holder(text: str) -> str:
+    """"pid N (started T)" from a lock file's JSON, with the host when it is not this one."""
+    try:
+        holder = json.loads(text)
+        where = f" on {holder['host']}" if holder.get("host") not in (None, socket.gethostname()) else ""
+        return f"pid {int(holder['pid'])}{where} (started {holder.get('started', 'at an unknown time')})"
+    except (ValueError, TypeError, KeyError, AttributeError):  # the holder has locked but not yet written
+        return "another process (its pid is not written yet)"
+
+
+def link_latest(out_dir: Path, step_dir: Path) -> None:
+    """out_dir/<file> → the latest step's file, each replaced atomically (a hard link, or a copy); one that is
+    already a link to it is left as it is (a resume re-links, and mostly finds every file linked)."""
     for name in LATEST_FILES:
         source = step_dir / name
-        if not source.exists():
+        if not source.exists() or ((out_dir / name).exists() and os.path.samefile(source, out_dir / name)):
             continue
         tmp = _tmp_name(out_dir / name)
         try:
@@ -304,23 +391,105 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
                           "or a transformers config.json)")
 
 
+def read_config(directory: Path) -> Config:
+    """The resolved Config a bertmath checkpoint directory saved (config.yaml); CheckpointError otherwise."""
+    try:
+        return load_config(Path(directory) / CONFIG_FILE)
+    except ConfigError as e:  # its message names the file; a bad checkpoint is not a bad command line (exit 1)
+        raise CheckpointError(str(e)) from None
+
+
 def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
     """(resolved directory, ModelConfig, state dict in bertmath names) of a bertmath run/checkpoint
     directory or a transformers BERT directory; no model is built."""
-    from .config import load_config
-    from .errors import ConfigError
+    def read(kind: str, directory: Path):
+        if kind == "transformers":
+            from .hf_format import load_hf_checkpoint
+            return directory, *load_hf_checkpoint(directory)
+        return directory, read_config(directory).model, read_safetensors(directory / MODEL_FILE)
 
-    kind, directory = resolve_checkpoint(path)
-    if kind == "transformers":
-        from .hf_format import load_hf_checkpoint
-        config, state = load_hf_checkpoint(directory)
-    else:
+    return read_resolved(path, read)
+
+
+READ_ATTEMPTS = 5
+
+
+def read_resolved(path: str | Path, read: Callable[[str, Path], T]) -> T:
+    """read(kind, directory) of the checkpoint `path` resolves to (resolve_checkpoint), from one whole step
+    directory. A run that saves prunes old step directories and replaces a step saved again, so the directory
+    a reader resolved can vanish or change between the files it opens: then `read` runs again on the newest
+    one (READ_ATTEMPTS times at most). An error in a directory that stayed as it was is the checkpoint's own."""
+    for _ in range(READ_ATTEMPTS):
+        kind, directory = resolve_checkpoint(path)
+        before = _identity(directory)
         try:
-            config = load_config(directory / CONFIG_FILE).model
-        except ConfigError as e:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: {e}") from None
-        state = read_safetensors(directory / MODEL_FILE)
-    return directory, config, state
+            result = read(kind, directory)
+        except (BertmathError, OSError):
+            if _identity(directory) == before:
+                raise
+            continue
+        if _identity(directory) == before:
+            return result
+    raise CheckpointError(f"{path}: its newest checkpoint was replaced {READ_ATTEMPTS} times while being read "
+                          "(a run saving very often?); try again")
+
+
+def _identity(directory: Path) -> tuple[int, int, int] | None:
+    """What changes when a directory is deleted or another is renamed to its name; None if it is gone."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def check_resumable(step_dir: Path) -> None:
+    """Nothing if a run can continue from the newest checkpoint `step_dir`; else a one-line CheckpointError.
+
+    A newest checkpoint damaged on disk (a truncated or garbage file: the atomic writes cannot leave one, so
+    the disk or filesystem failed, or someone edited it) is not skipped: the error names the damage and the
+    newest intact earlier checkpoint, and says to move the damaged directory aside (to damaged-step-N, which
+    is no checkpoint name) and run the same command again, which then resumes from that one. Falling back on
+    its own would bury a failing disk in a log line, and the run's next saves would replace the damaged
+    directory or prune intact ones around it: here nothing is deleted or overwritten without a person."""
+    damage = checkpoint_damage(step_dir)
+    if damage is None:
+        return
+    step_dir = Path(step_dir)
+    earlier = list_checkpoints(step_dir.parent)[:-1]
+    intact = next((c for c in reversed(earlier) if checkpoint_damage(c) is None), None)
+    if intact is None:
+        raise CheckpointError(f"cannot resume: {damage}; no earlier checkpoint in {step_dir.parent} is intact: "
+                              "choose another train.out_dir to start afresh")
+    raise CheckpointError(f"cannot resume: {damage}; the newest intact checkpoint is {intact.name}: move the damaged "
+                          f"one aside (mv {step_dir} {step_dir.with_name('damaged-' + step_dir.name)}) and run the "
+                          f"same command again to resume from {intact.name}")
+
+
+def checkpoint_damage(step_dir: Path) -> str | None:
+    """What makes a step directory unusable for a resume (the first file that is missing or unreadable:
+    config.yaml, tokenizer.json, trainer_state.json with this directory's step, the safetensors headers), or
+    None. Reads no tensor data: cheap enough for every earlier checkpoint."""
+    step_dir = Path(step_dir)
+    try:
+        read_config(step_dir)
+        for name in (MODEL_FILE, OPTIMIZER_FILE):
+            read_safetensors(step_dir / name, header_only=True)
+        state = read_json(step_dir / STATE_FILE)
+    except CheckpointError as e:
+        return str(e)
+    try:
+        Tokenizer.from_file(str(step_dir / TOKENIZER_FILE))
+    except Exception as e:  # tokenizers raises plain Exception subclasses for missing and malformed files
+        return f"{step_dir / TOKENIZER_FILE}: not a readable tokenizer ({str(e).splitlines()[0][:160]})"
+    train_state = state.get("train_state") if isinstance(state, dict) else None
+    numbers = isinstance(train_state, dict) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in train_state.values())
+    if not numbers or train_state.get("step") != int(step_dir.name[len(STEP_PREFIX):]) \
+            or not isinstance(state.get("param_groups"), list):
+        return (f"{step_dir / STATE_FILE}: not the trainer state of {step_dir.name} (expected train_state with "
+                "numbers, its step that of the directory, and param_groups)")
+    return None
 
 
 def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):

@@ -113,7 +113,7 @@ def cmd_embed(args) -> int:
 
     options = {"top_k": args.top_k}
     for name in ("word", "analogy", "context_word", "sentences"):
-        if getattr(args, name):  # unset options keep embed's defaults
+        if getattr(args, name) is not None:  # unset options keep embed's defaults; an empty one is an error
             options[name] = getattr(args, name)
     report, path = embed(args.checkpoint, args.out, **options)
     print(report.to_text())
@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export",
                        help="write a checkpoint in transformers' layout (config.json, model.safetensors, tokenizer)")
     p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
-    p.add_argument("out_dir", help="directory to write (created if missing; files in it are replaced)")
+    p.add_argument("out_dir", help="directory to write: a new or empty one, or a previous bertmath export (whose "
+                                   "files are replaced); anything else is left alone, with an error")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="draw a run's training curves (loss, learning rate, held-out accuracy) to a PNG")

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from . import functional as BF
+from .checkpoint import check_output
 from .errors import ConfigError, InputError
 from .hf_format import load_model_and_tokenizer
 from .model import BertModel
@@ -208,6 +209,7 @@ def plot_report(report: EmbeddingReport, out: str | Path) -> Path:
 
 def embed(checkpoint: str | Path, out: str | Path, **options) -> tuple[EmbeddingReport, Path]:
     """`bertmath embed`: explore(EmbeddingSpace.from_pretrained(checkpoint), **options), plotted to `out`."""
-    import_matplotlib()  # before loading the checkpoint: a missing matplotlib fails at once
+    import_matplotlib()  # before loading the checkpoint: a missing matplotlib or a bad --out fails at once
+    check_output(out)
     report = explore(EmbeddingSpace.from_pretrained(checkpoint), **options)
     return report, plot_report(report, out)

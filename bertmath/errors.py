@@ -29,5 +29,14 @@ class CheckpointError(BertmathError):
     """A checkpoint that is missing, unreadable, corrupted, or does not match its config."""
 
 
+class OutputError(BertmathError):
+    """A place a command would write that it must not or cannot: an existing file or another program's
+    directory it would overwrite, a path under a file, a directory it has no permission to write."""
+
+
+class RunDirInUseError(OutputError):
+    """train.out_dir is locked by another pretraining run that is still writing there."""
+
+
 class TrainingError(BertmathError):
     """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from .config import ModelConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +259,51 @@ def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
 def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple:
     """(`cls` (BertModel or BertForMaskedLM) with the checkpoint's weights, in eval mode; its tokenizer) from a
     bertmath run/step directory or a transformers directory. The tokenizer is read first: it is the quick check."""
-    from .checkpoint import load_pretrained, resolve_checkpoint
+    from .checkpoint import build_from_state
 
-    _, directory = resolve_checkpoint(path)
-    tokenizer = load_checkpoint_tokenizer(directory)
-    return load_pretrained(cls, directory, device=device), tokenizer
+    directory, config, state, tokenizer = read_with_tokenizer(path)
+    return build_from_state(cls, config, state, str(directory)).to(device).eval(), tokenizer
+
+
+def read_with_tokenizer(path: str | Path) -> tuple[Path, ModelConfig, dict[str, Tensor], Tokenizer]:
+    """checkpoint.read_checkpoint(path) and the tokenizer, all from one step directory whatever a run that
+    saves there meanwhile does (checkpoint.read_resolved). The tokenizer is read first: it is the quick check."""
+    from .checkpoint import read_checkpoint, read_resolved
+
+    def read(kind: str, directory: Path) -> tuple:
+        tokenizer = load_checkpoint_tokenizer(directory)
+        return (*read_checkpoint(directory), tokenizer)
+
+    return read_resolved(path, read)
+
+
+# What makes a directory a previous export, which `export` may write over: a key of its config.json.
+EXPORT_MARK = {"exported_by": "bertmath"}
+
+
+def check_export_target(out_dir: str | Path) -> Path:
+    """`out_dir` if `export` may write there: it does not exist yet (it is created), it is an empty directory,
+    or it holds a previous export, i.e. a config.json with "model_type": "bert" and "exported_by": "bertmath"
+    and no "transformers_version" (transformers adds that key whenever it saves a model, e.g. one fine-tuned
+    from the export, and then the directory is no longer ours to overwrite). An export replaces only the six
+    files it writes there. OutputError otherwise: an existing file, another program's directory."""
+    from .checkpoint import check_output, read_json
+
+    out_dir = check_output(out_dir, directory=True)
+    try:
+        if not out_dir.exists() or not any(out_dir.iterdir()):
+            return out_dir
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot list this directory ({e.strerror or e})") from None
+    try:
+        config = read_json(out_dir / HF_CONFIG_FILE)
+    except CheckpointError:  # none, or not JSON: not an export
+        config = None
+    if (isinstance(config, dict) and config.get("model_type") == "bert" and "transformers_version" not in config
+            and all(config.get(k) == v for k, v in EXPORT_MARK.items())):
+        return out_dir
+    raise OutputError(f"{out_dir}: not empty and not a previous bertmath export (whose config.json says "
+                      '"exported_by": "bertmath"); give a new or empty directory, or remove this one')
 
 
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
@@ -271,19 +311,21 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     layout: out_dir/config.json, model.safetensors (transformers names), tokenizer.json,
     tokenizer_config.json, special_tokens_map.json, vocab.txt; each file written atomically.
     `transformers.AutoModelForMaskedLM/AutoTokenizer.from_pretrained(out_dir)` load the result.
+    `out_dir` must be new, empty or a previous export (check_export_target); it is checked, and the whole
+    export prepared, before anything is written.
 
     A checkpoint with an MLM head is exported as BertForMaskedLM, one without (a sentence encoder) as
     BertModel. The tied decoder weight is not stored (transformers re-ties it from
     `bert.embeddings.word_embeddings.weight`; safetensors cannot store two names for one tensor); an
     untied one is. The decoder bias is stored under both its names, `cls.predictions.bias` and
     `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter when the decoder is untied."""
-    from .checkpoint import atomic_save_safetensors, atomic_write_text, build_from_state, model_state, read_checkpoint
+    from .checkpoint import atomic_save_safetensors, atomic_write_text, build_from_state, model_state
     from .model import BertForMaskedLM, BertModel
     from .tokenizer import special_tokens
 
-    directory, config, state = read_checkpoint(checkpoint_path)
-    hf_config = config_to_hf(config)  # first: a model transformers cannot represent fails before any work
-    tokenizer = load_checkpoint_tokenizer(directory)  # before writing anything: a checkpoint without one fails early
+    out_dir = check_export_target(out_dir)
+    directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
+    hf_config = {**config_to_hf(config), **EXPORT_MARK}  # first: a model transformers cannot represent fails here
     has_head = any(name.startswith("mlm_head.") for name in state)
     model = build_from_state(BertForMaskedLM if has_head else BertModel, config, state, str(directory))  # checks shapes
     if tokenizer.get_vocab_size() > config.vocab_size:
@@ -294,11 +336,6 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
         hf_state["cls.predictions.decoder.bias"] = hf_state["cls.predictions.decoder.bias"].clone()
     if not has_head:
         hf_config["architectures"] = ["BertModel"]
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / HF_CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")
-    atomic_save_safetensors(hf_state, out_dir / HF_WEIGHTS_FILE, metadata={"format": "pt"})
 
     ids = special_tokens(tokenizer, where=str(directory))
     names = {k: tokenizer.id_to_token(getattr(ids, k)) for k in ("unk", "sep", "pad", "cls", "mask")}
@@ -313,9 +350,20 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     vocab = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     if [i for _, i in vocab] != list(range(len(vocab))):
         raise CheckpointError(f"{directory}: tokenizer ids are not 0..{len(vocab) - 1}; cannot write vocab.txt")
-    atomic_write_text(out_dir / "tokenizer.json", tokenizer.to_str())
-    atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
-    atomic_write_text(out_dir / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
-    atomic_write_text(out_dir / "vocab.txt", "".join(f"{token}\n" for token, _ in vocab))
+    texts = {
+        HF_CONFIG_FILE: json.dumps(hf_config, indent=2) + "\n",
+        "tokenizer.json": tokenizer.to_str(),
+        "tokenizer_config.json": json.dumps(tokenizer_config, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special_map, indent=2) + "\n",
+        "vocab.txt": "".join(f"{token}\n" for token, _ in vocab),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / HF_CONFIG_FILE, texts.pop(HF_CONFIG_FILE))  # first: it marks the export
+        atomic_save_safetensors(hf_state, out_dir / HF_WEIGHTS_FILE, metadata={"format": "pt"})
+        for name, text in texts.items():
+            atomic_write_text(out_dir / name, text)
+    except OSError as e:  # no permission, a full disk: the user's to fix, said in one line
+        raise OutputError(f"{out_dir}: cannot write the export ({e.strerror or e})") from None
     log.debug("exported %s to %s (%s)", directory, out_dir, hf_config["architectures"][0])
     return out_dir

@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from . import functional as BF
+from .checkpoint import check_output
 from .config import Config, DataConfig, ModelConfig
 from .fill_mask import draw, sampling_support
 from .hf_format import load_model_and_tokenizer
@@ -83,7 +84,9 @@ def load_vocabulary(checkpoint: str | Path | None = None) -> Vocabulary:
 
 def write_math_figures(out_dir: str | Path, checkpoint: str | Path | None = None) -> list[Path]:
     """Draw every figure into `out_dir` (created if missing) as NN_name.png; returns the paths in order."""
-    import_matplotlib()  # before the vocabulary: a missing matplotlib fails at once, not after training one
+    # Before the vocabulary: a missing matplotlib or an unusable out_dir fails at once, not after training one.
+    import_matplotlib()
+    check_output(out_dir, directory=True)
     vocabulary = load_vocabulary(checkpoint)
     drawings = {
         "01_exp.png": draw_exp,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .errors import BertmathError
+from .errors import BertmathError, OutputError
 
 INSTALL_HINT = "pip install 'bertmath[plot]'"
 DPI = 100  # the PNGs are for reading on screen and in docs/: ~100-200 KB each
@@ -39,14 +39,17 @@ def new_figure(width: float, height: float):
 
 def save_png(fig, out: str | Path) -> Path:
     """Write `fig` to `out` (parent directories created) atomically, as checkpoints are written, so that a
-    viewer never sees half a PNG; returns the path."""
-    from .checkpoint import atomic_write_bytes
+    viewer never sees half a PNG; returns the path. An OutputError if `out` cannot be written."""
+    from .checkpoint import atomic_write_bytes, check_output
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output(out)
     png = io.BytesIO()
     fig.savefig(png, format="png")
-    atomic_write_bytes(out, png.getvalue())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, png.getvalue())
+    except OSError as e:  # no permission, a full disk: the user's to fix, said in one line
+        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
     return out
 
 

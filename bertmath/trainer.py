@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, figures
-from .config import Config, ConfigError, DataConfig, TrainConfig, config_to_yaml, load_config
+from .config import Config, ConfigError, DataConfig, TrainConfig, config_to_yaml
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
 from .hardware import AUTOCAST_DTYPES, resolve_precision
@@ -189,12 +189,27 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         self.out_dir = Path(t.out_dir)
         self.state = TrainState()
-        self.resume_from = self._resume_source()
-        if self.dist.is_main:
+        self.lock = None
+        if self.dist.is_main:  # before anything reads out_dir: a second writer stops here, in one line
             check_writable(self.out_dir)
-            ckpt.remove_temporaries(self.out_dir)  # left by a killed run; nobody writes yet
+            self.lock = ckpt.lock_run_dir(self.out_dir)
+        try:
+            self.resume_from = self._resume_source()
+        except BaseException:
+            self.close()
+            raise
+        if self.dist.is_main:
+            ckpt.remove_temporaries(self.out_dir)  # left by a killed run; the lock says nobody else writes
+            if self.resume_from is not None:  # out_dir's tokenizer.json is read: that of the step we continue from
+                ckpt.link_latest(self.out_dir, self.resume_from)  # (a newer, damaged one may have been moved aside)
         self.precision = resolve_precision(t.precision, self.device)
         self.amp_dtype = AUTOCAST_DTYPES[self.precision]
+
+    def close(self) -> None:
+        """Release train.out_dir (the end of the run, or an error): another run may write there now."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     # setup ----------------------------------------------------------------------------------------------
 
@@ -209,10 +224,8 @@ class Trainer:
         if t.resume == "never":
             raise CheckpointError(f"{self.out_dir} already holds checkpoints ({latest.name}); resume with "
                                   "--resume / train.resume: auto, or choose another train.out_dir")
-        try:
-            saved = load_config(latest / ckpt.CONFIG_FILE)
-        except ConfigError as e:
-            raise CheckpointError(f"{latest / ckpt.CONFIG_FILE}: {e}") from None
+        ckpt.check_resumable(latest)  # a damaged one: an error naming the newest intact earlier checkpoint
+        saved = ckpt.read_config(latest)
         if saved.model != self.config.model:
             diffs = [f"model.{k}: {v} in checkpoint vs {getattr(self.config.model, k)} now"
                      for k, v in asdict(saved.model).items() if getattr(self.config.model, k) != v]
@@ -559,5 +572,7 @@ def train(config: Config) -> dict:
                                 f"({str(e).splitlines()[0][:200]}); last good checkpoint: {latest or 'none'}; "
                                 "run the same command again to resume from it") from None
         raise
+    finally:
+        trainer.close()
     distributed.cleanup(trainer.dist)
     return summary

@@ -1,9 +1,12 @@
-"""torchrun entry point for tests/test_distributed.py: `bertmath pretrain` with a fault injected in one process.
+"""torchrun entry point for tests/test_distributed.py (and, without torchrun, tests/test_trainer.py):
+`bertmath pretrain` with a fault injected in one process.
 
     FAULT_RANK=1 FAULT_STEP=8 FAULT_KIND=kill  torchrun ... tests/fault_injection.py pretrain CONFIG ...
 
 kill: the process SIGKILLs itself before optimizer step FAULT_STEP + 1, as the OOM killer or a lost node would;
-raise: it raises RuntimeError there, as a bug would; hang: it sleeps there for good, as a deadlock would.
+raise: it raises RuntimeError there, as a bug would; hang: it sleeps there for good, as a deadlock would;
+pause: it creates the file FAULT_GATE.reached there and waits until a test creates FAULT_GATE, then goes on
+(a run held mid-way, for as long as the test needs, with no timing guess).
 Every other process runs bertmath unchanged.
 """
 
@@ -26,6 +29,12 @@ def main() -> int:
             if kind == "hang":
                 while True:
                     time.sleep(60)
+            if kind == "pause":
+                gate = os.environ["FAULT_GATE"]
+                open(gate + ".reached", "w").close()
+                while not os.path.exists(gate):
+                    time.sleep(0.02)
+                return train_step(self)
             raise RuntimeError(f"injected fault in rank {rank} before step {step + 1}")
         return train_step(self)
 

@@ -6,6 +6,7 @@ stated per test), and the exported tokenizer gives transformers the same ids as 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -16,7 +17,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from bertmath import BertForMaskedLM, BertModel, CheckpointError  # noqa: E402
+from bertmath import BertForMaskedLM, BertModel, CheckpointError, OutputError  # noqa: E402
 from bertmath.checkpoint import resolve_checkpoint  # noqa: E402
 from bertmath.fill_mask import FillMask  # noqa: E402
 from bertmath.hf_format import export_checkpoint, load_checkpoint_tokenizer, load_hf_checkpoint  # noqa: E402
@@ -254,6 +255,42 @@ def test_export_writes_transformers_layout(run_and_export):
     assert tokenizer_config["model_max_length"] == config["max_position_embeddings"] == 64
     assert tokenizer_config["mask_token"] == "[MASK]"
     assert config["architectures"] == ["BertForMaskedLM"] and config["hidden_act"] == "gelu"
+    assert config["exported_by"] == "bertmath"  # the mark of a previous export (hf_format.check_export_target)
+
+
+def _hashes(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_export_writes_over_a_previous_export_only(run_and_export, tmp_path):
+    """A new, empty or previously exported directory takes the export (a file of another program in a previous
+    export stays); an existing file, another program's directory and a transformers save of the export (as
+    after fine-tuning it) are one-line errors with nothing changed."""
+    run, exported = run_and_export
+    again = tmp_path / "again"
+    shutil.copytree(exported, again)
+    (again / "README.md").write_text("notes")
+    assert export_checkpoint(run, again) == again
+    assert _hashes(again) == {**_hashes(exported), "README.md": hashlib.sha256(b"notes").hexdigest()}
+    (tmp_path / "empty").mkdir()
+    export_checkpoint(run, tmp_path / "empty")
+
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"weights")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    saved_by_transformers = tmp_path / "fine-tuned"
+    transformers.BertForMaskedLM.from_pretrained(exported).save_pretrained(saved_by_transformers)
+    assert json.loads((saved_by_transformers / "config.json").read_text())["exported_by"] == "bertmath"  # carried
+    for target, message in [(a_file, "is a file"), (a_file / "sub", f"cannot be created: {a_file} is a file"),
+                            (foreign, "not empty and not a previous bertmath export"),
+                            (saved_by_transformers, "not empty and not a previous bertmath export")]:
+        before = _hashes(tmp_path)
+        with pytest.raises(OutputError, match=message):
+            export_checkpoint(run, target)
+        assert _hashes(tmp_path) == before, target
 
 
 def test_export_logits_match_transformers(run_and_export):

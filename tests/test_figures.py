@@ -58,7 +58,7 @@ def test_plot_run_to_another_path_and_without_evaluations(tmp_path):
 
 def test_read_metrics_keeps_the_last_record_of_a_repeated_step(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n'
-                                            '{"step": 2, "loss": 3.0}\n{"step": 2, "eval_loss": 3.5}\n')
+                                            '{"step": 2, "loss": 3.0}\n{"step": 2, "eval_loss": 3.5, "eval_accuracy": 0.2}\n')
     train_records, evals = figures.read_metrics(tmp_path)
     assert [(r["step"], r["loss"]) for r in train_records] == [(1, 5.0), (2, 3.0)]
     assert [r["eval_loss"] for r in evals] == [3.5]

@@ -1,5 +1,7 @@
-"""Trainer: schedule, parameter groups, a tiny run end to end, exact kill-and-resume, bad input."""
+"""Trainer: schedule, parameter groups, a tiny run end to end, exact kill-and-resume, one writer per out_dir,
+bad input."""
 
+import hashlib
 import json
 import math
 import os
@@ -15,6 +17,7 @@ import torch
 import yaml
 
 from bertmath import checkpoint as ckpt
+from bertmath.cli import main
 from bertmath.config import config_from_dict
 from bertmath.errors import BertmathError, CheckpointError
 from bertmath.model import BertForMaskedLM
@@ -271,6 +274,127 @@ def test_no_held_out_set_trains_without_evaluating(tmp_path):
     assert summary["steps"] == 4
     assert summary["final_eval_accuracy"] is None and summary["best_eval_accuracy"] is None
     assert not [m for m in _read_metrics(Path(tree["train"]["out_dir"])) if "eval_loss" in m]
+
+
+# --- one writer per out_dir (checkpoint.lock_run_dir, taken by the Trainer) --------------------------------
+
+
+def _paused_run(config: Path, tmp_path: Path, step: int) -> tuple[subprocess.Popen, Path]:
+    """A real `bertmath pretrain` process held before optimizer step `step` + 1 (tests/fault_injection.py,
+    pause) until the test creates the returned gate file; returns once it is held there."""
+    gate = tmp_path / "gate"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "FAULT_RANK": "0", "FAULT_STEP": str(step),
+           "FAULT_KIND": "pause", "FAULT_GATE": str(gate)}
+    run = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_injection.py"), "pretrain", str(config)],
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not Path(f"{gate}.reached").exists():
+        assert run.poll() is None and time.time() < deadline, run.communicate()[1]
+        time.sleep(0.02)
+    return run, gate
+
+
+def _tree_hashes(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_into_a_busy_out_dir_stops_at_once_and_the_first_finishes(tmp_path, capsys):
+    """Two processes, one out_dir: the second (this one, through the CLI's main) returns 1 with one line
+    naming the first one's pid and changes nothing; the first, held mid-run meanwhile, then finishes with
+    one metrics line per step."""
+    tree = tiny_config_tree(tmp_path, max_steps=8, save_every=4, eval_every=4)
+    config, out = write_config(tmp_path, tree), Path(tree["train"]["out_dir"])
+    first, gate = _paused_run(config, tmp_path, step=4)
+    before = _tree_hashes(out)
+
+    assert main(["pretrain", str(config)]) == 1
+    started = json.loads((out / ckpt.LOCK_FILE).read_text())["started"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"bertmath pretrain: error: train.out_dir {out} is in use by pid {first.pid} (started {started}); wait "
+        "until it ends, or choose another train.out_dir"]
+    assert _tree_hashes(out) == before
+
+    gate.touch()
+    assert first.wait(timeout=300) == 0, first.communicate()[1]
+    assert [m["step"] for m in _read_metrics(out) if "loss" in m] == list(range(1, 9))
+    assert ckpt.latest_checkpoint(out).name == "step-0000008"
+
+
+def test_a_sigkilled_run_resumes_with_its_lock_file_left_as_it_was(tmp_path):
+    """flock dies with its process: a run SIGKILLed while holding out_dir/.lock is resumed by the same
+    command with the file untouched (it still names the dead process), and the resumed run holds it."""
+    tree = tiny_config_tree(tmp_path, max_steps=8, save_every=4, eval_every=4)
+    config, out = write_config(tmp_path, tree), Path(tree["train"]["out_dir"])
+    killed, _ = _paused_run(config, tmp_path, step=4)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert json.loads((out / ckpt.LOCK_FILE).read_text())["pid"] == killed.pid
+
+    summary = train(config_from_dict(tree))
+    assert summary["steps"] == 8
+    assert [m["step"] for m in _read_metrics(out) if "loss" in m] == list(range(1, 9))
+    assert json.loads((out / ckpt.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_the_lock_is_released_when_a_run_ends_or_fails(tmp_path):
+    tree = tiny_config_tree(tmp_path, max_steps=2, save_every=2, eval_every=2)
+    out = Path(tree["train"]["out_dir"])
+    train(config_from_dict(tree))
+    ckpt.lock_run_dir(out).close()  # free after a finished run
+    tree["model"]["hidden_size"] = 64
+    with pytest.raises(CheckpointError, match="different model config"):
+        train(config_from_dict(tree))
+    ckpt.lock_run_dir(out).close()  # free after a run that failed in its set-up
+
+
+def _truncate(path: Path) -> None:
+    """Cut a file to half its length in place (its hard links see it too), as a failing disk could."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda step_dir: _truncate(step_dir / ckpt.MODEL_FILE),
+    lambda step_dir: (step_dir / ckpt.STATE_FILE).write_bytes(b"\x00{garbage"),
+    lambda step_dir: (step_dir / ckpt.TOKENIZER_FILE).write_text("{}"),  # out_dir/tokenizer.json (a link) too
+], ids=["truncated model.safetensors", "garbage trainer_state.json", "empty tokenizer.json"])
+def test_a_damaged_newest_checkpoint_is_an_error_naming_the_intact_one_to_resume_from(tmp_path, damage):
+    """The policy of checkpoint.check_resumable: one line naming the damaged file, the newest intact
+    checkpoint and the move that resumes from it; nothing changed. After that move the same command resumes
+    from the intact checkpoint (and its tokenizer, not the damaged one out_dir linked) and logs each step once."""
+    tree = tiny_config_tree(tmp_path, max_steps=8, save_every=4, eval_every=4)
+    out = Path(tree["train"]["out_dir"])
+    train(config_from_dict(tree))
+    newest = out / "step-0000008"
+    damage(newest)
+    before = _tree_hashes(out)
+    tree["train"]["max_steps"] = 12
+    with pytest.raises(CheckpointError) as error:
+        train(config_from_dict(tree))
+    aside = out / "damaged-step-0000008"
+    assert str(error.value).startswith(f"cannot resume: {newest}/")
+    assert str(error.value).endswith(f"; the newest intact checkpoint is step-0000004: move the damaged one aside "
+                                     f"(mv {newest} {aside}) and run the same command again to resume from "
+                                     "step-0000004")
+    after = _tree_hashes(out)
+    del before[ckpt.LOCK_FILE], after[ckpt.LOCK_FILE]  # each run that takes the lock writes its pid there
+    assert after == before
+
+    newest.rename(aside)
+    assert train(config_from_dict(tree))["steps"] == 12
+    assert [m["step"] for m in _read_metrics(out) if "loss" in m] == list(range(1, 13))
+    assert aside.is_dir() and ckpt.latest_checkpoint(out).name == "step-0000012"
+
+
+def test_no_intact_checkpoint_to_resume_from_is_an_error_saying_so(tmp_path):
+    tree = tiny_config_tree(tmp_path, max_steps=4, save_every=4, eval_every=4)
+    out = Path(tree["train"]["out_dir"])
+    train(config_from_dict(tree))
+    _truncate(out / "step-0000004" / ckpt.OPTIMIZER_FILE)
+    with pytest.raises(CheckpointError, match=f"optimizer.safetensors: unreadable or corrupted.*; no earlier "
+                                              f"checkpoint in {out} is intact: choose another train.out_dir"):
+        train(config_from_dict(tree))
 
 
 # --- the context probe ----------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""checkpoint.py: atomic writes and output paths, the run directory's lock, readers beside a writer."""
+
+import json
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from bertmath import checkpoint as ckpt
+from bertmath.errors import OutputError, RunDirInUseError
+from bertmath.hf_format import load_model_and_tokenizer
+from bertmath.model import BertForMaskedLM
+
+from helpers import make_bertmath_run
+
+
+def test_a_failed_atomic_write_leaves_the_target_and_no_temporary_file(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "inside").write_text("kept")
+    with pytest.raises(IsADirectoryError):
+        ckpt.atomic_write_bytes(tmp_path / "taken", b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert (tmp_path / "taken" / "inside").read_text() == "kept"
+
+
+def test_check_output_refuses_the_wrong_kind_and_paths_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    assert ckpt.check_output(tmp_path / "new" / "deeper" / "a.png") == tmp_path / "new" / "deeper" / "a.png"
+    assert ckpt.check_output(tmp_path / "file") == tmp_path / "file"
+    assert ckpt.check_output(tmp_path / "dir", directory=True) == tmp_path / "dir"
+    for path, directory, message in [(tmp_path / "dir", False, "is a directory"), (tmp_path / "file", True, "is a file"),
+                                     (tmp_path / "file" / "a.png", False, "file is a file"),
+                                     (tmp_path / "file" / "sub", True, "file is a file")]:
+        with pytest.raises(OutputError, match=message):
+            ckpt.check_output(path, directory)
+
+
+def test_lock_is_exclusive_names_its_holder_and_outlives_its_release(tmp_path):
+    out = tmp_path / "run"
+    held = ckpt.lock_run_dir(out)  # creates out
+    holder = json.loads((out / ckpt.LOCK_FILE).read_text())
+    assert holder["pid"] == os.getpid() and holder["started"]
+    # flock belongs to an open file, not to a process: a second open in this process is a second writer
+    with pytest.raises(RunDirInUseError) as error:
+        ckpt.lock_run_dir(out)
+    assert str(error.value) == (f"train.out_dir {out} is in use by pid {os.getpid()} (started {holder['started']}); "
+                                "wait until it ends, or choose another train.out_dir")
+    assert json.loads((out / ckpt.LOCK_FILE).read_text()) == holder  # the refused writer left it as it was
+    held.close()
+    assert (out / ckpt.LOCK_FILE).is_file()  # never deleted (see lock_run_dir)
+    ckpt.lock_run_dir(out).close()
+
+
+def test_a_lock_file_not_yet_written_still_refuses_the_second_writer(tmp_path):
+    held = ckpt.lock_run_dir(tmp_path)
+    held.truncate(0)  # as just after the holder's flock, before it writes its pid
+    held.flush()
+    with pytest.raises(RunDirInUseError, match="in use by another process"):
+        ckpt.lock_run_dir(tmp_path)
+    held.close()
+
+
+def test_a_lock_that_cannot_be_created_is_one_output_error(tmp_path):
+    (tmp_path / ckpt.LOCK_FILE).mkdir()
+    with pytest.raises(OutputError, match="cannot create the lock file"):
+        ckpt.lock_run_dir(tmp_path)
+
+
+def test_readers_always_load_one_whole_step_directory_while_a_run_saves_and_prunes(tmp_path):
+    """A writer thread saves steps 1..40 (keep 0: each save deletes the step before); meanwhile a reader polls
+    latest_checkpoint and loads the run as fill-mask does. Every step's tensors are all equal to its step, so
+    a load that mixed files of two steps, or met a half-written or pruned directory, shows."""
+    out = make_bertmath_run(tmp_path / "run")
+    step_dir = ckpt.latest_checkpoint(out)
+    files = {name: (step_dir / name).read_bytes() for name in (ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE)}
+    weights = ckpt.read_safetensors(step_dir / ckpt.MODEL_FILE)
+    failures = []
+
+    def save(step: int) -> None:
+        state = {name: torch.full_like(tensor, float(step)) for name, tensor in weights.items()}
+        ckpt.save_checkpoint(out, step, {**files, ckpt.MODEL_FILE: state}, keep=0)
+
+    def save_steps():
+        try:
+            for step in range(1, 41):
+                save(step)
+                time.sleep(0.01)  # a run trains between saves; without a pause it could outpace every retry
+        except BaseException as e:  # noqa: BLE001  reported by the test's thread
+            failures.append(e)
+
+    save(0)  # step-0000000 again, now with its tensors all 0
+    writer = threading.Thread(target=save_steps)
+    writer.start()
+    loads = []
+    while writer.is_alive() or not loads:
+        polled = int(ckpt.latest_checkpoint(out).name[len(ckpt.STEP_PREFIX):])
+        model, tokenizer = load_model_and_tokenizer(BertForMaskedLM, out)
+        values = torch.cat([p.detach().flatten() for p in model.parameters()]).unique()
+        assert len(values) == 1 and values.item() >= polled, (polled, values[:5])
+        assert tokenizer.token_to_id("[MASK]") is not None
+        loads.append(values.item())
+    writer.join()
+    assert not failures, failures
+    assert loads == sorted(loads)  # never an older step after a newer one

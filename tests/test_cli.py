@@ -1,4 +1,6 @@
-"""The `bertmath` command line, run as a user runs it (a subprocess): output, exit status, one-line errors."""
+"""The `bertmath` command line: output, exit status, one-line errors. Three tests run it as a user does (a
+subprocess, the console script); the rest call the same `main` in-process, which is what a subprocess
+runs after ~2 s of imports (the suite has to fit in minutes on a slow 2-core CPU)."""
 
 import json
 import shutil
@@ -20,6 +22,13 @@ def run(*args, command=None):
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """`main(ARGS)` in this process, its exit status and output shaped like a subprocess's."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
 def assert_one_line_error(result, *words):
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
@@ -37,8 +46,8 @@ def test_params_base():
     assert "109,482,240" in result.stdout  # encoder with pooler (transformers' BertModel)
 
 
-def test_params_json_matches_parameter_counts():
-    result = run("params", "configs/base.yaml", "--json")
+def test_params_json_matches_parameter_counts(capsys):
+    result = run_main(capsys, "params", ROOT / "configs/base.yaml", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["totals"] == parameter_counts(load_config(ROOT / "configs/base.yaml").model)
@@ -46,26 +55,28 @@ def test_params_json_matches_parameter_counts():
     assert sum(data["parts"].values()) == data["totals"]["bert_for_masked_lm"]
 
 
-def test_params_large():
-    result = run("params", "configs/large.yaml")
+def test_params_large(capsys):
+    result = run_main(capsys, "params", ROOT / "configs/large.yaml")
     assert result.returncode == 0, result.stderr
     assert "335,174,458" in result.stdout
     assert "335,141,888" in result.stdout
 
 
-def test_unknown_key_exits_2_with_one_line(tmp_path):
+def test_unknown_key_exits_2_with_one_line(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  hidden_size: 64\n  num_heads: 4\n  hiden_dropout: 0.1\n")
-    assert_one_line_error(run("params", path), "model.hiden_dropout", str(path))
+    assert_one_line_error(run("params", path), "model.hiden_dropout", str(path))  # as a user meets it
+    assert_one_line_error(run_main(capsys, "params", path), "model.hiden_dropout", str(path))
 
 
-def test_missing_config_exits_2_with_one_line(tmp_path):
+def test_missing_config_exits_2_with_one_line(tmp_path, capsys):
     path = tmp_path / "missing.yaml"
-    assert_one_line_error(run("params", path), str(path))
+    assert_one_line_error(run_main(capsys, "params", path), str(path))
 
 
-def test_set_invalid_heads_exits_2():
-    assert_one_line_error(run("params", "configs/base.yaml", "--set", "model.num_heads=5"), "num_heads")
+def test_set_invalid_heads_exits_2(capsys):
+    assert_one_line_error(run_main(capsys, "params", ROOT / "configs/base.yaml", "--set", "model.num_heads=5"),
+                          "num_heads")
 
 
 def test_help_lists_params():

@@ -111,7 +111,8 @@ def test_cpu_demo_end_to_end_with_a_tiny_model(tmp_path):
             "train.eval_every=4", "train.save_every=4", "train.batch_size=8", "train.num_threads=1",
             f"train.out_dir={out}"]
     args = [a for kv in tiny for a in ("--set", kv)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    # PYTHON: the script's interpreter is this one, also when the suite runs from a venv that is not activated
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
     result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_small_cpu.sh"), *args], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -121,6 +121,7 @@ def test_minilm_loads_into_masked_lm_with_a_warning_naming_the_head(caplog):
 # --- transformers directory → bertmath → export → transformers ------------------------------------------
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("tie", [True, False])
 def test_transformers_roundtrip_logits(tmp_path, tie):
     """transformers save_pretrained → bertmath from_pretrained: logits equal (atol 1e-5; logits ~1) at real tokens;
@@ -282,6 +283,7 @@ def test_export_tokenizer_gives_the_same_ids(run_and_export):
         assert theirs(text)["input_ids"] == ours.encode(text).ids, text
 
 
+@pytest.mark.smoke
 def test_export_pipeline_matches_fill_mask(run_and_export):
     """transformers' fill-mask pipeline on the export = bertmath FillMask: same top-5 tokens, scores within
     1e-4, same token_str and sequence (one mask per text, as the pipeline's strings are then comparable)."""

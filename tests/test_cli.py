@@ -39,6 +39,7 @@ def assert_one_line_error(result, *words):
     assert result.stdout == ""
 
 
+@pytest.mark.smoke
 def test_params_base():
     result = run("params", "configs/base.yaml")
     assert result.returncode == 0, result.stderr

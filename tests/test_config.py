@@ -101,6 +101,7 @@ def test_int_is_accepted_for_float(tmp_path):
 # --- overrides --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_overrides():
     cfg = load_config(ROOT / "configs/small.yaml",
                       ["train.lr=3e-4", "model.activation=gelu", "data.source=text", "data.paths=[a.txt, b.txt]"])

@@ -131,6 +131,7 @@ def test_bad_jsonl_and_parquet(tmp_path):
         f"{fake}: not a readable Parquet file")
 
 
+@pytest.mark.smoke
 def test_hub_source_without_network(monkeypatch):
     """The hub path with `datasets.load_dataset` replaced by an in-memory dataset (tests never download)."""
     import datasets
@@ -293,6 +294,7 @@ def test_vocab_size_must_match_model(plays_sample, tokenizer, tmp_path):
         D.prepare_data(make_config(vocab_size=VOCAB + 1), tokenizer, tmp_path, plays_sample)
 
 
+@pytest.mark.smoke
 def test_cache_reused_and_keyed_by_tokenizer_and_length(plays_sample, tokenizer, tmp_path, monkeypatch):
     config = make_config(max_seq_len=32, eval_fraction=0.05)
     first = D.prepare_data(config, tokenizer, tmp_path, plays_sample)

@@ -20,7 +20,9 @@ import torch
 from bertmath import checkpoint as ckpt
 from bertmath import cli
 from bertmath.config import config_from_dict
-from bertmath.distributed import DistInfo, setup, total
+from bertmath.distributed import DistInfo, total
+# imported under another name: pytest 8.0 runs a test module's top-level `setup` as a nose-style module setup
+from bertmath.distributed import setup as distributed_setup
 from bertmath.errors import ConfigError
 from bertmath.model import BertForMaskedLM
 from bertmath.trainer import train
@@ -148,7 +150,7 @@ def test_batch_that_the_world_size_does_not_divide_is_a_one_line_error(monkeypat
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match=r"train.batch_size: 8 sequences cannot be split evenly over 3 processes"):
-        setup("cpu", "ddp", batch_size=8, timeout_minutes=1)
+        distributed_setup("cpu", "ddp", batch_size=8, timeout_minutes=1)
     config = write_config(tmp_path, _tree(tmp_path))
     assert cli.main(["pretrain", str(config)]) == 2
     err = capsys.readouterr().err.strip()
@@ -158,7 +160,7 @@ def test_batch_that_the_world_size_does_not_divide_is_a_one_line_error(monkeypat
 def test_one_process_under_torchrun_with_parallel_auto_trains_plainly(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert setup("cpu", "auto", batch_size=8, timeout_minutes=1) == DistInfo()
+    assert distributed_setup("cpu", "auto", batch_size=8, timeout_minutes=1) == DistInfo()
 
 
 def test_total_in_one_process_is_the_value():

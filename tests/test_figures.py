@@ -39,6 +39,7 @@ def write_metrics(run_dir: Path, steps: int = 200, eval_every: int = 50) -> Path
     return path
 
 
+@pytest.mark.smoke
 def test_plot_run_writes_a_png(tmp_path):
     write_metrics(tmp_path / "run")
     out = figures.plot_run(tmp_path / "run")

@@ -51,6 +51,7 @@ def reference_probs(fill: FillMask, text: str) -> tuple[list[int], torch.Tensor]
 # --- output shape (transformers' pipeline) --------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_output_shapes_mirror_the_pipeline(fill):
     one = fill("The cat sat on the [MASK].", top_k=3)
     assert isinstance(one, list) and len(one) == 3

@@ -68,6 +68,7 @@ UNARY = [
 ]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("name,ours,reference", UNARY, ids=[u[0] for u in UNARY])

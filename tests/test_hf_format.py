@@ -102,6 +102,7 @@ def test_unknown_names():
         bertmath_to_hf_name("bert.encoder.layers.0.attention.qkv.weight")
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_state_dict_round_trip_and_export_loads_into_transformers(tiny_config, tie):
     """bertmath → transformers names → strict load into transformers' model: same logits."""

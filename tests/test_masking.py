@@ -27,6 +27,7 @@ def run(ids, seed=0, continuation=None, **data):
     return mask_tokens(ids, SPECIALS, V, DataConfig(**data), torch.Generator().manual_seed(seed), continuation)
 
 
+@pytest.mark.smoke
 def test_statistics_match_bert():
     ids = blocks()  # 200k positions
     masked, labels = run(ids)

@@ -109,6 +109,7 @@ def test_too_long_sequence_raises(tiny_config):
 # --- parity with transformers ------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("fused_qkv", [False, True], ids=["qkv3", "qkv1"])
 @pytest.mark.parametrize("fused", FUSED)

@@ -3,6 +3,7 @@ CPU demo end to end with a tiny model."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,19 @@ def test_every_script_parses_and_is_strict(path):
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "\nset -euo pipefail\n" in text
     assert os.access(path, os.X_OK), f"{path.name} is not executable"
+
+
+def test_ci_runs_the_readme_test_command_with_the_constraints_file():
+    """.ci/run is a thin wrapper: after installing torch it runs the README's second set-up command verbatim, and
+    that command installs the pinned versions of constraints/ci.txt (its pins are name==version lines)."""
+    readme_commands = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci_lines[-1] == readme_commands[1]
+    assert "-c constraints/ci.txt" in readme_commands[1] and readme_commands[1].endswith("python -m pytest")
+    pins = [line for line in (REPO / "constraints" / "ci.txt").read_text().splitlines() if not line.startswith("#")]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][A-Za-z0-9.+!-]*", line) for line in pins), pins
+    names = {line.split("==")[0].lower().replace("_", "-") for line in pins}
+    assert {"torch", "transformers", "datasets", "tokenizers", "safetensors", "pytest", "matplotlib"} <= names
 
 
 def test_base_wikipedia_is_bert_base_on_the_hub_corpus():
@@ -111,7 +125,8 @@ def test_cpu_demo_end_to_end_with_a_tiny_model(tmp_path):
             "train.eval_every=4", "train.save_every=4", "train.batch_size=8", "train.num_threads=1",
             f"train.out_dir={out}"]
     args = [a for kv in tiny for a in ("--set", kv)]
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    # PYTHON: the script's interpreter is this one, also when the suite runs from a venv that is not activated
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO), "PYTHON": sys.executable}
     result = subprocess.run([BASH, str(REPO / "scripts" / "pretrain_small_cpu.sh"), *args], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -125,6 +125,7 @@ def reference_tokenizers(bert_uncased_dir):
     return references
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", ["tokenizer.json", "vocab.txt"])
 def test_bert_base_uncased_matches_transformers(bert_uncased_dir, reference_tokenizers, name):
     ours = load_tokenizer(bert_uncased_dir / name)

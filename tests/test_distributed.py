@@ -118,7 +118,12 @@ def test_a_failing_process_stops_the_job_and_the_resumed_run_is_bit_identical(tm
     assert run.returncode != 0
     summary = run.stderr[run.stderr.rindex("Root Cause"):]  # torchrun's report names the first failure
     assert "rank      : 1 " in summary, run.stderr[-3000:]
-    assert ("Signal 9 (SIGKILL)" if kind == "kill" else "exitcode  : 1") in summary
+    if kind == "kill":
+        assert "Signal 9 (SIGKILL)" in summary
+    else:  # the exception ends the process with 1, or, when Gloo's teardown at interpreter exit races with the
+        # peer (seen on a loaded CPU), with SIGABRT after the traceback: either way rank 1's own failure
+        assert "exitcode  : 1" in summary or "Signal 6 (SIGABRT)" in summary, summary
+        assert "injected fault in rank 1" in run.stderr
     assert [p.name for p in ckpt.list_checkpoints(broken)] == ["step-0000006"]
     assert ckpt.read_json(broken / ckpt.STATE_FILE)["train_state"]["step"] == 6
     BertForMaskedLM.from_pretrained(broken)  # whole and loadable

@@ -474,3 +474,20 @@ def test_time_horizon_ends_the_run_and_the_decay_at_the_planned_step_and_resumes
     a, b = _weights(out), _weights(resumed)
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert [(m["step"], m["lr"]) for m in _read_metrics(resumed) if "lr" in m] == lrs[75:]
+
+
+def test_all_mask_at_a_high_rate_trains_with_sparse_mlm_and_whole_words(tmp_path):
+    """The masking keys together: 40% chosen, all [MASK], whole words, sparse MLM. It trains (finite, falling
+    loss) and its held-out training corruption is [MASK] exactly at the labels."""
+    tree = tiny_config_tree(tmp_path, max_steps=30, eval_every=30, save_every=30)
+    tree["model"].update(sparse_mlm=True, position_encoding="rope")
+    tree["data"].update(mlm_probability=0.4, mask_token_probability=1.0, random_token_probability=0.0,
+                        whole_word_masking=True)
+    trainer = _prepared(tree)
+    chosen = trainer.eval_labels != -100
+    assert torch.equal(trainer.eval_inputs == trainer.specials.mask, chosen)
+    trainer.close()
+    summary = train(config_from_dict(tree))
+    losses = [m["loss"] for m in _read_metrics(Path(tree["train"]["out_dir"])) if "loss" in m]
+    assert summary["steps"] == 30 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5

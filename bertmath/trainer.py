@@ -416,7 +416,7 @@ class Trainer:
         # max_norm ∞ leaves the gradients as they are (scaled by exactly 1) and still returns ‖g‖
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
         # schedule_horizon time, before the step time is measured: warm-up, then the peak (no horizon to decay to yet)
-        schedule = "constant" if t.schedule_horizon == "time" and self.state.planned_steps is None else t.schedule
+        schedule = "constant" if self._awaiting_plan() else t.schedule
         lr = learning_rate(self.state.step, t.lr, t.warmup_steps, self._last_step(), schedule, t.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -464,8 +464,7 @@ class Trainer:
                 pbar.update(1)
                 pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{session_tokens / elapsed:,.0f}",
                                  refresh=False)
-                if (t.schedule_horizon == "time" and self.state.planned_steps is None
-                        and self.state.step - start_step == HORIZON_WINDOW[1]):
+                if self._awaiting_plan() and self.state.step - start_step == HORIZON_WINDOW[1]:
                     step_time = (_now() - window_start) / (HORIZON_WINDOW[1] - HORIZON_WINDOW[0])
                     self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
                     pbar.total = self._last_step()
@@ -496,6 +495,10 @@ class Trainer:
         if self.dist.is_main:
             figures.plot_if_available(self.out_dir)  # out_dir/training.png; only warns if plotting fails
         return summary
+
+    def _awaiting_plan(self) -> bool:
+        """schedule_horizon "time" before the step time is measured: the last step is not known yet."""
+        return self.config.train.schedule_horizon == "time" and self.state.planned_steps is None
 
     def _last_step(self) -> int:
         """The step the run ends at, and the lr schedule decays to: max_steps, or the budget's planned steps."""

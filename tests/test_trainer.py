@@ -267,7 +267,7 @@ def test_cli_bad_inputs_give_one_line_and_nonzero_exit(tmp_path, capsys):
         overrides = ["--set", f"{key}={value}", "--set", f"train.out_dir={tmp_path / name.replace(' ', '_')}"]
         if i == 0:
             run = _pretrain(config, *overrides)
-            code, (out, err) = run.wait(timeout=300), run.communicate()
+            code, (_, err) = run.wait(timeout=300), run.communicate()
         else:
             code = main(["pretrain", str(config), *overrides])
             err = capsys.readouterr().err
@@ -425,6 +425,7 @@ def test_context_probe_is_all_mask_and_the_same_for_every_recipe(tmp_path):
     tree["train"].update(seed=7, out_dir=str(tmp_path / "other"))
     tree["data"].update(mlm_probability=0.4, mask_token_probability=1.0, random_token_probability=0.0)
     b = _prepared(tree)
+    a.close(), b.close()  # release the out_dir locks: only the prepared state is inspected below
     assert torch.equal(a.probe_inputs, b.probe_inputs) and torch.equal(a.probe_labels, b.probe_labels)
     chosen = a.probe_labels != -100
     assert torch.equal(a.probe_inputs == a.specials.mask, chosen)  # [MASK] at every chosen position, nowhere else

@@ -15,6 +15,8 @@ token the model never sees in that role, and [UNK] carries no word. With a 30k v
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,8 @@ from .config import DataConfig
 from .tokenizer import SpecialTokens
 
 IGNORE_INDEX = -100  # label of tokens not chosen; functional.cross_entropy skips it
+SLOT_MULTIPLE = 64  # prediction slots come in multiples of this: few distinct shapes, aligned matmuls
+SLOT_SIGMAS = 6  # static slots cover the mean masked count + 6σ: a batch needs more about once in 10⁹
 
 
 def mask_tokens(input_ids: torch.Tensor, specials: SpecialTokens, vocab_size: int, data: DataConfig,
@@ -88,3 +92,46 @@ def _random_tokens(shape: torch.Size, specials: SpecialTokens, vocab_size: int, 
 def _lookup(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """table[ids] for a 1-D table; index_select is ~100x faster than advanced indexing on CPU for (32, 128)."""
     return table.index_select(0, ids.reshape(-1)).reshape(ids.shape)
+
+
+def static_slot_count(num_tokens: int, mlm_probability: float) -> int:
+    """S for sparse MLM on a batch of n tokens: ⌈n·p + 6·√(n·p·(1-p))⌉ rounded up to a multiple of 64.
+
+    The masked count M ~ Binomial(n, p) (roughly: specials are never chosen, whole words add variance), so
+    M ≤ S all but never; `prediction_slots` still takes more slots when a batch needs them."""
+    mean = num_tokens * mlm_probability
+    bound = math.ceil(mean + SLOT_SIGMAS * math.sqrt(mean * (1 - mlm_probability)))
+    return _round_up(max(bound, 1), SLOT_MULTIPLE)
+
+
+def slot_count(num_tokens: int, mlm_probability: float, device: torch.device, compiled: bool) -> int | None:
+    """Sparse MLM's slots for a micro-batch of num_tokens: static where shapes matter (CUDA, where a
+    data-dependent shape costs a host sync; torch.compile, where it costs a graph break), else None: exactly
+    the masked tokens, the least work for eager CPU, where neither cost exists."""
+    if device.type == "cpu" and not compiled:
+        return None
+    return static_slot_count(num_tokens, mlm_probability)
+
+
+def prediction_slots(labels: torch.Tensor, num_slots: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labelled positions of labels (B, T) as flat indices into the B·T positions, and their labels.
+
+    Returns positions (S,) long and slot_labels (S,) long, positions in ascending order. num_slots None:
+    S = M, the number of labelled tokens. Otherwise S = num_slots, the unused slots pointing at position 0
+    with label -100 (ignored), so that every batch has the same shape: no data-dependent shape reaches the
+    device (no host sync, no torch.compile graph break). If M > num_slots, S = M rounded up to 64: a new
+    shape (a recompile) rather than a dropped label. Call it where labels live on the CPU."""
+    flat = labels.reshape(-1)
+    positions = (flat != IGNORE_INDEX).nonzero().squeeze(1)  # (M,)
+    if num_slots is None:
+        return positions, flat[positions]
+    slots = num_slots if len(positions) <= num_slots else _round_up(len(positions), SLOT_MULTIPLE)
+    padded = torch.zeros(slots, dtype=torch.long, device=labels.device)
+    padded[:len(positions)] = positions
+    slot_labels = torch.full((slots,), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+    slot_labels[:len(positions)] = flat[positions]
+    return padded, slot_labels
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import functional as BF
 from .config import ModelConfig
+from .masking import prediction_slots
 
 
 @dataclass
@@ -27,9 +28,8 @@ class BertOutput:
 
 @dataclass
 class MaskedLMOutput:
-    logits: Tensor  # (B, T, V); with sparse MLM in training, (M, V) for the M masked positions only
+    logits: Tensor  # (B, T, V); (S, V) at the S masked_positions when they are given (sparse MLM)
     loss: Tensor | None = None  # mean cross-entropy over positions whose label is not -100
-    labels: Tensor | None = None  # the labels aligned with `logits`' leading dims (flattened when sparse)
 
 
 class LayerNorm(nn.Module):
@@ -256,17 +256,22 @@ class BertForMaskedLM(nn.Module):
             self.mlm_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> MaskedLMOutput:
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None,
+                masked_positions: Tensor | None = None) -> MaskedLMOutput:
+        """labels: (B, T), -100 where nothing is predicted. Sparse MLM: masked_positions (S,) flat indices into
+        the B·T positions (masking.prediction_slots) and labels (S,) for them; the head then runs on those S
+        rows only, because the vocabulary projection is most of its cost and only the ~15% masked rows need it.
+        With config.sparse_mlm in training and no positions given, they are taken from the labels here (exact,
+        but a data-dependent shape: the trainer passes static ones instead)."""
         h = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
-        if labels is None:
-            return MaskedLMOutput(self.mlm_head(h))
-        if self.config.sparse_mlm and self.training:
-            # The vocabulary projection is most of the head's cost; only the ~15% masked rows need it.
-            chosen = labels != -100  # (B, T)
-            h, labels = h[chosen], labels[chosen]  # (M, D), (M,)
+        if masked_positions is None and labels is not None and self.config.sparse_mlm and self.training:
+            masked_positions, labels = prediction_slots(labels)
+        if masked_positions is not None:
+            h = h.flatten(0, 1).index_select(0, masked_positions)  # (S, D)
         logits = self.mlm_head(h)
-        loss = BF.cross_entropy(logits.float(), labels, fused=self.config.fused)
-        return MaskedLMOutput(logits, loss, labels)
+        if labels is None:
+            return MaskedLMOutput(logits)
+        return MaskedLMOutput(logits, BF.cross_entropy(logits.float(), labels, fused=self.config.fused))
 
     def num_parameters(self) -> int:
         return count_unique_parameters(self)

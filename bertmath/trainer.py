@@ -33,7 +33,7 @@ from .config import Config, ConfigError, DataConfig, TrainConfig, config_to_yaml
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
 from .hardware import AUTOCAST_DTYPES, resolve_precision
-from .masking import IGNORE_INDEX, mask_tokens
+from .masking import IGNORE_INDEX, mask_tokens, prediction_slots, slot_count
 from .model import BertForMaskedLM, parameter_report
 from .tokenizer import continuation_mask, special_tokens
 
@@ -160,8 +160,8 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
         x, y = padded_inputs[i:min(i + batch_size, stop)].to(device), padded_labels[i:min(i + batch_size, stop)].to(device)
         with autocast():
             out = model(x, labels=y)
-        n = int((out.labels != IGNORE_INDEX).sum())
-        hits = int(((out.logits.argmax(-1) == out.labels) & (out.labels != IGNORE_INDEX)).sum())
+        n = int((y != IGNORE_INDEX).sum())
+        hits = int(((out.logits.argmax(-1) == y) & (y != IGNORE_INDEX)).sum())
         sums += torch.tensor([float(out.loss) * n, hits, n], dtype=torch.float64)
     model.train(was_training)
     loss_sum, correct, count = distributed.total(sums, info).tolist()
@@ -400,15 +400,20 @@ class Trainer:
         t, info = self.config.train, self.dist
         micro_batches = [self._micro_batch(self.state.step * t.grad_accum_steps + micro)
                          for micro in range(t.grad_accum_steps)]
-        masked = [int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches]
-        all_masked = float(distributed.total(torch.tensor(float(sum(masked)), device=self.device), info))
+        masked = [int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches]  # on the CPU: no sync
+        all_masked = float(distributed.total(torch.tensor(float(sum(masked))), info))
         scale = info.world_size / max(all_masked, 1.0)
         total_loss = torch.zeros((), device=self.device)
         for micro, (inputs, labels) in enumerate(micro_batches):
             last = micro == t.grad_accum_steps - 1
+            positions = None
+            if self.config.model.sparse_mlm:
+                positions, labels = prediction_slots(labels, slot_count(
+                    labels.numel(), self.config.data.mlm_probability, self.device, self.config.train.compile))
+                positions = positions.to(self.device, non_blocking=True)
             with distributed.gradient_sync(self.train_model, info, enabled=last), self._autocast():
                 out = self.train_model(inputs.to(self.device, non_blocking=True),
-                                       labels=labels.to(self.device, non_blocking=True))
+                                       labels=labels.to(self.device, non_blocking=True), masked_positions=positions)
                 loss = out.loss * (masked[micro] * scale)  # this process's Σ CE · P/N
             self.scaler.scale(loss).backward()
             total_loss += loss.detach()

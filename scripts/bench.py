@@ -82,6 +82,7 @@ from bertmath.config import ModelConfig, load_config
 from bertmath.hardware import AUTOCAST_DTYPES as DTYPES
 from bertmath.hardware import resolve_precision
 from bertmath.hf_format import config_to_hf, state_dict_from_hf
+from bertmath.masking import prediction_slots, slot_count
 from bertmath.model import BertForMaskedLM, flops_per_token
 from bertmath.trainer import parameter_groups
 
@@ -135,9 +136,10 @@ class Group:
 
 
 def make_batch(config: ModelConfig, batch_size: int, seq_len: int, mask_rate: float, seed: int,
-               device: torch.device) -> dict:
+               device: torch.device, compiled: bool = False) -> dict:
     """ids (B, T) with round(mask_rate·T) positions per row replaced by a mask id; labels (B, T): the
-    original id there, -100 elsewhere; index (M,): the flat indices of the masked positions."""
+    original id there, -100 elsewhere; index (M,): the flat indices of the masked positions; slots and
+    slot_labels (S,): sparse MLM's prediction slots, as the trainer makes them (masking.slot_count)."""
     g = torch.Generator().manual_seed(seed)
     V = config.vocab_size
     ids = torch.randint(1, V, (batch_size, seq_len), generator=g)
@@ -148,7 +150,9 @@ def make_batch(config: ModelConfig, batch_size: int, seq_len: int, mask_rate: fl
     mask_id = 103 if V > 103 else V - 1  # BERT's [MASK]
     inputs = torch.where(masked, torch.full_like(ids, mask_id), ids)
     index = masked.flatten().nonzero().squeeze(1)  # (M,)
-    return {"inputs": inputs.to(device), "labels": labels.to(device), "index": index.to(device)}
+    slots, slot_labels = prediction_slots(labels, slot_count(labels.numel(), mask_rate, device, compiled))
+    batch = {"inputs": inputs, "labels": labels, "index": index, "slots": slots, "slot_labels": slot_labels}
+    return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
 def reference_weights(config: ModelConfig, seed: int) -> dict:
@@ -214,11 +218,13 @@ class Runner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def _bertmath_loss(self, inputs, labels):
-        return self.model(inputs, labels=labels).loss
+    def _bertmath_loss(self, batch):
+        if self.system.sparse_mlm:  # static-shape slots on CUDA or compiled: no host sync, no graph break
+            return self.model(batch["inputs"], labels=batch["slot_labels"], masked_positions=batch["slots"]).loss
+        return self.model(batch["inputs"], labels=batch["labels"]).loss
 
-    def _transformers_loss(self, inputs, labels):
-        return self.model(input_ids=inputs, labels=labels).loss
+    def _transformers_loss(self, batch):
+        return self.model(input_ids=batch["inputs"], labels=batch["labels"]).loss
 
     def _bertmath_masked_logits(self, inputs, index):
         h = self.model.bert(inputs).last_hidden_state  # (B, T, D)
@@ -231,7 +237,7 @@ class Runner:
     def train_step(self) -> torch.Tensor:
         self.model.train()
         with self._autocast():
-            loss = self.forward_loss(self.batch["inputs"], self.batch["labels"])
+            loss = self.forward_loss(self.batch)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -344,7 +350,8 @@ def step_memory_bytes(fn, device: torch.device) -> int:
 def measure_group(group: Group, config: ModelConfig, args, device: torch.device) -> dict:
     """Build the group's systems, warm up, time interleaved rounds, then measure memory; results per system."""
     hf_state = reference_weights(config, args.seed)
-    batch = make_batch(config, args.batch_size, args.seq_len, args.mask_rate, args.seed + 1, device)
+    batch = make_batch(config, args.batch_size, args.seq_len, args.mask_rate, args.seed + 1, device,
+                       compiled=any(system.compile for system in group.systems))
     B, T = batch["inputs"].shape
     masked_share = batch["index"].numel() / (B * T)
     runners = []

@@ -112,10 +112,11 @@ def test_suites_are_well_formed():
     assert overridden == dataclasses.replace(best, compile=True, precision="fp16")  # the command line wins
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_both_models_do_the_same_work(precision):
+@pytest.mark.parametrize("precision, static_slots", [("fp32", False), ("bf16", False), ("fp32", True)])
+def test_both_models_do_the_same_work(precision, static_slots):
     """The benchmark's two runners hold the same weights and compute the same training loss and the same
-    masked-position logits (within float rounding; looser for bf16 autocast)."""
+    masked-position logits (within float rounding; looser for bf16 autocast); also with sparse MLM's
+    static-shape slots (what CUDA and torch.compile get), padded with ignored slots."""
     bench = load_bench()
     from bertmath.config import ModelConfig
 
@@ -123,8 +124,9 @@ def test_both_models_do_the_same_work(precision):
                          max_position_embeddings=64, activation="gelu", hidden_dropout=0.0, attention_dropout=0.0)
     device = torch.device("cpu")
     hf_state = bench.reference_weights(config, seed=0)
-    batch = bench.make_batch(config, 3, 20, 0.15, seed=1, device=device)
+    batch = bench.make_batch(config, 3, 20, 0.15, seed=1, device=device, compiled=static_slots)
     assert batch["index"].numel() == 3 * 3  # round(0.15 · 20) = 3 masked positions per row
+    assert batch["slots"].numel() == (64 if static_slots else 9)
     assert ((batch["labels"] != -100).flatten().nonzero().squeeze(1) == batch["index"]).all()
     ours = bench.Runner(bench.System("bertmath", precision, fused=True, fused_qkv=True, sparse_mlm=True),
                         config, hf_state, batch, device)

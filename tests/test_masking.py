@@ -1,11 +1,13 @@
 """bertmath.masking: the 15% / 80-10-10 statistics, what is never chosen, labels, determinism, whole words."""
 
+import math
+
 import pytest
 import torch
 
 from bertmath import functional
 from bertmath.config import DataConfig
-from bertmath.masking import IGNORE_INDEX, mask_tokens
+from bertmath.masking import IGNORE_INDEX, mask_tokens, prediction_slots, slot_count, static_slot_count
 from bertmath.tokenizer import SpecialTokens
 
 V = 1000
@@ -188,3 +190,39 @@ def test_all_mask_corruption_at_any_rate_with_whole_words(rate, whole_word_maski
     if whole_word_masking:
         starts = word_starts(ids, continuation)
         assert torch.equal(chosen[~special], chosen.gather(1, starts)[~special])  # a word is masked whole
+
+
+def test_prediction_slots_hold_every_labelled_position_in_order():
+    labels = torch.full((3, 8), IGNORE_INDEX)
+    labels[0, 2], labels[1, 0], labels[1, 7], labels[2, 5] = 11, 12, 13, 14
+    positions, slot_labels = prediction_slots(labels)
+    assert positions.tolist() == [2, 8, 15, 21] and slot_labels.tolist() == [11, 12, 13, 14]
+    assert torch.equal(labels.flatten()[positions], slot_labels)
+    padded, padded_labels = prediction_slots(labels, num_slots=6)
+    assert padded.tolist() == [2, 8, 15, 21, 0, 0]
+    assert padded_labels.tolist() == [11, 12, 13, 14, IGNORE_INDEX, IGNORE_INDEX]
+    more, more_labels = prediction_slots(labels, num_slots=3)  # too few: rounded up, nothing dropped
+    assert len(more) == 64 and more[:4].tolist() == [2, 8, 15, 21] and (more_labels[4:] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("num_tokens, p", [(32 * 128, 0.15), (8 * 512, 0.15), (16 * 128, 0.4), (10, 0.15)])
+def test_static_slot_count_covers_six_sigma_of_the_binomial(num_tokens, p):
+    slots = static_slot_count(num_tokens, p)
+    mean, sigma = num_tokens * p, math.sqrt(num_tokens * p * (1 - p))
+    assert slots % 64 == 0 and mean + 6 * sigma <= slots < mean + 6 * sigma + 64 + 1
+    # and in practice: the masked counts of BERT's own corruption stay under it
+    data = DataConfig(mlm_probability=p)
+    rows = max(num_tokens // 128, 1)
+    ids = torch.randint(10, 1000, (rows, num_tokens // rows))
+    for seed in range(20):
+        _, labels = mask_tokens(ids, SPECIALS, 1000, data, torch.Generator().manual_seed(seed))
+        assert int((labels != IGNORE_INDEX).sum()) <= slots
+
+
+def test_static_slots_where_shapes_matter_exact_count_on_eager_cpu():
+    """CUDA (a data-dependent shape is a host sync) and torch.compile (a graph break) get static slots;
+    eager CPU gets exactly the masked tokens, the least work."""
+    static = static_slot_count(4096, 0.15)
+    assert slot_count(4096, 0.15, torch.device("cpu"), compiled=False) is None
+    assert slot_count(4096, 0.15, torch.device("cpu"), compiled=True) == static
+    assert slot_count(4096, 0.15, torch.device("cuda"), compiled=False) == static

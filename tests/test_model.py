@@ -13,6 +13,7 @@ from torch.testing import assert_close
 
 import bertmath
 from bertmath import BertForMaskedLM, BertModel, functional as BF, hf_format, parameter_counts, parameter_table
+from bertmath.masking import prediction_slots
 
 transformers = pytest.importorskip("transformers")
 
@@ -82,7 +83,7 @@ def test_shapes(tiny_config):
     B, T = ids.shape
     out = BertForMaskedLM(cfg).eval()(ids, mask, types)
     assert out.logits.shape == (B, T, cfg.vocab_size)
-    assert out.loss is None and out.labels is None
+    assert out.loss is None
     enc = BertModel(cfg).eval()(ids, mask, types)
     assert enc.last_hidden_state.shape == (B, T, cfg.hidden_size)
     assert enc.pooler_output.shape == (B, cfg.hidden_size)
@@ -247,7 +248,6 @@ def test_loss_is_cross_entropy_over_labelled_positions(tiny_config, fused):
     expected = F.cross_entropy(out.logits.reshape(-1, V), labels.reshape(-1))  # ignore_index=-100
     assert out.logits.shape == (*ids.shape, V)
     assert_close(out.loss, expected, atol=1e-6, rtol=1e-6)
-    assert torch.equal(out.labels, labels)
     # by hand: mean of -log p(label) over the labelled positions only
     chosen = labels != -100
     by_hand = -torch.log_softmax(out.logits[chosen].double(), -1).gather(-1, labels[chosen][:, None]).mean()
@@ -275,7 +275,6 @@ def test_sparse_mlm_equals_dense(tiny_config, fused):
     s_out, s_grads = _loss_and_grads(sparse, ids, mask, types, labels)
     M = int((labels != -100).sum())
     assert s_out.logits.shape == (M, dense_cfg.vocab_size)
-    assert torch.equal(s_out.labels, labels[labels != -100])
     assert_close(s_out.logits, d_out.logits[labels != -100], atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
     assert_close(s_out.loss, d_out.loss, atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32)
     assert d_grads.keys() == s_grads.keys()
@@ -285,6 +284,34 @@ def test_sparse_mlm_equals_dense(tiny_config, fused):
     sparse.eval()
     with torch.no_grad():
         assert sparse(ids, mask, types, labels=labels).logits.shape == (*ids.shape, dense_cfg.vocab_size)
+
+
+@pytest.mark.parametrize("num_slots", [None, 64, 2], ids=["exact", "static", "overflow"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_static_prediction_slots_equal_boolean_path(tiny_config, fused, num_slots):
+    """Static-shape sparse MLM (masked_positions from masking.prediction_slots, padded with ignored slots) gives
+    the dense head's loss and gradients and the logits of the labelled rows; with fewer slots than masked
+    tokens ("overflow") it takes more slots rather than dropping a label."""
+    cfg = tiny_config(fused=fused)
+    torch.manual_seed(8)
+    model = BertForMaskedLM(cfg).train()
+    ids, mask, types = batch(cfg)
+    labels = mlm_labels(ids, mask)
+    chosen = labels != -100
+    positions, slot_labels = prediction_slots(labels, num_slots)
+    M = int(chosen.sum())
+    assert len(positions) == (M if num_slots is None else max(num_slots, -(-M // 64) * 64))
+    torch.manual_seed(9)  # the same dropout masks in both runs
+    d_out, d_grads = _loss_and_grads(model, ids, mask, types, labels)
+    torch.manual_seed(9)
+    model.zero_grad(set_to_none=True)
+    s_out = model(ids, mask, types, labels=slot_labels, masked_positions=positions)
+    s_out.loss.backward()
+    assert s_out.logits.shape == (len(positions), cfg.vocab_size)
+    assert_close(s_out.logits[:M], d_out.logits[chosen], atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert_close(s_out.loss, d_out.loss, atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32)
+    for name, param in model.named_parameters():
+        assert_close(param.grad, d_grads[name], atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32, msg=name)
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])

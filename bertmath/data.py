@@ -70,7 +70,7 @@ def load_documents(data: DataConfig) -> datasets.Dataset:
         if not texts:
             where = ", ".join(data.paths) if data.paths else "embedded corpus"
             raise DataError(f"{where}: the corpus has no text (every document is empty or whitespace)")
-        documents = datasets.Dataset.from_dict({"text": texts})
+        documents = _text_dataset(texts)
     log.info("corpus: %d documents from %s", len(documents), data.source)
     return documents
 
@@ -231,8 +231,20 @@ def _has_text(texts: list) -> list[bool]:
 
 
 def _as_dataset(documents: datasets.Dataset | Sequence[str]) -> datasets.Dataset:
-    return documents if isinstance(documents, datasets.Dataset) else datasets.Dataset.from_dict(
-        {"text": list(documents)})
+    return documents if isinstance(documents, datasets.Dataset) else _text_dataset(list(documents))
+
+
+def _text_dataset(texts: list[str]) -> datasets.Dataset:
+    """A "text" dataset held in memory, fingerprinted by our own hash of the texts. datasets.Dataset.from_dict
+    would instead pickle the whole table with dill to fingerprint it: slow for a large corpus, and on some
+    pyarrow installs a PicklingError (MonthDayNano, seen with pyarrow 26 beside another pyarrow's pandas)."""
+    return _in_memory(pa.table({"text": pa.array(texts, type=pa.string())}),
+                      _fingerprint("text dataset", *(_digest(t) for t in texts)))
+
+
+def _in_memory(table: pa.Table, fingerprint: str, features: datasets.Features | None = None) -> datasets.Dataset:
+    info = datasets.DatasetInfo(features=features) if features is not None else None
+    return datasets.Dataset(datasets.table.InMemoryTable(table), info=info, fingerprint=fingerprint)
 
 
 class _TextBatches:
@@ -480,7 +492,8 @@ class PretrainingData:
 
 
 def _no_blocks(seq_len: int) -> datasets.Dataset:
-    return datasets.Dataset.from_dict({"input_ids": []}, features=_block_features(seq_len))
+    features = _block_features(seq_len)
+    return _in_memory(features.arrow_schema.empty_table(), _fingerprint("no blocks", str(seq_len)), features)
 
 
 def _block_features(seq_len: int) -> datasets.Features:

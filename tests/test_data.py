@@ -380,3 +380,23 @@ def test_batch_indices_pure_permutation_per_epoch():
     assert D.batch_indices(N, B, 0, 0).dtype == torch.long
     with pytest.raises(ValueError):
         D.batch_indices(0, B, 0, 0)
+
+
+def test_preparing_data_never_has_datasets_pickle_a_table(plays_sample, tokenizer, tmp_path, monkeypatch):
+    """datasets fingerprints an in-memory Dataset made without a fingerprint by pickling its whole table with
+    dill: slow on a large corpus, and a PicklingError on some pyarrow installs. bertmath gives its own.
+    (A memory-mapped file's fingerprint hashes only its path: allowed.)"""
+    import datasets.arrow_dataset
+    from datasets.table import InMemoryTable
+
+    original = datasets.arrow_dataset.generate_fingerprint
+
+    def refuse_in_memory(dataset):
+        assert not isinstance(dataset._data, InMemoryTable), "datasets pickled an in-memory table to fingerprint it"
+        return original(dataset)
+
+    monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", refuse_in_memory)
+    documents = D.load_documents(DataConfig(source="embedded", max_documents=40))
+    prepared = D.prepare_data(make_config(max_seq_len=24, eval_fraction=0.0), tokenizer, tmp_path, documents)
+    assert len(documents) == 40 and prepared.num_train_blocks > 0 and prepared.num_eval_blocks == 0
+    assert D.prepare_data(make_config(max_seq_len=24), tokenizer, tmp_path / "b", plays_sample).num_eval_blocks > 0

@@ -12,6 +12,7 @@ the candidates reported for a mask are always those of the distribution it was f
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from . import functional as BF
+from .batching import MAX_BATCH, MAX_TOKENS, length_batches
 from .errors import BertmathError, CheckpointError, ConfigError
 
 STRATEGIES = ("greedy", "iterative", "sample")
@@ -163,40 +165,39 @@ class FillMask:
         return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device), device)
 
     def __call__(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None, truncate: bool = False, batch_size: int = 32):
+                 top_p: float = 1.0, seed: int | None = None, truncate: bool = False, batch_size: int = MAX_BATCH,
+                 max_tokens: int = MAX_TOKENS):
         """Candidates per mask in transformers' pipeline shape (see the class docstring)."""
         single = isinstance(texts, str)
         results = self.predict([texts] if single else texts, top_k=top_k, strategy=strategy, temperature=temperature,
-                               top_p=top_p, seed=seed, truncate=truncate, batch_size=batch_size)
+                               top_p=top_p, seed=seed, truncate=truncate, batch_size=batch_size, max_tokens=max_tokens)
         formatted = [r.pipeline_format() for r in results]
         return formatted[0] if single else formatted
 
     def predict(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
                 top_p: float = 1.0, seed: int | None = None, truncate: bool = False,
-                batch_size: int = 32) -> list[FillMaskResult]:
+                batch_size: int = MAX_BATCH, max_tokens: int = MAX_TOKENS) -> list[FillMaskResult]:
         """One `FillMaskResult` per input text (masks with candidates, and the filled sentence).
 
         top_k: candidates per mask (and the top-k cut of "sample"); temperature, top_p: "sample" only;
         seed: makes "sample" reproducible (None: a fresh random seed); truncate: cut a text longer than
-        max_position_embeddings at the end (error if that would cut a [MASK]); batch_size: texts per
-        forward pass (padded, with an attention mask)."""
+        max_position_embeddings at the end (error if that would cut a [MASK]); batch_size, max_tokens: at most
+        that many texts and padded positions per forward pass. The texts are batched by length
+        (`batching.length_batches`: little padding, none in a batch of equal lengths); the results come back
+        in input order and equal those of one text at a time."""
         validate_options(top_k, strategy, temperature, top_p)
         if isinstance(texts, str):
             texts = [texts]
         inputs = [self._encode(text, n, len(texts), truncate) for n, text in enumerate(texts, 1)]
-        generator = torch.Generator()  # sampling happens on CPU: the same seed gives the same draws on any device
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
+        base_seed = seed if seed is not None else torch.Generator().seed()  # a fresh nondeterministic seed
+        for batch in length_batches([len(x.ids) for x in inputs], max_tokens, batch_size):
+            chunk = [inputs[i] for i in batch]
             if strategy == "greedy":
                 self.greedy(chunk, top_k)
             elif strategy == "iterative":
                 self.iterative(chunk, top_k)
             else:
-                self.sample(chunk, top_k, temperature, top_p, generator)
+                self.sample(chunk, top_k, temperature, top_p, [input_generator(base_seed, i) for i in batch])
         return [self._result(x, strategy) for x in inputs]
 
     # --- strategies -------------------------------------------------------------------------------------
@@ -238,20 +239,21 @@ class FillMask:
             step += 1
 
     def sample(self, inputs: list[_Input], top_k: int, temperature: float, top_p: float,
-               generator: torch.Generator) -> None:
+               generators: list[torch.Generator]) -> None:
         """x̂_m ~ q_m, every mask from the same single forward pass, with
         p_m = softmax(z_m / T); sort p_m descending as p_(1) >= p_(2) >= ...;
         S_m = the first n = min(k, n_p) tokens, n_p = min{n : Σ_{i<=n} p_(i) >= top_p} (the nucleus:
         the smallest set holding top_p of the mass; top-k and nucleus are both prefixes of this order,
         so S_m is their intersection); q_m(v) = p_m(v) / Σ_{u∈S_m} p_m(u) on S_m, 0 elsewhere.
-        T < 1 sharpens, T > 1 flattens; top_k = 1 is greedy. Draws use `generator` (CPU), masks in input
-        order, left to right. Candidates: S_m with the drawn token first, scores p_m (not renormalised)."""
+        T < 1 sharpens, T > 1 flattens; top_k = 1 is greedy. Each input's masks are drawn left to right with
+        its own generator (CPU; `input_generator`), so a seed gives the same draws on any device and whatever
+        the batching. Candidates: S_m with the drawn token first, scores p_m (not renormalised)."""
         seen = [list(x.ids) for x in inputs]
         logits = self._mask_logits(inputs, [x.masks for x in inputs]).double().cpu()  # (M, V)
         # softmax((z - max z)/T) = softmax(z/T), but no T > 0 makes inf - inf = NaN (float64: as Python's T)
         probs = BF.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)  # (M, V)
         row = 0
-        for x, ids in zip(inputs, seen):
+        for x, ids, generator in zip(inputs, seen, generators):
             for pos in x.masks:
                 support, support_p = sampling_support(probs[row], top_k, top_p)
                 drawn = draw(support_p, generator)
@@ -289,7 +291,7 @@ class FillMask:
 
     @torch.inference_mode()
     def _mask_logits(self, inputs: list[_Input], positions: list[list[int]]) -> Tensor:
-        """z at the given positions of each input, from one padded forward pass: (Σ len(positions), V).
+        """z at the given positions of each input, from one forward pass padded to the longest: (Σ len(positions), V).
         The vocabulary projection runs only at these positions (same values as full logits there)."""
         T = max(len(x.ids) for x in inputs)
         ids = torch.full((len(inputs), T), self.special.pad, dtype=torch.long)
@@ -297,7 +299,8 @@ class FillMask:
         for b, x in enumerate(inputs):
             ids[b, :len(x.ids)] = torch.tensor(x.ids)
             attention[b, :len(x.ids)] = 1
-        h = self.model.bert(ids.to(self.device), attention.to(self.device)).last_hidden_state  # (B, T, D)
+        equal = all(len(x.ids) == T for x in inputs)  # no padding: no mask, the faster attention path
+        h = self.model.bert(ids.to(self.device), None if equal else attention.to(self.device)).last_hidden_state
         rows = torch.tensor([b for b, p in enumerate(positions) for _ in p], dtype=torch.long)
         cols = torch.tensor([t for p in positions for t in p], dtype=torch.long)
         return self.model.mlm_head(h[rows.to(self.device), cols.to(self.device)]).float()  # (M, V)
@@ -335,6 +338,13 @@ def sampling_support(probs: Tensor, top_k: int, top_p: float = 1.0) -> tuple[Ten
     mass_before = sorted_p.cumsum(0) - sorted_p  # Σ_{j<i} p_(j)
     n = min(top_k, max(1, int((mass_before < top_p).sum())))
     return order[:n], sorted_p[:n]
+
+
+def input_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of input `index` (from 0) in a call with `seed`: seeded by a hash of both, so each input
+    has its own stream of draws whatever batch it lands in."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)  # a seed below 2**63
 
 
 def draw(support_p: Tensor, generator: torch.Generator) -> int:

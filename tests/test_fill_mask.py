@@ -103,6 +103,33 @@ def test_batch_equals_one_at_a_time(fill):
     assert [[d["token"] for d in _flat(x)] for x in small_batches] == [[d["token"] for d in _flat(x)] for x in together]
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "iterative"])
+def test_length_batching_returns_input_order_and_one_at_a_time_results(fill, strategy):
+    """Many texts of different lengths, batched by length (several batches, padded and unpadded ones): each
+    result equals that text's result alone (the same tokens, scores to 1e-5), in input order."""
+    words = "the old man walked to the city and found a red door in the wall".split()
+    texts = [" ".join(words[:n]) + " [MASK] ." for n in range(1, 15)] + TEXTS
+    texts += [" ".join(words[:n]) + " [MASK] and [MASK]" for n in (3, 9)]
+    batched = fill.predict(texts, top_k=4, strategy=strategy, max_tokens=64)
+    assert [r.text for r in batched] == texts
+    for text, result in zip(texts, batched):
+        alone = fill.predict(text, top_k=4, strategy=strategy)[0]
+        assert result.filled == alone.filled
+        for got, want in zip(result.masks, alone.masks):
+            assert (got.index, got.step) == (want.index, want.step)
+            assert [c.token for c in got.candidates] == [c.token for c in want.candidates]
+            assert [c.score for c in got.candidates] == pytest.approx([c.score for c in want.candidates], abs=1e-5)
+
+
+def test_sample_draws_do_not_depend_on_the_batching(fill):
+    texts = TEXTS + ["the [MASK] of the king", "a [MASK] [MASK] [MASK] of words that is longer than the rest"]
+    kwargs = dict(strategy="sample", temperature=2.0, top_k=30, seed=11)
+    one_batch = fill.predict(texts, **kwargs)
+    many_batches = fill.predict(texts, batch_size=1, **kwargs)
+    assert [[m.chosen.token for m in r.masks] for r in one_batch] == [[m.chosen.token for m in r.masks]
+                                                                       for r in many_batches]
+
+
 def _flat(rows):
     return [d for row in rows for d in (row if isinstance(row, list) else [row])]
 

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, bertmath's run-directory layout, and loading weights into models.
+"""The run directory and the whole training state: save_training_state / restore_training_state own its format.
 
 A run directory (`train.out_dir`) looks like
 
@@ -19,13 +19,12 @@ One pretraining run writes a run directory at a time (lock_run_dir); readers tak
 whole step directory even while the run prunes or replaces it (read_resolved). A run resumes from the
 latest checkpoint; if that one is damaged on disk, it stops with an error naming the newest intact one
 (check_resumable: the policy, and why it does not fall back by itself).
-Loading never unpickles: safetensors and JSON only (and `torch.load(weights_only=True)` for
-transformers' `pytorch_model.bin`, in hf_format).
+Loading never unpickles: safetensors and JSON only. Reading any checkpoint directory for inference (and
+transformers' layout) is pretrained.py's; the atomic writes themselves are io.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -34,21 +33,16 @@ import shutil
 import socket
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Callable, TypeVar
+from typing import IO
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
 
-from .config import Config, ModelConfig, load_config
-from .distributed import is_sharded
-from .errors import BertmathError, CheckpointError, ConfigError, OutputError, RunDirInUseError
-
-T = TypeVar("T")
+from .config import Config, config_to_yaml, load_config
+from .distributed import DistInfo, gather_objects, is_sharded
+from .errors import CheckpointError, ConfigError, OutputError, RunDirInUseError
+from .io import atomic_save_safetensors, atomic_write_bytes, fsync_dir, read_json, read_safetensors, tmp_name
 
 log = logging.getLogger(__name__)
 
@@ -60,75 +54,6 @@ STATE_FILE = "trainer_state.json"
 STEP_PREFIX = "step-"
 LOCK_FILE = ".lock"
 LATEST_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, OPTIMIZER_FILE, STATE_FILE)
-
-
-# --- atomic file writes -------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees either the old file or the new one, never a part."""
-    path = Path(path)
-    with _replacing(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    path = Path(path)
-    with _replacing(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def _replacing(path: Path):
-    """Yield a temporary name beside `path` to write; then rename it onto `path`. If the write or the rename
-    fails (e.g. `path` is a directory, the disk is full), the temporary file is removed and `path` is as it was."""
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def check_output(path: str | Path, directory: bool = False) -> Path:
-    """`path` as a file to write (or, with `directory`, a directory to create or write into), checked before
-    any slow work: an OutputError if it exists as the other kind, or if a parent of it is a file."""
-    path = Path(path)
-    if path.exists() and path.is_dir() != directory:
-        raise OutputError(f"{path}: is a directory; give a file name" if path.is_dir() else
-                          f"{path}: is a file; give a directory (a new one is created)")
-    existing = next(p for p in path.parents if p.exists())  # "/" or "." at the latest
-    if not existing.is_dir():
-        raise OutputError(f"{path}: cannot be created: {existing} is a file")
-    return path
 
 
 # --- model weights --------------------------------------------------------------------------------------
@@ -148,6 +73,10 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
     For an FSDP-sharded model every process must call this (the shards are gathered); the full tensors
     arrive on rank 0, the other processes get {}."""
+    # torch's distributed state-dict API is imported where it is used: ~1 s that `import bertmath` and the
+    # inference commands, which only reach load_state_into, need not pay
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     model = unwrap(model)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     tied = _tied_names(model)
@@ -157,6 +86,8 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """(tensors, param_groups) to save: each moment as 'state.<parameter name>.<key>' (CPU), and the groups'
     hyper-parameters with parameter names in place of positions. Collective under FSDP, as model_state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     state = get_optimizer_state_dict(unwrap(model), optimizer,
                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     tensors = {f"state.{name}.{key}": value.cpu() for name, moments in state.get("state", {}).items()
@@ -167,6 +98,8 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                          param_groups: list[dict], where: str) -> None:
     """Inverse of optimizer_state (every process passes the whole state; FSDP keeps its shards)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     state: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         if name.startswith("state."):
@@ -177,22 +110,6 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, ten
                                  options=StateDictOptions(full_state_dict=True))
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{where}: optimizer state does not fit this model ({str(e).splitlines()[0][:160]})") from None
-
-
-def read_safetensors(path: Path, header_only: bool = False) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or corrupted file is a CheckpointError naming it.
-    `header_only`: read just the header, which a truncated or garbage file fails too (it names more bytes
-    than the file has), and return {} (the tensor bytes themselves carry no checksum)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        if header_only:
-            with safe_open(str(path), "pt"):
-                return {}
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable or corrupted safetensors file ({str(e).splitlines()[0][:160]})") from None
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -232,6 +149,8 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str
         log.info("%s: ignoring %d tensors the model does not use, e.g. %s", where, len(unexpected), unexpected[0])
     state = {name: tensor for name, tensor in state.items() if name in expected}
     if is_sharded(model):  # each process keeps its shard of the full tensors
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
         return
     with torch.no_grad():
@@ -293,11 +212,74 @@ def save_checkpoint(out_dir: Path, step: int, files: dict[str, bytes | dict[str,
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     link_latest(out_dir, final)
     for old in list_checkpoints(out_dir)[:-(keep + 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def model_files(model: nn.Module, config: Config, tokenizer: Tokenizer) -> dict[str, bytes | dict[str, torch.Tensor]]:
+    """The files that rebuild a model with no YAML at hand: weights, the resolved config, the tokenizer (what
+    fill-mask, export and the viz commands read). Collective under FSDP, as model_state."""
+    return {MODEL_FILE: model_state(model), CONFIG_FILE: config_to_yaml(config).encode(),
+            TOKENIZER_FILE: tokenizer.to_str().encode()}
+
+
+def save_training_state(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, config: Config, tokenizer: Tokenizer, train_state: dict,
+                        info: DistInfo, device: torch.device) -> Path | None:
+    """Save everything a run needs to continue exactly as step directory train_state["step"] of `out_dir`:
+    model_files, the AdamW moments and each process's RNG state (OPTIMIZER_FILE: tensors only), and
+    `train_state` with the optimizer's hyper-parameters, the process count and the scaler (STATE_FILE).
+    Every process calls it (FSDP gathers the shards, each process's RNG is gathered); rank 0 writes and
+    gets the directory, the others None."""
+    files = model_files(model, config, tokenizer)
+    moments, param_groups = optimizer_state(model, optimizer)
+    rng_states = gather_objects(_rng_state(device), info)
+    if not info.is_main:
+        return None
+    tensors = dict(moments)
+    for rank, (cpu, cuda) in enumerate(rng_states):
+        tensors[f"rng.torch.{rank}"] = cpu
+        if cuda is not None:
+            tensors[f"rng.cuda.{rank}"] = cuda
+    state = {"train_state": train_state, "param_groups": param_groups, "world_size": info.world_size,
+             "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+    files[OPTIMIZER_FILE] = tensors
+    files[STATE_FILE] = json.dumps(state, indent=1).encode()
+    return save_checkpoint(out_dir, train_state["step"], files, keep=config.train.keep_checkpoints)
+
+
+def restore_training_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: torch.amp.GradScaler, info: DistInfo, device: torch.device) -> tuple[dict, bool]:
+    """Load what save_training_state wrote in `directory` into `model`, `optimizer`, `scaler` and this
+    process's RNG; returns (train_state, whether the RNG was restored). It is not when the checkpoint was
+    saved by another number of processes: then the caller re-seeds dropout."""
+    load_state_into(model, read_safetensors(directory / MODEL_FILE), str(directory))
+    saved = read_json(directory / STATE_FILE)
+    tensors = read_safetensors(directory / OPTIMIZER_FILE)
+    try:
+        load_optimizer_state(model, optimizer, tensors, saved["param_groups"], str(directory))
+        train_state = dict(saved["train_state"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}: trainer state does not fit this model/optimizer ({e})") from None
+    if saved.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(saved["scaler"])
+    rank = info.rank
+    if saved.get("world_size", 1) != info.world_size or f"rng.torch.{rank}" not in tensors:
+        log.warning("%s was saved by %s process(es), this run has %d: dropout draws are re-seeded", directory,
+                    saved.get("world_size", 1), info.world_size)
+        return train_state, False
+    torch.set_rng_state(tensors[f"rng.torch.{rank}"])
+    if f"rng.cuda.{rank}" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], device)
+    return train_state, True
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(CPU RNG state, this process's GPU RNG state or None): what drives its dropout."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def remove_temporaries(out_dir: Path) -> None:
@@ -362,7 +344,7 @@ def link_latest(out_dir: Path, step_dir: Path) -> None:
         source = step_dir / name
         if not source.exists() or ((out_dir / name).exists() and os.path.samefile(source, out_dir / name)):
             continue
-        tmp = _tmp_name(out_dir / name)
+        tmp = tmp_name(out_dir / name)
         try:
             if tmp.exists():
                 tmp.unlink()
@@ -372,75 +354,12 @@ def link_latest(out_dir: Path, step_dir: Path) -> None:
         os.replace(tmp, out_dir / name)
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
-    """("bertmath", dir) for a run directory (its latest step) or a checkpoint directory;
-    ("transformers", dir) for a directory with config.json. CheckpointError otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
-    latest = latest_checkpoint(path)
-    if latest is not None:
-        return "bertmath", latest
-    if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
-        return "bertmath", path
-    if (path / "config.json").is_file():
-        return "transformers", path
-    raise CheckpointError(f"{path}: not a checkpoint (expected step-* directories, {CONFIG_FILE} + {MODEL_FILE}, "
-                          "or a transformers config.json)")
-
-
 def read_config(directory: Path) -> Config:
     """The resolved Config a bertmath checkpoint directory saved (config.yaml); CheckpointError otherwise."""
     try:
         return load_config(Path(directory) / CONFIG_FILE)
     except ConfigError as e:  # its message names the file; a bad checkpoint is not a bad command line (exit 1)
         raise CheckpointError(str(e)) from None
-
-
-def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
-    """(resolved directory, ModelConfig, state dict in bertmath names) of a bertmath run/checkpoint
-    directory or a transformers BERT directory; no model is built."""
-    def read(kind: str, directory: Path):
-        if kind == "transformers":
-            from .hf_format import load_hf_checkpoint
-            return directory, *load_hf_checkpoint(directory)
-        return directory, read_config(directory).model, read_safetensors(directory / MODEL_FILE)
-
-    return read_resolved(path, read)
-
-
-READ_ATTEMPTS = 5
-
-
-def read_resolved(path: str | Path, read: Callable[[str, Path], T]) -> T:
-    """read(kind, directory) of the checkpoint `path` resolves to (resolve_checkpoint), from one whole step
-    directory. A run that saves prunes old step directories and replaces a step saved again, so the directory
-    a reader resolved can vanish or change between the files it opens: then `read` runs again on the newest
-    one (READ_ATTEMPTS times at most). An error in a directory that stayed as it was is the checkpoint's own."""
-    for _ in range(READ_ATTEMPTS):
-        kind, directory = resolve_checkpoint(path)
-        before = _identity(directory)
-        try:
-            result = read(kind, directory)
-        except (BertmathError, OSError):
-            if _identity(directory) == before:
-                raise
-            continue
-        if _identity(directory) == before:
-            return result
-    raise CheckpointError(f"{path}: its newest checkpoint was replaced {READ_ATTEMPTS} times while being read "
-                          "(a run saving very often?); try again")
-
-
-def _identity(directory: Path) -> tuple[int, int, int] | None:
-    """What changes when a directory is deleted or another is renamed to its name; None if it is gone."""
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def check_resumable(step_dir: Path) -> None:
@@ -490,29 +409,3 @@ def checkpoint_damage(step_dir: Path) -> str | None:
         return (f"{step_dir / STATE_FILE}: not the trainer state of {step_dir.name} (expected train_state with "
                 "numbers, its step that of the directory, and param_groups)")
     return None
-
-
-def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
-    """Build `cls` (BertModel or BertForMaskedLM) from a bertmath or transformers checkpoint, in eval mode."""
-    directory, config, state = read_checkpoint(path)
-    return build_from_state(cls, config, state, str(directory)).to(device).eval()
-
-
-def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str):
-    """`cls(config)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has one."""
-    from .model import BertModel
-    if cls is BertModel and not any(".pooler." in f".{k}" for k in state):
-        model = BertModel(config, add_pooler=False)  # an MLM checkpoint has no pooler: do not invent one
-    else:
-        model = cls(config)
-    load_state_into(model, state, where)
-    return model
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable JSON ({e.__class__.__name__})") from None

@@ -10,7 +10,9 @@ import json
 import logging
 import sys
 
+from .distributed import process_label
 from .errors import BertmathError
+from .fill_mask import STRATEGIES
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +80,7 @@ def cmd_fill_mask(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .hf_format import export_checkpoint
+    from .pretrained import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out_dir)
     print(f"wrote {out} (config.json, model.safetensors, tokenizer files): load it with "
@@ -87,14 +89,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .figures import plot_run
+    from .viz.plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir, args.out)}")
     return 0
 
 
 def cmd_figures(args) -> int:
-    from .math_figures import write_math_figures
+    from .viz.figures import write_math_figures
 
     for path in write_math_figures(args.out, args.checkpoint):
         print(f"wrote {path}")
@@ -102,14 +104,14 @@ def cmd_figures(args) -> int:
 
 
 def cmd_attention(args) -> int:
-    from .attention_maps import plot_attention
+    from .viz.attention import plot_attention
 
     print(f"wrote {plot_attention(args.checkpoint, args.text, args.out, args.layer, args.head)}")
     return 0
 
 
 def cmd_embed(args) -> int:
-    from .embedding_explorer import embed
+    from .viz.embed import embed
 
     options = {"top_k": args.top_k}
     for name in ("word", "analogy", "context_word", "sentences"):
@@ -147,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT",
                    help="text with [MASK] tokens; '-' reads one text per line from stdin")
     p.add_argument("--top-k", type=int, default=5, help="candidates shown per mask (and the top-k cut when sampling)")
-    p.add_argument("--strategy", choices=["greedy", "iterative", "sample"], default="greedy",
+    p.add_argument("--strategy", choices=STRATEGIES, default="greedy",
                    help="greedy: each mask its argmax from one pass; iterative: fill the most confident mask, "
                         "re-run, repeat; sample: draw from softmax(logits/T) cut to top-k and top-p")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature T for --strategy sample")
@@ -209,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BertmathError as e:
-        from .distributed import process_label  # " [rank r/P]" in a torchrun job: which process failed
-
+        # process_label(): " [rank r/P]" in a torchrun job, which process failed
         print(f"bertmath {args.command}{process_label()}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -462,17 +462,7 @@ class PretrainingData:
 
     train: datasets.Dataset
     eval: datasets.Dataset  # no rows when data.eval_fraction == 0
-    num_train_tokens: int  # train blocks × max_seq_len: the ids the model reads per epoch, [CLS]/[SEP] included
     seq_len: int
-    fingerprint: str  # changes with the train documents, tokenizer or max_seq_len (record it; compare on resume)
-
-    @property
-    def num_train_blocks(self) -> int:
-        return len(self.train)
-
-    @property
-    def num_eval_blocks(self) -> int:
-        return len(self.eval)
 
     def batch(self, split: str, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Blocks `indices` of `split` ("train" or "eval") as a LongTensor (len(indices), max_seq_len); reads
@@ -517,22 +507,21 @@ def prepare_data(config: Config, tokenizer: Tokenizer, cache_dir: str | Path,
     cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_json = tokenizer.to_str()
 
-    def blocks(name: str, docs: datasets.Dataset, docs_fingerprint: str) -> tuple[datasets.Dataset, str]:
+    def blocks(name: str, docs: datasets.Dataset, docs_fingerprint: str) -> datasets.Dataset:
         tokens_key = _fingerprint(_CACHE_VERSION, docs_fingerprint, tokenizer_json)
         blocks_key = _fingerprint(_CACHE_VERSION, tokens_key, str(data.max_seq_len), str(specials.ids))
         path = cache_dir / f"{name}-blocks-{blocks_key}.arrow"
         if path.is_file():
             log.info("%s: cached blocks %s", name, path)
-            return datasets.Dataset.from_file(str(path)), blocks_key
+            return datasets.Dataset.from_file(str(path))
         tokens = tokenize_documents(docs, tokenizer, cache_dir / f"{name}-tokens-{tokens_key}.arrow", tokens_key,
                                     auto_num_proc(data, len(docs)), desc=f"tokenising {name}")
-        return pack_blocks(tokens, specials, data.max_seq_len, path, name), blocks_key
+        return pack_blocks(tokens, specials, data.max_seq_len, path, name)
 
-    train, train_key = blocks("train", split.train, split.train_fingerprint)
-    held_out = blocks("eval", split.eval, split.eval_fingerprint)[0] if len(split.eval) else _no_blocks(
+    train = blocks("train", split.train, split.train_fingerprint)
+    held_out = blocks("eval", split.eval, split.eval_fingerprint) if len(split.eval) else _no_blocks(
         data.max_seq_len)
-    return PretrainingData(train=train, eval=held_out, num_train_tokens=len(train) * data.max_seq_len,
-                           seq_len=data.max_seq_len, fingerprint=train_key)
+    return PretrainingData(train=train, eval=held_out, seq_len=data.max_seq_len)
 
 
 # --- order ----------------------------------------------------------------------------------------

@@ -47,10 +47,6 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.parallel != "none"
 
-    @property
-    def name(self) -> str:
-        return f"rank {self.rank} of {self.world_size}"
-
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -90,19 +86,18 @@ def setup(device_type: str, parallel: str, batch_size: int, timeout_minutes: flo
     return DistInfo(rank, world_size, local_rank, mode, slow_group)
 
 
-def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, info: DistInfo, device: torch.device, layer_type: type[nn.Module]) -> nn.Module:
     """The module to train: `model` itself in one process, DistributedDataParallel(model) for ddp, and for
-    fsdp `model` sharded in place (fully_shard per EncoderLayer, then the rest: embeddings, tied decoder)."""
+    fsdp `model` sharded in place (fully_shard per `layer_type` module, e.g. EncoderLayer, then the rest:
+    embeddings, tied decoder). The caller names the layer type, so this module imports no model."""
     if info.parallel == "ddp":
         return nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None)
     if info.parallel == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        from .model import EncoderLayer
-
         mesh = init_device_mesh(device.type, (info.world_size,))
-        for layer in [m for m in model.modules() if isinstance(m, EncoderLayer)]:
+        for layer in [m for m in model.modules() if isinstance(m, layer_type)]:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
     return model

@@ -23,13 +23,17 @@ from torch import Tensor
 
 from . import functional as BF
 from .batching import MAX_BATCH, MAX_TOKENS, length_batches
-from .errors import BertmathError, CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, InputError
+from .hardware import resolve_device
+from .model import BertForMaskedLM
+from .pretrained import load_model_and_tokenizer
+from .tokenizer import check_length, preview, special_tokens
 
 STRATEGIES = ("greedy", "iterative", "sample")
 
-
-class FillMaskError(BertmathError):
-    """A fill-mask input that cannot be used: no [MASK] in it, or longer than the model's positions."""
+# A fill-mask input that cannot be used (no [MASK] in it, longer than the model's positions) is an InputError,
+# as every command's; the old name stays for callers that catch it.
+FillMaskError = InputError
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,6 @@ class FillMask:
     """
 
     def __init__(self, model, tokenizer: Tokenizer, device: str | torch.device = "cpu"):
-        from .tokenizer import special_tokens
-
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -158,10 +160,7 @@ class FillMask:
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FillMask":
         """Model (BertForMaskedLM) and tokenizer from a bertmath run/step directory or a transformers
         directory: tokenizer.json, or vocab.txt lowercased per tokenizer_config.json's do_lower_case."""
-        from .hf_format import load_model_and_tokenizer
-        from .model import BertForMaskedLM
-
-        device = _check_device(device)
+        device = resolve_device(device)
         return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device), device)
 
     def __call__(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
@@ -272,19 +271,17 @@ class FillMask:
         ids = self.tokenizer.encode(text).ids
         masks = [i for i, t in enumerate(ids) if t == self.special.mask]
         if not masks:
-            raise FillMaskError(f"{where}no {self.mask_token} in {_preview(text)} "
-                                f"(write {self.mask_token} where a word should be predicted)")
+            raise InputError(f"{where}no {self.mask_token} in {preview(text)} "
+                             f"(write {self.mask_token} where a word should be predicted)")
         truncated = 0
         if len(ids) > self.max_len:
             if not truncate:
-                raise FillMaskError(f"{where}{_preview(text)} is {len(ids)} tokens long ([CLS] and [SEP] included), "
-                                    f"more than the model's limit of {self.max_len} (max_position_embeddings); "
-                                    "shorten it or truncate (truncate=True, --truncate)")
+                check_length(len(ids), text, self.max_len, where, "shorten it or truncate (truncate=True, --truncate)")
             cut = [m for m in masks if m >= self.max_len - 1]
             if cut:
-                raise FillMaskError(f"{where}truncating {_preview(text)} from {len(ids)} to {self.max_len} tokens "
-                                    f"would cut {len(cut)} of its {len(masks)} {self.mask_token} (at token {cut[0]}); "
-                                    f"move it earlier or shorten the text")
+                raise InputError(f"{where}truncating {preview(text)} from {len(ids)} to {self.max_len} tokens "
+                                 f"would cut {len(cut)} of its {len(masks)} {self.mask_token} (at token {cut[0]}); "
+                                 f"move it earlier or shorten the text")
             truncated = len(ids) - self.max_len
             ids = ids[:self.max_len - 1] + [self.special.sep]
         return _Input(text, ids, masks, truncated)
@@ -350,17 +347,3 @@ def input_generator(seed: int, index: int) -> torch.Generator:
 def draw(support_p: Tensor, generator: torch.Generator) -> int:
     """i ~ q, q_i = p_i / Σ_j p_j: one index into the support, drawn with `generator` from p renormalised."""
     return int(torch.multinomial(support_p / support_p.sum(), 1, generator=generator))
-
-
-def _preview(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
-
-
-def _check_device(device: str | torch.device) -> torch.device:
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"device: {device!r} is not a device ({str(e).splitlines()[0]})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device} requested but CUDA is not available; use --device cpu")
-    return device

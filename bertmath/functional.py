@@ -1,54 +1,30 @@
 """The math of BERT, from scratch: pure tensor functions, no state, no nn.Module.
 
 Each function is written with elementary tensor ops (exp, max, sum, matmul, erf, tanh, sqrt) and its
-docstring states the formula. Each takes `fused=`: when true (or inside `use_fused(True)`), it calls
-torch's fused kernel for the same math instead (`F.scaled_dot_product_attention`, `F.layer_norm`, ...).
+docstring states the formula. Each takes `fused=`: when true, it calls torch's fused kernel for the same
+math instead (`F.scaled_dot_product_attention`, `F.layer_norm`, ...).
 `tests/test_functional.py` proves both paths equal to `torch.nn.functional`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Set only by `use_fused`; None means "each call's own `fused` argument decides".
-_FUSED_OVERRIDE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("bertmath_fused", default=None)
-
-
-@contextlib.contextmanager
-def use_fused(enabled: bool = True):
-    """Within this block every function here (and so every bertmath module) takes the fused path
-    (`enabled=True`) or the from-scratch path (`enabled=False`), whatever `model.fused` says.
-    Eager mode only: code that torch.compile traces follows each call's own `fused`."""
-    token = _FUSED_OVERRIDE.set(enabled)
-    try:
-        yield
-    finally:
-        _FUSED_OVERRIDE.reset(token)
-
-
-def _fused(fused: bool) -> bool:
-    if torch.compiler.is_compiling():  # torch.compile cannot trace ContextVar.get (a graph break at every op)
-        return fused
-    override = _FUSED_OVERRIDE.get()
-    return fused if override is None else override
-
 
 def relu(x: Tensor, fused: bool = False) -> Tensor:
     """relu(x) = max(x, 0)."""
-    if _fused(fused):
+    if fused:
         return F.relu(x)
     return torch.where(x > 0, x, torch.zeros_like(x))
 
 
 def sigmoid(x: Tensor, fused: bool = False) -> Tensor:
     """σ(x) = 1 / (1 + e^{-x}), computed as e^{min(x,0)} / (1 + e^{-|x|}) so that no e^{large} overflows."""
-    if _fused(fused):
+    if fused:
         return torch.sigmoid(x)
     # z = e^{-|x|} in (0, 1]: never overflows. |x| is written as a `where` on the same condition as the
     # branches below, not x.abs(): abs'(0) = 0 would make σ'(0) come out 0 instead of 1/4.
@@ -62,7 +38,7 @@ def gelu(x: Tensor, approximate: str = "none", fused: bool = False) -> Tensor:
     Hendrycks & Gimpel 2016; BERT's released checkpoints use the erf form."""
     if approximate not in ("none", "tanh"):  # checked first so that both paths raise the same error
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    if _fused(fused):
+    if fused:
         return F.gelu(x, approximate=approximate)
     if approximate == "tanh":
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
@@ -74,7 +50,7 @@ def softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
 
     Subtracting max x changes nothing mathematically and keeps every exponent <= 0, so logits of
     ±1e4 neither overflow nor give NaN. A row that is entirely -inf gives NaN, as torch's does."""
-    if _fused(fused):
+    if fused:
         return torch.softmax(x, dim=dim)
     e = torch.exp(x - x.amax(dim=dim, keepdim=True).detach())  # detach: the shift's gradient is 0 anyway
     return e / e.sum(dim=dim, keepdim=True)
@@ -82,7 +58,7 @@ def softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
 
 def log_softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
     """log softmax(x)_i = (x_i - max x) - log Σ_j e^{x_j - max x}."""
-    if _fused(fused):
+    if fused:
         return torch.log_softmax(x, dim=dim)
     shifted = x - x.amax(dim=dim, keepdim=True).detach()
     return shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
@@ -91,7 +67,7 @@ def log_softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-12, fused: bool = False) -> Tensor:
     """LN(x) = (x - μ) / √(σ² + ε) · γ + β over the last dim, with μ = mean(x), σ² = mean((x - μ)²)
     (the biased variance). Ba, Kiros & Hinton 2016."""
-    if _fused(fused):
+    if fused:
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     mean = x.mean(dim=-1, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
@@ -109,7 +85,7 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
     Srivastava et al. 2014 (inverted dropout: the expected value is unchanged)."""
     if not training or p == 0.0:
         return x
-    if _fused(fused) and generator is None:
+    if fused and generator is None:
         return F.dropout(x, p, training=True)
     if p == 1.0:  # every element dropped; x·0/(1 - p) would be 0/0 = NaN (F.dropout gives zeros)
         return x * 0
@@ -138,7 +114,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     Dropout (rate `dropout_p`, when `training`) is applied to the attention weights.
     With `return_weights=True` also returns softmax(QKᵀ/√d_k + M) (always the from-scratch path)."""
     p = dropout_p if training else 0.0
-    if _fused(fused) and not return_weights:
+    if fused and not return_weights:
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
@@ -194,7 +170,7 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, fuse
     target = target.reshape(-1)
     valid = target != ignore_index
     count = valid.sum().clamp(min=1).to(logits.dtype)
-    if _fused(fused):
+    if fused:
         return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / count
     safe_target = torch.where(valid, target, torch.zeros_like(target))  # any index; the term is zeroed below
     nll = -log_softmax(logits, dim=-1).gather(-1, safe_target[:, None])[:, 0]
@@ -206,7 +182,7 @@ def cosine_similarity(a: Tensor, b: Tensor, dim: int = -1, eps: float = 1e-8, fu
 
     1 for vectors pointing the same way, 0 for orthogonal ones, -1 for opposite ones, whatever their lengths.
     ε keeps a zero vector at similarity 0 instead of 0/0. (…, D) with (…, D) → (…)."""
-    if _fused(fused):
+    if fused:
         return F.cosine_similarity(a, b, dim=dim, eps=eps)
     norm_a = torch.sqrt((a * a).sum(dim=dim)).clamp(min=eps)
     norm_b = torch.sqrt((b * b).sum(dim=dim)).clamp(min=eps)

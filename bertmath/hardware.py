@@ -1,4 +1,4 @@
-"""Choices that depend on the hardware, made in one place: the training precision.
+"""Choices that depend on the hardware, made in one place: the device, and the training precision.
 
 bf16 autocast pays only where the hardware multiplies bf16 natively. On this project's 2-core machines with
 torch 2.13 a CPU with AMX ran bf16 matmuls ~6× faster than fp32 and one with AVX512-BF16 ~2×, but an AVX2-only
@@ -9,15 +9,41 @@ and fp32 everywhere else. An explicit `bf16` is obeyed, with one warning where i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: no autocast
+
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """The context a forward runs in: torch.autocast to `dtype` on `device`'s type, or none for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_device(name: str | torch.device, key: str = "device") -> torch.device:
+    """The torch device `name` names; "auto": CUDA where there is a GPU, else the CPU. A ConfigError naming
+    `key` (the config key or option) for a name that is no device, or a CUDA device where there is none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"{key}: {name!r} is not a device ({str(e).splitlines()[0]})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: '{name}' requested but no CUDA GPU is available (use auto or cpu)")
+    return device
+
 
 # /proc/cpuinfo flags of the x86 instructions that multiply bf16 natively (oneDNN uses them for bf16 GEMM).
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -83,27 +83,38 @@ class SelfAttention(nn.Module):
         D = config.hidden_size
         self.query, self.key, self.value = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
         self.output = nn.Linear(D, D)
-        self.num_heads, self.dropout_p = config.num_heads, config.attention_dropout
+        self.num_heads, self.head_size, self.dropout_p = config.num_heads, config.head_size, config.attention_dropout
         self.fused, self.fused_qkv = config.fused, config.fused_qkv
         self.rope_base = config.rope_base if config.position_encoding == "rope" else None
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         B, T, D = x.shape
-        H = self.num_heads
+        q, k, v = self.heads(x)
+        y = BF.scaled_dot_product_attention(q, k, v, mask, self.dropout_p, self.training, fused=self.fused)
+        return self.output(y.transpose(1, 2).reshape(B, T, D))  # (B, T, H·Dh): heads side by side
+
+    def weights(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """A_h = softmax(Q_h K_hᵀ / √d_k + M), the weights `forward` averages V_h with (before dropout).
+        (B, T, D) → (B, H, T, T). For looking at: the from-scratch path, which forms A."""
+        q, k, v = self.heads(x)
+        return BF.scaled_dot_product_attention(q, k, v, mask, return_weights=True)[1]
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Q, K, V, each split into H heads of Dh = head_size (and rotated, with rope positions).
+        (B, T, D) → 3 × (B, H, T, Dh)."""
+        B, T, D = x.shape
         if self.fused_qkv:  # one (D, 3D) matmul instead of three (D, D): same math, fewer kernel launches
+            # The weights are concatenated on each call so that Q, K and V keep their own parameters (and the
+            # names checkpoints and transformers' table use); the copy is 3D² numbers, small beside the matmul.
             w = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3D, D)
             b = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3D,)
             q, k, v = BF.linear(x, w, b).split(D, dim=-1)
         else:
             q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, D) each
-        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
+        q, k, v = (t.view(B, T, self.num_heads, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         if self.rope_base is not None:
             q, k = BF.rotary(q, self.rope_base), BF.rotary(k, self.rope_base)
-        y = BF.scaled_dot_product_attention(q, k, v, mask, self.dropout_p, self.training,
-                                            return_weights=return_weights, fused=self.fused)
-        y, weights = y if return_weights else (y, None)
-        y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, H·Dh): heads side by side
-        return (self.output(y), weights) if return_weights else self.output(y)
+        return q, k, v
 
 
 class FeedForward(nn.Module):
@@ -203,7 +214,7 @@ class BertModel(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)
         weights = []
         for layer in self.encoder.layers:
-            weights.append(layer.attention(x, mask, return_weights=True)[1])  # (B, H, T, T)
+            weights.append(layer.attention.weights(x, mask))  # (B, H, T, T)
             x = layer(x, mask)
         return weights
 
@@ -213,8 +224,7 @@ class BertModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path, device="cpu") -> "BertModel":
         """Load a bertmath run/checkpoint directory or a transformers BERT directory."""
-        from .checkpoint import load_pretrained
-        return load_pretrained(cls, path, device=device)
+        return _from_pretrained(cls, path, device)
 
 
     def logit_mask(self, attention_mask: Tensor | None, length: int, device: torch.device) -> Tensor | None:
@@ -282,8 +292,16 @@ class BertForMaskedLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path, device="cpu") -> "BertForMaskedLM":
         """Load a bertmath run/checkpoint directory or a transformers BERT directory."""
-        from .checkpoint import load_pretrained
-        return load_pretrained(cls, path, device=device)
+        return _from_pretrained(cls, path, device)
+
+
+def _from_pretrained(cls, path, device) -> nn.Module:
+    """`cls` built from the checkpoint at `path`, in eval mode (pretrained.load_pretrained).
+
+    The package's one function-local import outside cli.py, and deliberate: pretrained.py builds models, so it
+    imports this module; the model, which does no I/O, reaches the loader only when a user asks it to load."""
+    from .pretrained import load_pretrained
+    return load_pretrained(cls, path, device=device)
 
 
 def init_weights(module: nn.Module, std: float) -> None:

@@ -14,6 +14,7 @@ from typing import Iterable
 from tokenizers import Encoding, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from .errors import DataError, InputError
+from .io import atomic_write_text
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4 in a trained vocabulary
 
@@ -120,18 +121,27 @@ def encode_for_model(tokenizer: Tokenizer, text: str, max_tokens: int) -> Encodi
     """tokenizer.encode(text), "[CLS] text [SEP]"; an InputError naming the text if it has no token or more
     than `max_tokens` (the model's max_position_embeddings) with [CLS] and [SEP]."""
     encoding = tokenizer.encode(text)
-    preview = repr(text if len(text) <= 60 else text[:57] + "...")
     if not any(is_special == 0 for is_special in encoding.special_tokens_mask):
-        raise InputError(f"{preview} has no tokens; give some text")
-    if len(encoding.ids) > max_tokens:
-        raise InputError(f"{preview} is {len(encoding.ids)} tokens long ([CLS] and [SEP] included), more than the "
-                         f"model's limit of {max_tokens} (max_position_embeddings); shorten it")
+        raise InputError(f"{preview(text)} has no tokens; give some text")
+    check_length(len(encoding.ids), text, max_tokens)
     return encoding
+
+
+def check_length(length: int, text: str, max_tokens: int, where: str = "", fix: str = "shorten it") -> None:
+    """An InputError naming `text` (after `where`) and saying `fix` if its `length` tokens ([CLS] and [SEP]
+    included) are more than `max_tokens`, the model's max_position_embeddings."""
+    if length > max_tokens:
+        raise InputError(f"{where}{preview(text)} is {length} tokens long ([CLS] and [SEP] included), more than the "
+                         f"model's limit of {max_tokens} (max_position_embeddings); {fix}")
+
+
+def preview(text: str, limit: int = 60) -> str:
+    """How an error names an input text: repr(text), cut to `limit` characters."""
+    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
     """Write tokenizer.json atomically (temporary name, fsync, rename)."""
-    from .checkpoint import atomic_write_text
     atomic_write_text(Path(path), tokenizer.to_str())
 
 

@@ -14,7 +14,6 @@ the blocks, masks and loss of a step do not depend on the number of processes P 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -28,14 +27,16 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed, figures
-from .config import Config, ConfigError, DataConfig, TrainConfig, config_to_yaml
+from . import distributed, metrics
+from .config import Config, DataConfig, TrainConfig
 from .data import batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
-from .hardware import AUTOCAST_DTYPES, resolve_precision
+from .hardware import AUTOCAST_DTYPES, autocast, resolve_device, resolve_precision
+from .io import atomic_write_text
 from .masking import IGNORE_INDEX, mask_tokens, prediction_slots, slot_count
-from .model import BertForMaskedLM, parameter_report
+from .model import BertForMaskedLM, EncoderLayer, parameter_report
 from .tokenizer import continuation_mask, special_tokens
+from .viz.plot import plot_if_available
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ EVAL_MASK_SEED_OFFSET = 12345  # held-out masks in the training corruption: a ge
 # How long the step time is measured before schedule_horizon "time" fixes the step budget: the first steps
 # are slower (allocator, caches), so the window starts a little in.
 HORIZON_WINDOW = (10, 50)
+# Dropout re-seeded after a resume with another process count: index rank + step·RESEED_STRIDE, one per
+# (rank, step) for any job of fewer processes than this.
+RESEED_STRIDE = 65_537
 EVAL_BATCH_COST = 0.5  # one held-out batch (forward only) in training steps (forward + backward ≈ 3 forwards)
 
 
@@ -117,14 +121,6 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but no CUDA GPU is available (use auto or cpu)")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def check_writable(out_dir: Path) -> None:
     """Fail before any training if out_dir cannot hold checkpoints."""
     try:
@@ -177,7 +173,7 @@ class Trainer:
     def __init__(self, config: Config):
         self.config = config
         t = config.train
-        self.device = resolve_device(t.device)
+        self.device = resolve_device(t.device, key="train.device")
         self.dist = distributed.setup(self.device.type, t.parallel, t.batch_size, t.timeout_minutes)
         if not self.dist.is_main:  # one copy of the progress: the others speak only to warn
             logging.getLogger("bertmath").setLevel(logging.WARNING)
@@ -233,9 +229,7 @@ class Trainer:
         return latest
 
     def _autocast(self):
-        if self.amp_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _prepare(self) -> None:
         c, t = self.config, self.config.train
@@ -256,7 +250,7 @@ class Trainer:
         self.model.set_activation_checkpointing(t.activation_checkpointing)
         if t.compile:
             self.model.compile()  # in place: parameter names stay bare
-        self.train_model = distributed.wrap(self.model, self.dist, self.device)  # FSDP shards self.model in place
+        self.train_model = distributed.wrap(self.model, self.dist, self.device, EncoderLayer)  # FSDP shards self.model in place
         fused_adam = self.device.type == "cuda" and self.dist.parallel != "fsdp"
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr,
                                            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=fused_adam)
@@ -290,69 +284,29 @@ class Trainer:
     # checkpoints ----------------------------------------------------------------------------------------
 
     def _save(self) -> Path | None:
-        """Write a checkpoint (rank 0); every process takes part: FSDP gathers the shards, and each process's
-        RNG state is saved so that its dropout continues exactly after a resume."""
-        weights = ckpt.model_state(self.model)
-        moments, param_groups = ckpt.optimizer_state(self.model, self.optimizer)
-        rng_states = distributed.gather_objects(_rng_state(self.device), self.dist)
-        if not self.dist.is_main:
-            return None
-        tensors = dict(moments)
-        for rank, (cpu, cuda) in enumerate(rng_states):
-            tensors[f"rng.torch.{rank}"] = cpu
-            if cuda is not None:
-                tensors[f"rng.cuda.{rank}"] = cuda
-        trainer_state = {"train_state": asdict(self.state), "param_groups": param_groups,
-                         "world_size": self.dist.world_size,
-                         "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
-        files = {
-            ckpt.MODEL_FILE: weights,
-            ckpt.CONFIG_FILE: config_to_yaml(self.config).encode(),
-            ckpt.TOKENIZER_FILE: self.tokenizer.to_str().encode(),
-            ckpt.OPTIMIZER_FILE: tensors,
-            ckpt.STATE_FILE: json.dumps(trainer_state, indent=1).encode(),
-        }
-        return ckpt.save_checkpoint(self.out_dir, self.state.step, files, keep=self.config.train.keep_checkpoints)
+        """Write a checkpoint of the whole training state (checkpoint.save_training_state; every process takes part)."""
+        return ckpt.save_training_state(self.out_dir, self.model, self.optimizer, self.scaler, self.config,
+                                        self.tokenizer, asdict(self.state), self.dist, self.device)
 
     def _restore(self, directory: Path) -> None:
-        ckpt.load_state_into(self.model, ckpt.read_safetensors(directory / ckpt.MODEL_FILE), str(directory))
-        saved = ckpt.read_json(directory / ckpt.STATE_FILE)
-        tensors = ckpt.read_safetensors(directory / ckpt.OPTIMIZER_FILE)
+        train_state, rng_restored = ckpt.restore_training_state(directory, self.model, self.optimizer, self.scaler,
+                                                                self.dist, self.device)
         try:
-            ckpt.load_optimizer_state(self.model, self.optimizer, tensors, saved["param_groups"], str(directory))
-            self.state = TrainState(**saved["train_state"])
-        except (KeyError, TypeError) as e:
+            self.state = TrainState(**train_state)
+        except TypeError as e:
             raise CheckpointError(f"{directory}: trainer state does not fit this model/optimizer ({e})") from None
-        if saved.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(saved["scaler"])
-        rank = self.dist.rank
-        if saved.get("world_size", 1) == self.dist.world_size and f"rng.torch.{rank}" in tensors:
-            torch.set_rng_state(tensors[f"rng.torch.{rank}"])
-            if f"rng.cuda.{rank}" in tensors and self.device.type == "cuda":
-                torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], self.device)
-        else:  # another process count: weights, moments, data and masks continue exactly; dropout cannot
-            log.warning("%s was saved by %s process(es), this run has %d: dropout draws are re-seeded", directory,
-                        saved.get("world_size", 1), self.dist.world_size)
-            torch.manual_seed(derived_seed(self.config.train.seed, rank + self.state.step * 65_537, stream=1))
+        if not rng_restored:  # another process count: weights, moments, data and masks continue exactly; dropout cannot
+            index = self.dist.rank + self.state.step * RESEED_STRIDE
+            torch.manual_seed(derived_seed(self.config.train.seed, index, stream=1))
         if self.dist.is_main:
-            self._truncate_metrics(self.state.step)
+            metrics.truncate_after(self.out_dir, self.state.step)  # those steps are logged again
         log.info("resumed from %s at step %d", directory, self.state.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics logged after the checkpoint we resume from: they will be logged again."""
-        path = self.out_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and _json_step(line) <= step]
-        ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # the loop -------------------------------------------------------------------------------------------
 
     def _log_metrics(self, record: dict) -> None:
         if self.dist.is_main:
-            self.metrics_file.write(json.dumps(record) + "\n")
-            self.metrics_file.flush()
+            self.metrics_log.write(record)
 
     def _evaluate(self, pbar) -> dict:
         """Held-out metrics, led by the context probe: accuracy at [MASK] positions (eval_mask_accuracy)
@@ -443,7 +397,7 @@ class Trainer:
             log.info("data: %d train blocks, %d eval blocks of %d tokens; %s tokens per step; device %s, %s; %s",
                      len(self.data.train), len(self.data.eval), c.data.max_seq_len, f"{tokens_per_step:,}",
                      self.device, self.precision, processes)
-            self.metrics_file = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self.metrics_log = metrics.MetricsLog(self.out_dir)
         start_step, start_time, session_tokens = self.state.step, _now(), 0
         window_start = start_time  # reset at step HORIZON_WINDOW[0] of this process
         pbar = tqdm(total=self._last_step(), initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
@@ -495,10 +449,10 @@ class Trainer:
         finally:
             pbar.close()
             if self.dist.is_main:
-                self.metrics_file.close()
+                self.metrics_log.close()
         summary = self._summary()
         if self.dist.is_main:
-            figures.plot_if_available(self.out_dir)  # out_dir/training.png; only warns if plotting fails
+            plot_if_available(self.out_dir)  # out_dir/training.png; only warns if plotting fails
         return summary
 
     def _awaiting_plan(self) -> bool:
@@ -520,8 +474,8 @@ class Trainer:
                  self.state.planned_steps)
 
     def _summary(self) -> dict:
-        metrics = _read_metrics(self.out_dir / "metrics.jsonl") if self.dist.is_main else []
-        evals = [m for m in metrics if "eval_loss" in m]
+        records = metrics.read_records(self.out_dir) if self.dist.is_main else []
+        evals = [m for m in records if "eval_loss" in m]
         last_eval = evals[-1] if evals else {}
         steps = self.state.step
         summary = {
@@ -536,32 +490,8 @@ class Trainer:
             "baseline_accuracy": last_eval.get("baseline_accuracy"), "precision": self.precision,
         }
         if self.dist.is_main:
-            ckpt.atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-def _json_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 1 << 62  # a torn last line from a kill: drop it
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(CPU RNG state, this process's GPU RNG state or None): what drives its dropout."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def train(config: Config) -> dict:

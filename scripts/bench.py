@@ -61,7 +61,6 @@ model.fused_qkv, model.sparse_mlm, train.precision, train.compile, train.activat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -80,7 +79,7 @@ import torch
 
 from bertmath.config import ModelConfig, load_config
 from bertmath.hardware import AUTOCAST_DTYPES as DTYPES
-from bertmath.hardware import resolve_precision
+from bertmath.hardware import autocast, resolve_precision
 from bertmath.hf_format import config_to_hf, state_dict_from_hf
 from bertmath.masking import prediction_slots, slot_count
 from bertmath.model import BertForMaskedLM, flops_per_token
@@ -214,9 +213,7 @@ class Runner:
             self.masked_logits = torch.compile(self.masked_logits)
 
     def _autocast(self):
-        if self.amp == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        return autocast(self.device, self.amp)
 
     def _bertmath_loss(self, batch):
         if self.system.sparse_mlm:  # static-shape slots on CUDA or compiled: no host sync, no graph break

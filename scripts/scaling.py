@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bertmath.metrics import read_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,8 +43,7 @@ def run(config: str, processes: int, parallel: str, steps: int, threads: int, ou
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"scaling.py: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if "loss" in r]
+    return read_metrics(out_dir)[0]
 
 
 def throughput(records: list[dict], skip: int) -> float:

@@ -30,5 +30,5 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shakespeare_tokenizer():
     """The 8192-piece WordPiece vocabulary `bertmath figures` trains on the embedded corpus (~2 s, once)."""
-    from bertmath.math_figures import shakespeare_tokenizer
+    from bertmath.viz.figures import shakespeare_tokenizer
     return shakespeare_tokenizer()

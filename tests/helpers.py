@@ -1,9 +1,9 @@
 """Builders for small checkpoints used by tests/test_fill_mask.py, tests/test_export.py and the figure tests,
 the location of the MiniLM weights, and checks of the PNGs and one-line errors the commands write.
 
-A bertmath run directory is written by hand with checkpoint.save_checkpoint (model.safetensors from
-checkpoint.model_state, config.yaml from config.config_to_yaml, tokenizer.json from a WordPiece
-tokenizer trained on a few hundred generated sentences), so these tests do not depend on the trainer.
+A bertmath run directory is written with checkpoint.save_checkpoint of checkpoint.model_files (what an
+inference checkpoint holds: weights, config, and a WordPiece tokenizer trained on a few hundred generated
+sentences), so these tests do not depend on the trainer.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertmath.checkpoint import model_state, save_checkpoint
-from bertmath.config import Config, ModelConfig, config_to_yaml
+from bertmath.checkpoint import model_files, save_checkpoint
+from bertmath.config import Config, ModelConfig
 from bertmath.model import BertForMaskedLM
 from bertmath.tokenizer import train_tokenizer
 
@@ -93,12 +93,7 @@ def make_bertmath_run(out_dir: Path, seed: int = 0, train_steps: int = 0, vocab_
     if train_steps:
         _fit(model, tokenizer, texts, train_steps, seed)
     config = dataclasses.replace(Config(), model=model_config)
-    files = {
-        "model.safetensors": model_state(model.eval()),
-        "config.yaml": config_to_yaml(config).encode("utf-8"),
-        "tokenizer.json": tokenizer.to_str().encode("utf-8"),
-    }
-    save_checkpoint(out_dir, step=train_steps, files=files, keep=1)
+    save_checkpoint(out_dir, step=train_steps, files=model_files(model.eval(), config, tokenizer), keep=1)
     return Path(out_dir)
 
 

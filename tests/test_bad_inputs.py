@@ -28,6 +28,7 @@ import yaml
 from bertmath import checkpoint as ckpt
 from bertmath.cli import main
 from bertmath.config import config_from_dict
+from bertmath.io import atomic_save_safetensors, read_safetensors
 from bertmath.trainer import train
 
 from helpers import make_bertmath_run
@@ -63,9 +64,9 @@ def write(path: Path, data: bytes | str) -> None:
 
 
 def integer_weights(step_dir: Path) -> None:
-    state = ckpt.read_safetensors(step_dir / ckpt.MODEL_FILE)
+    state = read_safetensors(step_dir / ckpt.MODEL_FILE)
     (step_dir / ckpt.MODEL_FILE).unlink()
-    ckpt.atomic_save_safetensors({name: tensor.to(torch.int64) for name, tensor in state.items()},
+    atomic_save_safetensors({name: tensor.to(torch.int64) for name, tensor in state.items()},
                                  step_dir / ckpt.MODEL_FILE)
 
 

@@ -1,4 +1,4 @@
-"""checkpoint.py: atomic writes and output paths, the run directory's lock, readers beside a writer."""
+"""checkpoint.py: the run directory's lock, readers beside a writer, the whole training state saved and restored."""
 
 import json
 import os
@@ -10,32 +10,11 @@ import torch
 
 from bertmath import checkpoint as ckpt
 from bertmath.errors import OutputError, RunDirInUseError
-from bertmath.hf_format import load_model_and_tokenizer
+from bertmath.io import read_safetensors
 from bertmath.model import BertForMaskedLM
+from bertmath.pretrained import load_model_and_tokenizer
 
 from helpers import make_bertmath_run
-
-
-def test_a_failed_atomic_write_leaves_the_target_and_no_temporary_file(tmp_path):
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "inside").write_text("kept")
-    with pytest.raises(IsADirectoryError):
-        ckpt.atomic_write_bytes(tmp_path / "taken", b"new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
-    assert (tmp_path / "taken" / "inside").read_text() == "kept"
-
-
-def test_check_output_refuses_the_wrong_kind_and_paths_under_a_file(tmp_path):
-    (tmp_path / "file").write_text("x")
-    (tmp_path / "dir").mkdir()
-    assert ckpt.check_output(tmp_path / "new" / "deeper" / "a.png") == tmp_path / "new" / "deeper" / "a.png"
-    assert ckpt.check_output(tmp_path / "file") == tmp_path / "file"
-    assert ckpt.check_output(tmp_path / "dir", directory=True) == tmp_path / "dir"
-    for path, directory, message in [(tmp_path / "dir", False, "is a directory"), (tmp_path / "file", True, "is a file"),
-                                     (tmp_path / "file" / "a.png", False, "file is a file"),
-                                     (tmp_path / "file" / "sub", True, "file is a file")]:
-        with pytest.raises(OutputError, match=message):
-            ckpt.check_output(path, directory)
 
 
 def test_lock_is_exclusive_names_its_holder_and_outlives_its_release(tmp_path):
@@ -76,7 +55,7 @@ def test_readers_always_load_one_whole_step_directory_while_a_run_saves_and_prun
     out = make_bertmath_run(tmp_path / "run")
     step_dir = ckpt.latest_checkpoint(out)
     files = {name: (step_dir / name).read_bytes() for name in (ckpt.CONFIG_FILE, ckpt.TOKENIZER_FILE)}
-    weights = ckpt.read_safetensors(step_dir / ckpt.MODEL_FILE)
+    weights = read_safetensors(step_dir / ckpt.MODEL_FILE)
     failures = []
 
     def save(step: int) -> None:

@@ -190,10 +190,10 @@ def test_eval_blocks_do_not_depend_on_seed(plays_sample, tokenizer, tmp_path):
     shuffled = plays_sample[:]
     random.Random(0).shuffle(shuffled)
     second = D.prepare_data(reseeded, tokenizer, tmp_path / "b", shuffled)
-    assert first.num_eval_blocks == second.num_eval_blocks > 0
+    assert len(first.eval) == len(second.eval) > 0
     # packing follows document order, so compare the multisets of word ids: only the dropped tails
     # (< one chunk of T - 2 = 30 ids each) may differ
-    counts = [np.bincount(data.batch("eval", range(data.num_eval_blocks)).ravel(), minlength=VOCAB)[5:]
+    counts = [np.bincount(data.batch("eval", range(len(data.eval))).ravel(), minlength=VOCAB)[5:]
               for data in (first, second)]
     assert counts[0].sum() > 1000 and np.abs(counts[0] - counts[1]).sum() <= 2 * 30
 
@@ -245,12 +245,11 @@ def test_packing_layout_and_token_accounting(plays_sample, tokenizer, tmp_path):
     config = make_config(max_seq_len=T, eval_fraction=0.05)
     prepared = D.prepare_data(config, tokenizer, tmp_path, plays_sample)
     ids = special_tokens(tokenizer)
-    blocks = prepared.batch("train", torch.arange(prepared.num_train_blocks))
-    assert blocks.shape == (prepared.num_train_blocks, T) and blocks.dtype == torch.long
+    blocks = prepared.batch("train", torch.arange(len(prepared.train)))
+    assert blocks.shape == (len(prepared.train), T) and blocks.dtype == torch.long
     assert (blocks[:, 0] == ids.cls).all() and (blocks[:, -1] == ids.sep).all()
     assert ((blocks[:, 1:-1] == ids.sep).sum(dim=1) > 0).float().mean() > 0.2  # document boundaries inside
     assert not (blocks[:, 1:-1] == ids.cls).any() and not (blocks == ids.pad).any()
-    assert prepared.num_train_tokens == prepared.num_train_blocks * T
 
     # the block interiors are exactly the prefix of d_1 [SEP] d_2 [SEP] ...; the rest (< T-2 ids) is dropped
     train_docs = D.split_documents(plays_sample, 0.05).train["text"]
@@ -260,7 +259,7 @@ def test_packing_layout_and_token_accounting(plays_sample, tokenizer, tmp_path):
     interior = blocks[:, 1:-1].reshape(-1).tolist()
     assert stream[:len(interior)] == interior
     assert 0 <= len(stream) - len(interior) < T - 2
-    assert prepared.num_eval_blocks > 0 and prepared.batch("eval", [0]).shape == (1, T)
+    assert len(prepared.eval) > 0 and prepared.batch("eval", [0]).shape == (1, T)
 
 
 def test_too_little_text_for_one_sequence(tokenizer, tmp_path):
@@ -273,7 +272,7 @@ def test_too_little_text_for_one_sequence(tokenizer, tmp_path):
 
 def test_no_eval_split(plays_sample, tokenizer, tmp_path):
     prepared = D.prepare_data(make_config(max_seq_len=32, eval_fraction=0.0), tokenizer, tmp_path, plays_sample)
-    assert len(prepared.eval) == prepared.num_eval_blocks == 0
+    assert len(prepared.eval) == 0
     assert prepared.batch("eval", torch.arange(0)).shape == (0, 32)
     with pytest.raises(IndexError):
         prepared.batch("eval", [0])
@@ -282,7 +281,7 @@ def test_no_eval_split(plays_sample, tokenizer, tmp_path):
 def test_most_frequent_token(plays_sample, tokenizer, tmp_path):
     prepared = D.prepare_data(make_config(max_seq_len=32), tokenizer, tmp_path, plays_sample)
     ids = special_tokens(tokenizer)
-    counts = torch.bincount(prepared.batch("train", range(prepared.num_train_blocks)).reshape(-1))
+    counts = torch.bincount(prepared.batch("train", range(len(prepared.train))).reshape(-1))
     counts[list(ids.ids)] = 0
     assert prepared.most_frequent_token(ids) == int(counts.argmax())
     assert tokenizer.id_to_token(prepared.most_frequent_token(ids)) in {",", ".", "the", "i", "and"}
@@ -307,21 +306,19 @@ def test_cache_reused_and_keyed_by_tokenizer_and_length(plays_sample, tokenizer,
 
     monkeypatch.setattr(D, "tokenize_documents", no_tokenising)
     again = D.prepare_data(config, tokenizer, tmp_path, plays_sample)
-    assert again.fingerprint == first.fingerprint
     assert torch.equal(again.batch("train", range(50)), first.batch("train", range(50)))
     monkeypatch.undo()
 
     # another max_seq_len re-packs the cached token ids (no new tokens file)
     longer = D.prepare_data(dataclasses.replace(config, data=dataclasses.replace(config.data, max_seq_len=48)),
                             tokenizer, tmp_path, plays_sample)
-    assert longer.batch("train", [0]).shape == (1, 48) and longer.fingerprint != first.fingerprint
+    assert longer.batch("train", [0]).shape == (1, 48)
     assert sorted(tmp_path.glob("*-tokens-*.arrow")) == tokens_files
 
     # another tokenizer never reads the stale cache
     other = train_tokenizer(plays_sample[::-1][:1000], vocab_size=VOCAB)
     assert other.to_str() != tokenizer.to_str()
     changed = D.prepare_data(config, other, tmp_path, plays_sample)
-    assert changed.fingerprint != first.fingerprint
     assert len(list(tmp_path.glob("*-tokens-*.arrow"))) == 4
     expected = other.encode(D.split_documents(plays_sample, 0.05).train[0]["text"], add_special_tokens=False).ids
     assert changed.batch("train", [0])[0, 1:1 + len(expected)].tolist() == expected[:30]
@@ -333,7 +330,7 @@ def test_truncating_tokenizer_is_not_truncated(plays_sample, tokenizer, tmp_path
     config = make_config(max_seq_len=32, eval_fraction=0.0)
     with_truncation = D.prepare_data(config, truncating, tmp_path / "a", plays_sample[:300])
     plain = D.prepare_data(config, tokenizer, tmp_path / "b", plays_sample[:300])
-    assert with_truncation.num_train_blocks == plain.num_train_blocks
+    assert len(with_truncation.train) == len(plain.train)
     assert truncating.truncation is not None  # the caller's tokenizer is left as it was
 
 
@@ -349,8 +346,8 @@ def test_parallel_tokenisation_matches_serial(plays_sample, tokenizer, tmp_path)
     serial = D.prepare_data(config, tokenizer, tmp_path / "a", plays_sample)
     parallel = D.prepare_data(dataclasses.replace(config, data=dataclasses.replace(config.data, num_proc=2)),
                               tokenizer, tmp_path / "b", plays_sample)
-    assert torch.equal(serial.batch("train", range(serial.num_train_blocks)),
-                       parallel.batch("train", range(parallel.num_train_blocks)))
+    assert torch.equal(serial.batch("train", range(len(serial.train))),
+                       parallel.batch("train", range(len(parallel.train))))
 
 
 @pytest.mark.slow
@@ -359,8 +356,8 @@ def test_small_config_on_embedded_corpus(tmp_path):
     config = make_config(vocab_size=8192, max_seq_len=128)
     tokenizer = D.get_tokenizer(config, tmp_path)
     prepared = D.prepare_data(config, tokenizer, tmp_path / "cache")
-    assert prepared.num_train_blocks > 9000 and prepared.num_eval_blocks > 100
-    assert prepared.batch("train", D.batch_indices(prepared.num_train_blocks, 32, 0, 0)).shape == (32, 128)
+    assert len(prepared.train) > 9000 and len(prepared.eval) > 100
+    assert prepared.batch("train", D.batch_indices(len(prepared.train), 32, 0, 0)).shape == (32, 128)
 
 
 # --- order ----------------------------------------------------------------------------------------

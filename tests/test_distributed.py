@@ -24,6 +24,7 @@ from bertmath.distributed import DistInfo, total
 # imported under another name: pytest 8.0 runs a test module's top-level `setup` as a nose-style module setup
 from bertmath.distributed import setup as distributed_setup
 from bertmath.errors import ConfigError
+from bertmath.io import read_json, read_safetensors
 from bertmath.model import BertForMaskedLM
 from bertmath.trainer import train
 
@@ -58,7 +59,7 @@ def _metrics(out_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return ckpt.read_safetensors(run / ckpt.MODEL_FILE)
+    return read_safetensors(run / ckpt.MODEL_FILE)
 
 
 @pytest.mark.slow
@@ -125,7 +126,7 @@ def test_a_failing_process_stops_the_job_and_the_resumed_run_is_bit_identical(tm
         assert "exitcode  : 1" in summary or "Signal 6 (SIGABRT)" in summary, summary
         assert "injected fault in rank 1" in run.stderr
     assert [p.name for p in ckpt.list_checkpoints(broken)] == ["step-0000006"]
-    assert ckpt.read_json(broken / ckpt.STATE_FILE)["train_state"]["step"] == 6
+    assert read_json(broken / ckpt.STATE_FILE)["train_state"]["step"] == 6
     BertForMaskedLM.from_pretrained(broken)  # whole and loadable
 
     run = _torchrun(config, broken, "--set", f"train.parallel={parallel}", "--resume")

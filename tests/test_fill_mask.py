@@ -258,7 +258,7 @@ def test_option_errors(fill, kwargs, key):
 
 def test_vocab_txt_checkpoint_with_case_kept(tmp_path, run_dir):
     """A transformers-style dir with vocab.txt (no tokenizer.json): do_lower_case from tokenizer_config.json."""
-    from bertmath.hf_format import export_checkpoint
+    from bertmath.pretrained import export_checkpoint
 
     out = export_checkpoint(run_dir, tmp_path / "hf")
     (out / "tokenizer.json").unlink()

@@ -486,7 +486,7 @@ def spy(monkeypatch, owner, attr):
 
 
 @pytest.mark.parametrize("name", list(SWITCHED))
-def test_fused_argument_and_use_fused_override(name, monkeypatch):
+def test_the_fused_argument_picks_the_kernel(name, monkeypatch):
     call, owner, attr = SWITCHED[name]
     calls = spy(monkeypatch, owner, attr)
 
@@ -496,34 +496,15 @@ def test_fused_argument_and_use_fused_override(name, monkeypatch):
         return len(calls) > 0
 
     assert takes_fused_path(True) and not takes_fused_path(False)
-    with BF.use_fused(True):
-        assert takes_fused_path(False) and takes_fused_path(True)
-        with BF.use_fused(False):  # nested: the inner block wins
-            assert not takes_fused_path(True)
-        assert takes_fused_path(False)  # restored on exit
-    with BF.use_fused(False):
-        assert not takes_fused_path(True)
-    with BF.use_fused():  # the default is enabled=True
-        assert takes_fused_path(False)
-    assert takes_fused_path(True) and not takes_fused_path(False)  # the argument decides again
-
-
-def test_use_fused_restores_after_exception():
-    with pytest.raises(RuntimeError):
-        with BF.use_fused(True):
-            raise RuntimeError("boom")
-    assert BF._fused(False) is False and BF._fused(True) is True
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_use_fused_gives_the_same_numbers(dtype):
+def test_the_fused_switch_gives_the_same_numbers(dtype):
     """The switch changes the kernels, not the math."""
     x = randn(4, 16, dtype=dtype, seed=82, scale=2.0)
     w, b = torch.ones(16, dtype=dtype), torch.zeros(16, dtype=dtype)
-    with BF.use_fused(False):
-        a = BF.layer_norm(BF.gelu(BF.softmax(x)), w, b, fused=True)
-    with BF.use_fused(True):
-        c = BF.layer_norm(BF.gelu(BF.softmax(x)), w, b, fused=False)
+    a = BF.layer_norm(BF.gelu(BF.softmax(x, fused=False), fused=False), w, b, fused=False)
+    c = BF.layer_norm(BF.gelu(BF.softmax(x, fused=True), fused=True), w, b, fused=True)
     assert_close(a, c, **tol(dtype))
 
 

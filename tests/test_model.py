@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import bertmath
-from bertmath import BertForMaskedLM, BertModel, functional as BF, hf_format, parameter_counts, parameter_table
+from bertmath import BertForMaskedLM, BertModel, hf_format, parameter_counts, parameter_table
 from bertmath.masking import prediction_slots
 
 transformers = pytest.importorskip("transformers")
@@ -214,8 +214,9 @@ def test_padding_does_not_change_other_positions(tiny_config, fused, fused_qkv, 
 
 
 @pytest.mark.parametrize("fused", FUSED)
-def test_model_respects_use_fused(tiny_config, fused, monkeypatch):
-    """`use_fused` overrides `model.fused` everywhere in the model, and the numbers stay the same."""
+def test_model_respects_its_fused_switch(tiny_config, fused, monkeypatch):
+    """`model.fused`, chosen at construction, picks the kernels everywhere in the model; the numbers stay the same
+    with the other choice (the same weights in a model built with it)."""
     calls = []
     real = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -226,8 +227,9 @@ def test_model_respects_use_fused(tiny_config, fused, monkeypatch):
         own = model(ids, mask, types).logits
         assert bool(calls) == fused
         calls.clear()
-        with BF.use_fused(not fused):
-            other = model(ids, mask, types).logits
+        other_model = BertForMaskedLM(tiny_config(fused=not fused)).eval()
+        other_model.load_state_dict(model.state_dict())
+        other = other_model(ids, mask, types).logits
         assert bool(calls) == (not fused)
     assert_close(own, other, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
 

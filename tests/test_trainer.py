@@ -20,6 +20,7 @@ from bertmath import checkpoint as ckpt
 from bertmath.cli import main
 from bertmath.config import config_from_dict
 from bertmath.errors import BertmathError, CheckpointError
+from bertmath.io import read_safetensors
 from bertmath.model import BertForMaskedLM
 from bertmath import trainer as trainer_module
 from bertmath.config import TrainConfig
@@ -121,7 +122,7 @@ def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path):
     for name in ckpt.LATEST_FILES:
         assert (out / name).is_file()
     model = BertForMaskedLM.from_pretrained(out)
-    saved = ckpt.read_safetensors(out / "step-0000200" / ckpt.MODEL_FILE)
+    saved = read_safetensors(out / "step-0000200" / ckpt.MODEL_FILE)
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, saved["bert.embeddings.word_embeddings.weight"])
     assert "mlm_head.decoder.weight" not in saved  # tied: stored once
     assert json.loads((out / "summary.json").read_text())["best_eval_accuracy"] == summary["best_eval_accuracy"]
@@ -134,7 +135,7 @@ def _pretrain(config: Path, *args: str, **kwargs) -> subprocess.Popen:
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
-    return ckpt.read_safetensors(ckpt.latest_checkpoint(directory) / ckpt.MODEL_FILE)
+    return read_safetensors(ckpt.latest_checkpoint(directory) / ckpt.MODEL_FILE)
 
 
 @pytest.mark.slow

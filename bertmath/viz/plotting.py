@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .errors import BertmathError, OutputError
+from ..errors import BertmathError, OutputError
+from ..io import atomic_write_bytes, check_output
 
 INSTALL_HINT = "pip install 'bertmath[plot]'"
 DPI = 100  # the PNGs are for reading on screen and in docs/: ~100-200 KB each
@@ -40,8 +41,6 @@ def new_figure(width: float, height: float):
 def save_png(fig, out: str | Path) -> Path:
     """Write `fig` to `out` (parent directories created) atomically, as checkpoints are written, so that a
     viewer never sees half a PNG; returns the path. An OutputError if `out` cannot be written."""
-    from .checkpoint import atomic_write_bytes, check_output
-
     out = check_output(out)
     png = io.BytesIO()
     fig.savefig(png, format="png")

@@ -1,4 +1,4 @@
-"""bertmath.embedding_explorer and `bertmath embed`: neighbours, analogies and contextual vectors equal what
+"""bertmath.viz.embed and `bertmath embed`: neighbours, analogies and contextual vectors equal what
 torch computes from the same weights; the defaults work on the Shakespeare and bert-base-uncased vocabularies
 and give the textbook answers on MiniLM; the command prints, plots, and gives one-line errors."""
 
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from bertmath import embedding_explorer as ex
+from bertmath.viz import embed as ex
 from bertmath.cli import main
 from bertmath.errors import ConfigError, InputError
-from bertmath.hf_format import load_checkpoint_tokenizer
+from bertmath.pretrained import load_checkpoint_tokenizer
 
 from helpers import assert_one_line_error, assert_png, minilm_dir
 

@@ -9,66 +9,16 @@ the gradient norm before clipping. Drawn through `plotting` (Agg canvas only, no
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 from pathlib import Path
 
-from .errors import BertmathError
+from ..metrics import read_metrics
 from .plotting import new_figure, save_png
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 FIGURE_FILE = "training.png"
-
-
-def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(training records, evaluation records) of run_dir/metrics.jsonl, each sorted by step; a step logged
-    twice keeps its last record, a torn line (a killed run) is skipped. BertmathError if there is nothing."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        hint = " (give the run directory, train.out_dir, not a step-* directory)" if Path(run_dir).name.startswith(
-            "step-") else ""
-        raise BertmathError(f"{path}: no metrics file; is {run_dir} a bertmath run directory?{hint}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BertmathError(f"{path}: unreadable ({e.__class__.__name__}); is it a bertmath metrics file?") from None
-    train, evals = {}, {}
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            continue
-        _check_numbers(record, f"{path}:{number}")
-        if "loss" in record:
-            train[record["step"]] = record
-        if "eval_loss" in record:
-            evals[record["step"]] = record
-    if not train and not evals:
-        raise BertmathError(f"{path}: no metrics yet (the file is empty); plot once the run has logged a step")
-    return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
-
-
-# The numbers a record may hold (None: not measured) and those its kind must hold: what plot_run draws.
-_NUMBERS = ("loss", "lr", "grad_norm", "tokens", "elapsed_s", "tokens_per_s", "eval_loss", "eval_accuracy",
-            "baseline_accuracy", "eval_mask_accuracy", "baseline_mask_accuracy")
-_REQUIRED = {"loss": ("loss",), "eval_loss": ("eval_loss", "eval_accuracy"),
-             "eval_mask_accuracy": ("eval_mask_accuracy", "baseline_mask_accuracy")}
-
-
-def _check_numbers(record: dict, where: str) -> None:
-    """A BertmathError naming the line and key of a value plot_run could not draw (a foreign or edited file)."""
-    required = {key for kind, keys in _REQUIRED.items() if kind in record for key in keys}
-    for key in _NUMBERS:
-        value = record.get(key)
-        if (value is None and key not in required) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            continue
-        found = f"is {value!r}" if key in record else "is missing"
-        raise BertmathError(f"{where}: '{key}' {found}, expected a number; is this a bertmath metrics file?")
 
 
 def smooth(values: list[float], window: float) -> list[float]:

@@ -22,13 +22,13 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from . import functional as BF
-from .checkpoint import check_output
-from .errors import ConfigError, InputError
-from .hf_format import load_model_and_tokenizer
-from .model import BertModel
+from .. import functional as BF
+from ..errors import ConfigError, InputError
+from ..io import check_output
+from ..model import BertModel
+from ..pretrained import load_model_and_tokenizer
+from ..tokenizer import encode_for_model
 from .plotting import checkpoint_name, heatmap, import_matplotlib, new_figure, save_png
-from .tokenizer import encode_for_model
 
 DEFAULT_WORD = "king"
 DEFAULT_ANALOGY = ("king", "man", "woman")

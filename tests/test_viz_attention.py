@@ -1,4 +1,4 @@
-"""bertmath.attention_maps and `bertmath attention`: the weights drawn are those of every layer and head (equal
+"""bertmath.viz.attention and `bertmath attention`: the weights drawn are those of every layer and head (equal
 to transformers' output_attentions on the MiniLM weights; tests/test_model.py checks BertModel.attention_weights
 against torch); the command writes a PNG and gives one-line errors."""
 
@@ -9,10 +9,10 @@ import torch
 from torch.testing import assert_close
 
 from bertmath import BertModel
-from bertmath.attention_maps import AttentionMaps, attention_maps, check_index, draw_attention
+from bertmath.viz.attention import AttentionMaps, attention_maps, check_index, draw_attention
 from bertmath.cli import main
 from bertmath.errors import ConfigError, InputError
-from bertmath.hf_format import load_model_and_tokenizer
+from bertmath.pretrained import load_model_and_tokenizer
 
 from helpers import assert_one_line_error, assert_png, minilm_dir
 

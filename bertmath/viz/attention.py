@@ -19,12 +19,12 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from .checkpoint import check_output
-from .errors import ConfigError
-from .hf_format import load_model_and_tokenizer
-from .model import BertModel
+from ..errors import ConfigError
+from ..io import check_output
+from ..model import BertModel
+from ..pretrained import load_model_and_tokenizer
+from ..tokenizer import encode_for_model
 from .plotting import checkpoint_name, heatmap, import_matplotlib, new_figure, save_png
-from .tokenizer import encode_for_model
 
 MAX_VALUES = 16  # write the weights into the cells when at most this many tokens and 4 maps are drawn
 

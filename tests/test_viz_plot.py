@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bertmath import figures
+from bertmath.viz import plot as figures
 from bertmath.cli import main
 from bertmath.config import config_from_dict
 from bertmath.errors import BertmathError
@@ -57,14 +57,6 @@ def test_plot_run_to_another_path_and_without_evaluations(tmp_path):
     assert not (run / "training.png").exists()
 
 
-def test_read_metrics_keeps_the_last_record_of_a_repeated_step(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "loss": 4.0}\n'
-                                            '{"step": 2, "loss": 3.0}\n{"step": 2, "eval_loss": 3.5, "eval_accuracy": 0.2}\n')
-    train_records, evals = figures.read_metrics(tmp_path)
-    assert [(r["step"], r["loss"]) for r in train_records] == [(1, 5.0), (2, 3.0)]
-    assert [r["eval_loss"] for r in evals] == [3.5]
-
-
 def test_smooth_is_a_debiased_moving_average():
     assert figures.smooth([1.0, 2.0, 3.0], 1) == [1.0, 2.0, 3.0]
     assert figures.smooth([4.0] * 10, 5) == pytest.approx([4.0] * 10)  # no pull towards 0 at the start
@@ -96,7 +88,7 @@ def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(figures, "plot_run", broken)
     tree = tiny_config_tree(tmp_path, max_steps=2, eval_every=2, save_every=2)
-    with caplog.at_level(logging.WARNING, logger="bertmath.figures"):
+    with caplog.at_level(logging.WARNING, logger="bertmath.viz.plot"):
         summary = train(config_from_dict(tree))
     assert summary["steps"] == 2
     assert "could not plot" in caplog.text and "no fonts" in caplog.text

@@ -29,15 +29,16 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from . import functional as BF
-from .checkpoint import check_output
-from .config import Config, DataConfig, ModelConfig
-from .fill_mask import draw, sampling_support
-from .hf_format import load_model_and_tokenizer
-from .masking import IGNORE_INDEX, mask_tokens
-from .model import BertModel
+from .. import functional as BF
+from ..config import Config, DataConfig, ModelConfig
+from ..data import train_corpus_tokenizer
+from ..fill_mask import draw, sampling_support
+from ..io import check_output
+from ..masking import IGNORE_INDEX, mask_tokens
+from ..model import BertModel
+from ..pretrained import load_model_and_tokenizer
+from ..tokenizer import special_tokens
 from .plotting import checkpoint_name, heatmap, import_matplotlib, new_figure, save_png
-from .tokenizer import special_tokens
 
 SHAKESPEARE_VOCAB_SIZE = 8192  # configs/small.yaml's model.vocab_size
 DENSE_SIZE = 128  # configs/small.yaml's hidden_size: the width of the random-init E when no checkpoint is given
@@ -63,8 +64,6 @@ class Vocabulary:
 def shakespeare_tokenizer(vocab_size: int = SHAKESPEARE_VOCAB_SIZE) -> Tokenizer:
     """A WordPiece vocabulary trained as `bertmath pretrain configs/small.yaml` trains it: on the train split
     of the embedded Shakespeare corpus (one document per paragraph), lowercased."""
-    from .data import train_corpus_tokenizer  # imports `datasets`: only when a vocabulary is trained
-
     return train_corpus_tokenizer(Config(model=ModelConfig(vocab_size=vocab_size)))[0]
 
 

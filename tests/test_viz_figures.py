@@ -1,4 +1,4 @@
-"""bertmath.math_figures and `bertmath figures`: every figure is drawn from bertmath's functions, and the
+"""bertmath.viz.figures and `bertmath figures`: every figure is drawn from bertmath's functions, and the
 numbers it plots equal torch's (float64 unless stated: tolerances below); the command writes nine PNGs and
 gives one-line errors."""
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from bertmath import math_figures
+from bertmath.viz import figures as math_figures
 from bertmath.cli import main
 from bertmath.config import DataConfig
 from bertmath.masking import mask_tokens

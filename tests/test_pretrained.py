@@ -1,4 +1,4 @@
-"""Import and export in transformers' layout (bertmath/hf_format.py I/O, checkpoint.load_pretrained).
+"""pretrained.py: loading bertmath and transformers checkpoint directories, and export in transformers' layout.
 
 Spec = parity: the same weights in bertmath and in transformers give the same outputs (fp32; tolerances
 stated per test), and the exported tokenizer gives transformers the same ids as bertmath's.
@@ -18,9 +18,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from bertmath import BertForMaskedLM, BertModel, CheckpointError, OutputError  # noqa: E402
-from bertmath.checkpoint import resolve_checkpoint  # noqa: E402
 from bertmath.fill_mask import FillMask  # noqa: E402
-from bertmath.hf_format import export_checkpoint, load_checkpoint_tokenizer, load_hf_checkpoint  # noqa: E402
+from bertmath.pretrained import (export_checkpoint, load_checkpoint_tokenizer, load_hf_checkpoint,  # noqa: E402
+                                 resolve_checkpoint)
 
 from helpers import assert_one_line_error, make_bertmath_run, minilm_dir, sentences  # noqa: E402
 
@@ -257,7 +257,7 @@ def test_export_writes_transformers_layout(run_and_export):
     assert tokenizer_config["model_max_length"] == config["max_position_embeddings"] == 64
     assert tokenizer_config["mask_token"] == "[MASK]"
     assert config["architectures"] == ["BertForMaskedLM"] and config["hidden_act"] == "gelu"
-    assert config["exported_by"] == "bertmath"  # the mark of a previous export (hf_format.check_export_target)
+    assert config["exported_by"] == "bertmath"  # the mark of a previous export (pretrained.check_export_target)
 
 
 def _hashes(directory: Path) -> dict[str, str]:

@@ -1,0 +1,111 @@
+"""The floor every writer and reader of files stands on: atomic writes, and reading JSON and safetensors with
+one-line errors. Imports nothing of bertmath but its errors.
+
+A file is written under a temporary name beside its final one, fsync'ed and renamed into place, so that a
+reader (or a run resumed after a kill) sees the old file or the new one, never a part of it.
+Loading never unpickles: safetensors and JSON only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError, OutputError
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees either the old file or the new one, never a part."""
+    path = Path(path)
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    path = Path(path)
+    with _replacing(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yield a temporary name beside `path` to write; then rename it onto `path`. If the write or the rename
+    fails (e.g. `path` is a directory, the disk is full), the temporary file is removed and `path` is as it was."""
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def check_output(path: str | Path, directory: bool = False) -> Path:
+    """`path` as a file to write (or, with `directory`, a directory to create or write into), checked before
+    any slow work: an OutputError if it exists as the other kind, or if a parent of it is a file."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise OutputError(f"{path}: is a directory; give a file name" if path.is_dir() else
+                          f"{path}: is a file; give a directory (a new one is created)")
+    existing = next(p for p in path.parents if p.exists())  # "/" or "." at the latest
+    if not existing.is_dir():
+        raise OutputError(f"{path}: cannot be created: {existing} is a file")
+    return path
+
+
+def read_safetensors(path: Path, header_only: bool = False) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file is a CheckpointError naming it.
+    `header_only`: read just the header, which a truncated or garbage file fails too (it names more bytes
+    than the file has), and return {} (the tensor bytes themselves carry no checksum)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        if header_only:
+            with safe_open(str(path), "pt"):
+                return {}
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable or corrupted safetensors file ({str(e).splitlines()[0][:160]})") from None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable JSON ({e.__class__.__name__})") from None

@@ -1,0 +1,296 @@
+"""Any checkpoint directory → (config, weights, tokenizer), and export: the one way in and out of bertmath's models.
+
+A path is resolved (resolve_checkpoint) to a bertmath checkpoint (a run directory's latest step, or a step
+directory: config.yaml + model.safetensors) or a transformers BERT directory (config.json + weights), and read
+from one whole step directory even while a run saves there (read_resolved). transformers' names and config
+keys are translated by hf_format; a model is built and loaded by build_from_state. `export_checkpoint` writes
+any of them in transformers' layout. Loading never unpickles (`torch.load(weights_only=True)` for
+transformers' `pytorch_model.bin`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from .checkpoint import CONFIG_FILE, MODEL_FILE, latest_checkpoint, load_state_into, model_state, read_config
+from .config import ModelConfig
+from .errors import BertmathError, CheckpointError, OutputError
+from .hf_format import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
+from .io import atomic_save_safetensors, atomic_write_text, check_output, read_json, read_safetensors
+from .model import BertForMaskedLM, BertModel
+from .tokenizer import load_tokenizer, special_tokens
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+# --- bertmath and transformers checkpoint directories -----------------------------------------------------
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
+    """("bertmath", dir) for a run directory (its latest step) or a checkpoint directory;
+    ("transformers", dir) for a directory with config.json. CheckpointError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return "bertmath", latest
+    if (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file():
+        return "bertmath", path
+    if (path / "config.json").is_file():
+        return "transformers", path
+    raise CheckpointError(f"{path}: not a checkpoint (expected step-* directories, {CONFIG_FILE} + {MODEL_FILE}, "
+                          "or a transformers config.json)")
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
+    """(resolved directory, ModelConfig, state dict in bertmath names) of a bertmath run/checkpoint
+    directory or a transformers BERT directory; no model is built."""
+    def read(kind: str, directory: Path):
+        if kind == "transformers":
+            return directory, *load_hf_checkpoint(directory)
+        return directory, read_config(directory).model, read_safetensors(directory / MODEL_FILE)
+
+    return read_resolved(path, read)
+
+
+READ_ATTEMPTS = 5
+
+
+def read_resolved(path: str | Path, read: Callable[[str, Path], T]) -> T:
+    """read(kind, directory) of the checkpoint `path` resolves to (resolve_checkpoint), from one whole step
+    directory. A run that saves prunes old step directories and replaces a step saved again, so the directory
+    a reader resolved can vanish or change between the files it opens: then `read` runs again on the newest
+    one (READ_ATTEMPTS times at most). An error in a directory that stayed as it was is the checkpoint's own."""
+    for _ in range(READ_ATTEMPTS):
+        kind, directory = resolve_checkpoint(path)
+        before = _identity(directory)
+        try:
+            result = read(kind, directory)
+        except (BertmathError, OSError):
+            if _identity(directory) == before:
+                raise
+            continue
+        if _identity(directory) == before:
+            return result
+    raise CheckpointError(f"{path}: its newest checkpoint was replaced {READ_ATTEMPTS} times while being read "
+                          "(a run saving very often?); try again")
+
+
+def _identity(directory: Path) -> tuple[int, int, int] | None:
+    """What changes when a directory is deleted or another is renamed to its name; None if it is gone."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
+    """Build `cls` (BertModel or BertForMaskedLM) from a bertmath or transformers checkpoint, in eval mode."""
+    directory, config, state = read_checkpoint(path)
+    return build_from_state(cls, config, state, str(directory)).to(device).eval()
+
+
+def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str):
+    """`cls(config)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has one."""
+    if cls is BertModel and not any(".pooler." in f".{k}" for k in state):
+        model = BertModel(config, add_pooler=False)  # an MLM checkpoint has no pooler: do not invent one
+    else:
+        model = cls(config)
+    load_state_into(model, state, where)
+    return model
+
+
+# --- reading and writing transformers' directory layout --------------------------------------------------
+#
+#   config.json                              BertConfig (config_to_hf / config_from_hf)
+#   model.safetensors                        weights, transformers names; tied decoder weight not stored
+#   (or model.safetensors.index.json + shards, or pytorch_model.bin: read only)
+#   tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt
+
+HF_CONFIG_FILE = "config.json"
+HF_WEIGHTS_FILE = "model.safetensors"
+HF_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+HF_PICKLE_WEIGHTS_FILE = "pytorch_model.bin"
+
+
+def read_hf_weights(directory: str | Path) -> dict[str, Tensor]:
+    """The raw state dict (transformers names) of a transformers directory: model.safetensors, sharded
+    safetensors (model.safetensors.index.json), or pytorch_model.bin read with `weights_only=True` (no
+    arbitrary unpickling). A missing or unreadable file is a CheckpointError naming it."""
+    directory = Path(directory)
+    if (directory / HF_WEIGHTS_FILE).is_file():
+        return read_safetensors(directory / HF_WEIGHTS_FILE)
+    if (directory / HF_WEIGHTS_INDEX_FILE).is_file():
+        index = read_json(directory / HF_WEIGHTS_INDEX_FILE)
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        if not shards:
+            raise CheckpointError(f"{directory / HF_WEIGHTS_INDEX_FILE}: no 'weight_map' entries")
+        state = {}
+        for shard in shards:
+            state.update(read_safetensors(directory / shard))
+        return state
+    path = directory / HF_PICKLE_WEIGHTS_FILE
+    if path.is_file():
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as e:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...: all mean "unreadable"
+            first_line = (str(e).splitlines() or [e.__class__.__name__])[0][:160]
+            raise CheckpointError(f"{path}: unreadable or corrupted weights file ({first_line})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+        return state
+    raise CheckpointError(f"{directory}: no weights ({HF_WEIGHTS_FILE}, {HF_WEIGHTS_INDEX_FILE} "
+                          f"or {HF_PICKLE_WEIGHTS_FILE})")
+
+
+def load_hf_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """(ModelConfig, state dict in bertmath names) from a transformers BERT directory (config.json +
+    weights). Tensors with no bertmath counterpart (other task heads) are logged and skipped."""
+    directory = Path(directory)
+    config_path = directory / HF_CONFIG_FILE
+    config = config_from_hf(read_json(config_path), where=str(config_path))
+    hf_state = read_hf_weights(directory)
+    unknown: list[str] = []
+    state = state_dict_from_hf(hf_state, unknown)
+    if not state:
+        raise CheckpointError(f"{directory}: no BERT tensors in the weights file "
+                              f"(found e.g. {next(iter(hf_state), 'nothing')!r})")
+    if unknown:
+        log.info("%s: skipping %d tensors bertmath does not use, e.g. %s", directory, len(unknown), unknown[0])
+    return config, state
+
+
+def lowercases(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's normaliser lowercases (BertNormalizer(lowercase=True) or a Lowercase step)."""
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    steps = normalizer.get("normalizers", [normalizer]) if normalizer.get("type") == "Sequence" else [normalizer]
+    return any(s.get("type") == "Lowercase" or (s.get("type") == "BertNormalizer" and s.get("lowercase"))
+               for s in steps)
+
+
+def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint directory (bertmath or transformers): tokenizer.json, else vocab.txt
+    lowercased as tokenizer_config.json's `do_lower_case` says (default True, as BERT's)."""
+    directory = Path(directory)
+    lowercase = True
+    if not (directory / "tokenizer.json").is_file() and (directory / "tokenizer_config.json").is_file():
+        lowercase = bool(read_json(directory / "tokenizer_config.json").get("do_lower_case", True))
+    return load_tokenizer(directory, lowercase=lowercase)
+
+
+def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple:
+    """(`cls` (BertModel or BertForMaskedLM) with the checkpoint's weights, in eval mode; its tokenizer) from a
+    bertmath run/step directory or a transformers directory. The tokenizer is read first: it is the quick check."""
+
+    directory, config, state, tokenizer = read_with_tokenizer(path)
+    return build_from_state(cls, config, state, str(directory)).to(device).eval(), tokenizer
+
+
+def read_with_tokenizer(path: str | Path) -> tuple[Path, ModelConfig, dict[str, Tensor], Tokenizer]:
+    """checkpoint.read_checkpoint(path) and the tokenizer, all from one step directory whatever a run that
+    saves there meanwhile does (checkpoint.read_resolved). The tokenizer is read first: it is the quick check."""
+    def read(kind: str, directory: Path) -> tuple:
+        tokenizer = load_checkpoint_tokenizer(directory)
+        return (*read_checkpoint(directory), tokenizer)
+
+    return read_resolved(path, read)
+
+
+# What makes a directory a previous export, which `export` may write over: a key of its config.json.
+EXPORT_MARK = {"exported_by": "bertmath"}
+
+
+def check_export_target(out_dir: str | Path) -> Path:
+    """`out_dir` if `export` may write there: it does not exist yet (it is created), it is an empty directory,
+    or it holds a previous export, i.e. a config.json with "model_type": "bert" and "exported_by": "bertmath"
+    and no "transformers_version" (transformers adds that key whenever it saves a model, e.g. one fine-tuned
+    from the export, and then the directory is no longer ours to overwrite). An export replaces only the six
+    files it writes there. OutputError otherwise: an existing file, another program's directory."""
+    out_dir = check_output(out_dir, directory=True)
+    try:
+        if not out_dir.exists() or not any(out_dir.iterdir()):
+            return out_dir
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot list this directory ({e.strerror or e})") from None
+    try:
+        config = read_json(out_dir / HF_CONFIG_FILE)
+    except CheckpointError:  # none, or not JSON: not an export
+        config = None
+    if (isinstance(config, dict) and config.get("model_type") == "bert" and "transformers_version" not in config
+            and all(config.get(k) == v for k, v in EXPORT_MARK.items())):
+        return out_dir
+    raise OutputError(f"{out_dir}: not empty and not a previous bertmath export (whose config.json says "
+                      '"exported_by": "bertmath"); give a new or empty directory, or remove this one')
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
+    """Write any checkpoint (bertmath run or step directory, transformers directory) in transformers'
+    layout: out_dir/config.json, model.safetensors (transformers names), tokenizer.json,
+    tokenizer_config.json, special_tokens_map.json, vocab.txt; each file written atomically.
+    `transformers.AutoModelForMaskedLM/AutoTokenizer.from_pretrained(out_dir)` load the result.
+    `out_dir` must be new, empty or a previous export (check_export_target); it is checked, and the whole
+    export prepared, before anything is written.
+
+    A checkpoint with an MLM head is exported as BertForMaskedLM, one without (a sentence encoder) as
+    BertModel. The tied decoder weight is not stored (transformers re-ties it from
+    `bert.embeddings.word_embeddings.weight`; safetensors cannot store two names for one tensor); an
+    untied one is. The decoder bias is stored under both its names, `cls.predictions.bias` and
+    `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter when the decoder is untied."""
+    out_dir = check_export_target(out_dir)
+    directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
+    hf_config = {**config_to_hf(config), **EXPORT_MARK}  # first: a model transformers cannot represent fails here
+    has_head = any(name.startswith("mlm_head.") for name in state)
+    model = build_from_state(BertForMaskedLM if has_head else BertModel, config, state, str(directory))  # checks shapes
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise CheckpointError(f"{directory}: tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
+                              f"vocab_size is {config.vocab_size}")
+    hf_state = state_dict_to_hf(model_state(model))  # model_state: the tied decoder weight once, as the embedding
+    if "cls.predictions.decoder.bias" in hf_state:  # safetensors stores no shared storage: a copy under each name
+        hf_state["cls.predictions.decoder.bias"] = hf_state["cls.predictions.decoder.bias"].clone()
+    if not has_head:
+        hf_config["architectures"] = ["BertModel"]
+
+    ids = special_tokens(tokenizer, where=str(directory))
+    names = {k: tokenizer.id_to_token(getattr(ids, k)) for k in ("unk", "sep", "pad", "cls", "mask")}
+    special_map = {f"{k}_token": v for k, v in names.items()}
+    tokenizer_config = {
+        "tokenizer_class": "BertTokenizerFast",
+        "do_lower_case": lowercases(tokenizer),
+        "model_max_length": config.max_position_embeddings,
+        **special_map,
+        "clean_up_tokenization_spaces": True,
+    }
+    vocab = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    if [i for _, i in vocab] != list(range(len(vocab))):
+        raise CheckpointError(f"{directory}: tokenizer ids are not 0..{len(vocab) - 1}; cannot write vocab.txt")
+    texts = {
+        HF_CONFIG_FILE: json.dumps(hf_config, indent=2) + "\n",
+        "tokenizer.json": tokenizer.to_str(),
+        "tokenizer_config.json": json.dumps(tokenizer_config, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special_map, indent=2) + "\n",
+        "vocab.txt": "".join(f"{token}\n" for token, _ in vocab),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / HF_CONFIG_FILE, texts.pop(HF_CONFIG_FILE))  # first: it marks the export
+        atomic_save_safetensors(hf_state, out_dir / HF_WEIGHTS_FILE, metadata={"format": "pt"})
+        for name, text in texts.items():
+            atomic_write_text(out_dir / name, text)
+    except OSError as e:  # no permission, a full disk: the user's to fix, said in one line
+        raise OutputError(f"{out_dir}: cannot write the export ({e.strerror or e})") from None
+    log.debug("exported %s to %s (%s)", directory, out_dir, hf_config["architectures"][0])
+    return out_dir

@@ -24,18 +24,19 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, metrics
 from .config import Config, DataConfig, TrainConfig
-from .data import batch_indices, get_tokenizer, load_documents, prepare_data
+from .data import PretrainingData, batch_indices, get_tokenizer, load_documents, prepare_data
 from .errors import BertmathError, CheckpointError, TrainingError
 from .hardware import AUTOCAST_DTYPES, autocast, resolve_device, resolve_precision
 from .io import atomic_write_text
 from .masking import IGNORE_INDEX, mask_tokens, prediction_slots, slot_count
 from .model import BertForMaskedLM, EncoderLayer, parameter_report
-from .tokenizer import continuation_mask, special_tokens
+from .tokenizer import SpecialTokens, continuation_mask, special_tokens
 from .viz.plot import plot_if_available
 
 log = logging.getLogger(__name__)
@@ -169,21 +170,28 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
 # --- the trainer ------------------------------------------------------------------------------------------
 
 
+def setup_process(train: TrainConfig) -> tuple[torch.device, distributed.DistInfo]:
+    """This process's device and its place in a torchrun job; and, in this one place, the process-global
+    settings a run makes: the log level (one copy of the progress), TF32 matmuls on CUDA, the CPU threads."""
+    device = resolve_device(train.device, key="train.device")
+    info = distributed.setup(device.type, train.parallel, train.batch_size, train.timeout_minutes)
+    if not info.is_main:  # one copy of the progress: the others speak only to warn
+        logging.getLogger("bertmath").setLevel(logging.WARNING)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores; bf16/fp16 unaffected
+        torch.backends.cudnn.allow_tf32 = True
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    return device, info
+
+
 class Trainer:
     def __init__(self, config: Config):
         self.config = config
-        t = config.train
-        self.device = resolve_device(t.device, key="train.device")
-        self.dist = distributed.setup(self.device.type, t.parallel, t.batch_size, t.timeout_minutes)
-        if not self.dist.is_main:  # one copy of the progress: the others speak only to warn
-            logging.getLogger("bertmath").setLevel(logging.WARNING)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores; bf16/fp16 unaffected
-            torch.backends.cudnn.allow_tf32 = True
-        if t.num_threads:
-            torch.set_num_threads(t.num_threads)
-        self.out_dir = Path(t.out_dir)
+        train = config.train
+        self.device, self.dist = setup_process(train)
+        self.out_dir = Path(train.out_dir)
         self.state = TrainState()
         self.lock = None
         if self.dist.is_main:  # before anything reads out_dir: a second writer stops here, in one line
@@ -198,8 +206,20 @@ class Trainer:
             ckpt.remove_temporaries(self.out_dir)  # left by a killed run; the lock says nobody else writes
             if self.resume_from is not None:  # out_dir's tokenizer.json is read: that of the step we continue from
                 ckpt.link_latest(self.out_dir, self.resume_from)  # (a newer, damaged one may have been moved aside)
-        self.precision = resolve_precision(t.precision, self.device)
+        self.precision = resolve_precision(train.precision, self.device)
         self.amp_dtype = AUTOCAST_DTYPES[self.precision]
+        # Built by _prepare when the run starts (it reads the corpus and builds the model: slow, and collective).
+        self.tokenizer: Tokenizer | None = None
+        self.data: PretrainingData | None = None
+        self.specials: SpecialTokens | None = None
+        self.is_continuation: torch.Tensor | None = None  # whole-word masking: which ids continue a word
+        self.probe_inputs = self.probe_labels = self.eval_inputs = self.eval_labels = None  # fixed held-out batches
+        self.baseline_token: int | None = None  # the most frequent training token
+        self.model: BertForMaskedLM | None = None
+        self.train_model: nn.Module | None = None  # self.model, or DDP around it
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.metrics_log: metrics.MetricsLog | None = None  # rank 0, while run() runs
 
     def close(self) -> None:
         """Release train.out_dir (the end of the run, or an error): another run may write there now."""
@@ -211,13 +231,13 @@ class Trainer:
 
     def _resume_source(self) -> Path | None:
         """The checkpoint to continue from, or None; errors for a mismatched or absent checkpoint."""
-        t = self.config.train
+        train = self.config.train
         latest = ckpt.latest_checkpoint(self.out_dir)
-        if t.resume == "required" and latest is None:
+        if train.resume == "required" and latest is None:
             raise CheckpointError(f"--resume: no checkpoint in {self.out_dir} (expected step-* directories)")
         if latest is None:
             return None
-        if t.resume == "never":
+        if train.resume == "never":
             raise CheckpointError(f"{self.out_dir} already holds checkpoints ({latest.name}); resume with "
                                   "--resume / train.resume: auto, or choose another train.out_dir")
         ckpt.check_resumable(latest)  # a damaged one: an error naming the newest intact earlier checkpoint
@@ -232,30 +252,33 @@ class Trainer:
         return autocast(self.device, self.amp_dtype)
 
     def _prepare(self) -> None:
-        c, t = self.config, self.config.train
-        cache_dir = Path(c.data.cache_dir) if c.data.cache_dir else self.out_dir / "cache"
+        config, train = self.config, self.config.train
+        cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else self.out_dir / "cache"
         # Rank 0 tokenises (and caches) first; the others then read its cache.
         for turn in ("main", "others"):
             if (turn == "main") == self.dist.is_main:
-                documents = load_documents(c.data)
-                self.tokenizer = get_tokenizer(c, self.out_dir, documents)
-                self.data = prepare_data(c, self.tokenizer, cache_dir, documents)
+                documents = load_documents(config.data)
+                self.tokenizer = get_tokenizer(config, self.out_dir, documents)
+                self.data = prepare_data(config, self.tokenizer, cache_dir, documents)
             distributed.barrier(self.dist, slow=True)
         self.specials = special_tokens(self.tokenizer)
-        self.is_continuation = torch.tensor(continuation_mask(self.tokenizer)) if c.data.whole_word_masking else None
+        if config.data.whole_word_masking:
+            self.is_continuation = torch.tensor(continuation_mask(self.tokenizer))
         self._prepare_eval_set()
 
-        torch.manual_seed(t.seed)  # the same initial weights in every process
-        self.model = BertForMaskedLM(c.model).to(self.device)
-        self.model.set_activation_checkpointing(t.activation_checkpointing)
-        if t.compile:
+        torch.manual_seed(train.seed)  # the same initial weights in every process
+        self.model = BertForMaskedLM(config.model).to(self.device)
+        self.model.set_activation_checkpointing(train.activation_checkpointing)
+        if train.compile:
             self.model.compile()  # in place: parameter names stay bare
-        self.train_model = distributed.wrap(self.model, self.dist, self.device, EncoderLayer)  # FSDP shards self.model in place
+        # FSDP shards self.model in place, per EncoderLayer
+        self.train_model = distributed.wrap(self.model, self.dist, self.device, EncoderLayer)
         fused_adam = self.device.type == "cuda" and self.dist.parallel != "fsdp"
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, t.weight_decay), lr=t.lr,
-                                           betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, fused=fused_adam)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, train.weight_decay), lr=train.lr,
+                                           betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_eps,
+                                           fused=fused_adam)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        torch.manual_seed(derived_seed(t.seed, self.dist.rank, stream=1))  # dropout: each process its own masks
+        torch.manual_seed(derived_seed(train.seed, self.dist.rank, stream=1))  # dropout: each process its own masks
         if self.resume_from is not None:
             self._restore(self.resume_from)
         steps = distributed.gather_objects(self.state.step, self.dist)
@@ -267,14 +290,14 @@ class Trainer:
         """Two fixed masked copies of the first eval_batches·batch_size held-out blocks: the context probe
         (CONTEXT_PROBE, the same for every recipe) and the training corruption (data.mlm_probability and the
         [MASK]/random/keep split), each masked once."""
-        t = self.config.train
-        n = min(len(self.data.eval), t.eval_batches * t.batch_size)
+        train = self.config.train
+        n = min(len(self.data.eval), train.eval_batches * train.batch_size)
         blocks = self.data.batch("eval", torch.arange(n))
         self.probe_inputs, self.probe_labels = mask_tokens(
             blocks, self.specials, self.config.model.vocab_size, CONTEXT_PROBE,
             torch.Generator().manual_seed(CONTEXT_PROBE_SEED))
         self.eval_inputs, self.eval_labels = self._mask(
-            blocks, torch.Generator().manual_seed(t.seed + EVAL_MASK_SEED_OFFSET))
+            blocks, torch.Generator().manual_seed(train.seed + EVAL_MASK_SEED_OFFSET))
         self.baseline_token = self.data.most_frequent_token(self.specials)
 
     def _mask(self, blocks: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
@@ -305,17 +328,17 @@ class Trainer:
     # the loop -------------------------------------------------------------------------------------------
 
     def _log_metrics(self, record: dict) -> None:
-        if self.dist.is_main:
+        if self.metrics_log is not None:
             self.metrics_log.write(record)
 
     def _evaluate(self, pbar) -> dict:
         """Held-out metrics, led by the context probe: accuracy at [MASK] positions (eval_mask_accuracy)
         against the unigram baseline there; then loss, perplexity and accuracy over all chosen positions of
         the training corruption."""
-        t = self.config.train
+        train = self.config.train
         if not len(self.eval_inputs):  # data.eval_fraction: 0 means no held-out set
             return {}
-        probe, chosen = (evaluate(self.model, inputs, labels, t.batch_size // self.dist.world_size, self.device,
+        probe, chosen = (evaluate(self.model, inputs, labels, train.batch_size // self.dist.world_size, self.device,
                                   self._autocast, self.baseline_token, self.dist)
                          for inputs, labels in ((self.probe_inputs, self.probe_labels),
                                                 (self.eval_inputs, self.eval_labels)))
@@ -340,10 +363,12 @@ class Trainer:
 
     def _micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of global micro-batch m: (masked input ids, labels), each (B/P, T)."""
-        t, info = self.config.train, self.dist
-        share = t.batch_size // info.world_size
-        indices = batch_indices(len(self.data.train), t.batch_size, m, t.seed)[info.rank * share:(info.rank + 1) * share]
-        return self._mask(self.data.batch("train", indices), mask_generator(t.seed, m), (info.rank, info.world_size))
+        train, info = self.config.train, self.dist
+        share = train.batch_size // info.world_size
+        indices = batch_indices(len(self.data.train), train.batch_size, m, train.seed)
+        indices = indices[info.rank * share:(info.rank + 1) * share]
+        return self._mask(self.data.batch("train", indices), mask_generator(train.seed, m),
+                          (info.rank, info.world_size))
 
     def _train_step(self) -> tuple[float, float]:
         """One optimizer step on L = Σ CE / N, the mean over the N masked tokens of all grad_accum_steps
@@ -351,19 +376,19 @@ class Trainer:
 
         Each process back-propagates the Σ CE of its own tokens times P/N, and DDP / FSDP average gradients
         over processes: (1/P) Σ_p P/N ∇Σ_p CE = ∇L, the gradient one process with the whole batch gets."""
-        t, info = self.config.train, self.dist
-        micro_batches = [self._micro_batch(self.state.step * t.grad_accum_steps + micro)
-                         for micro in range(t.grad_accum_steps)]
+        train, info = self.config.train, self.dist
+        micro_batches = [self._micro_batch(self.state.step * train.grad_accum_steps + micro)
+                         for micro in range(train.grad_accum_steps)]
         masked = [int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches]  # on the CPU: no sync
         all_masked = float(distributed.total(torch.tensor(float(sum(masked))), info))
         scale = info.world_size / max(all_masked, 1.0)
         total_loss = torch.zeros((), device=self.device)
         for micro, (inputs, labels) in enumerate(micro_batches):
-            last = micro == t.grad_accum_steps - 1
+            last = micro == train.grad_accum_steps - 1
             positions = None
             if self.config.model.sparse_mlm:
                 positions, labels = prediction_slots(labels, slot_count(
-                    labels.numel(), self.config.data.mlm_probability, self.device, self.config.train.compile))
+                    labels.numel(), self.config.data.mlm_probability, self.device, train.compile))
                 positions = positions.to(self.device, non_blocking=True)
             with distributed.gradient_sync(self.train_model, info, enabled=last), self._autocast():
                 out = self.train_model(inputs.to(self.device, non_blocking=True),
@@ -373,10 +398,12 @@ class Trainer:
             total_loss += loss.detach()
         self.scaler.unscale_(self.optimizer)
         # max_norm ∞ leaves the gradients as they are (scaled by exactly 1) and still returns ‖g‖
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   train.grad_clip if train.grad_clip > 0 else math.inf)
         # schedule_horizon time, before the step time is measured: warm-up, then the peak (no horizon to decay to yet)
-        schedule = "constant" if self._awaiting_plan() else t.schedule
-        lr = learning_rate(self.state.step, t.lr, t.warmup_steps, self._last_step(), schedule, t.min_lr_ratio)
+        schedule = "constant" if self._awaiting_plan() else train.schedule
+        lr = learning_rate(self.state.step, train.lr, train.warmup_steps, self._last_step(), schedule,
+                           train.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)
@@ -386,74 +413,93 @@ class Trainer:
         return float(step_loss), float(distributed.full_tensor(grad_norm))
 
     def run(self) -> dict:
-        c, t = self.config, self.config.train
+        """Prepare the data and the model, train (the loop), and return the summary; rank 0 also plots."""
         if self.dist.is_main:
-            log.info("model parameters:\n%s", parameter_report(c.model))
+            log.info("model parameters:\n%s", parameter_report(self.config.model))
         self._prepare()
-        tokens_per_step = t.batch_size * t.grad_accum_steps * c.data.max_seq_len  # all processes together
         if self.dist.is_main:
-            processes = (f"{self.dist.world_size} processes ({self.dist.parallel}, {t.batch_size // self.dist.world_size}"
-                         f" sequences each per micro-batch)" if self.dist.enabled else "1 process")
-            log.info("data: %d train blocks, %d eval blocks of %d tokens; %s tokens per step; device %s, %s; %s",
-                     len(self.data.train), len(self.data.eval), c.data.max_seq_len, f"{tokens_per_step:,}",
-                     self.device, self.precision, processes)
+            self._log_setup()
             self.metrics_log = metrics.MetricsLog(self.out_dir)
-        start_step, start_time, session_tokens = self.state.step, _now(), 0
-        window_start = start_time  # reset at step HORIZON_WINDOW[0] of this process
-        pbar = tqdm(total=self._last_step(), initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True,
+        pbar = tqdm(total=self._last_step(), initial=self.state.step, desc="pretrain", unit="step", dynamic_ncols=True,
                     disable=not self.dist.is_main)
-        last_saved = start_step if self.resume_from is not None else None
         try:
-            while self.state.step < self._last_step():
-                if self.state.step - start_step == HORIZON_WINDOW[0]:
-                    window_start = _now()
-                loss, grad_norm = self._train_step()
-                if not math.isfinite(loss):
-                    latest = ckpt.latest_checkpoint(self.out_dir)
-                    raise TrainingError(f"loss became {loss} at step {self.state.step + 1}; last good checkpoint: "
-                                        f"{latest or 'none'} (try a lower train.lr, a longer warm-up, or fp32)")
-                self.state.step += 1
-                self.state.tokens_seen += tokens_per_step
-                session_tokens += tokens_per_step
-                elapsed = _now() - start_time
-                lr = self.optimizer.param_groups[0]["lr"]
-                self._log_metrics({"step": self.state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                   "tokens": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s + elapsed, 3),
-                                   "tokens_per_s": round(session_tokens / elapsed, 1)})
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{session_tokens / elapsed:,.0f}",
-                                 refresh=False)
-                if self._awaiting_plan() and self.state.step - start_step == HORIZON_WINDOW[1]:
-                    step_time = (_now() - window_start) / (HORIZON_WINDOW[1] - HORIZON_WINDOW[0])
-                    self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
-                    pbar.total = self._last_step()
-                done = self.state.step == self._last_step()
-                out_of_time = (t.max_time_minutes is not None
-                               and self.state.elapsed_s + elapsed > 60 * t.max_time_minutes)
-                out_of_time = distributed.broadcast_flag(out_of_time, self.dist)
-                if self.state.step % t.eval_every == 0 or done or out_of_time:
-                    self._evaluate(pbar)
-                if self.state.step % t.save_every == 0 or done or out_of_time:
-                    self.state.elapsed_s += _now() - start_time
-                    start_time, session_tokens = _now(), 0
-                    self._save()
-                    last_saved = self.state.step
-                if out_of_time:
-                    pbar.write(f"train.max_time_minutes ({t.max_time_minutes}) reached at step {self.state.step}")
-                    break
-            if last_saved is None or last_saved != self.state.step:  # e.g. resumed at max_steps
-                self._evaluate(pbar)
-                self._save()
-            elif self.state.step == start_step:  # nothing trained in this process: still report the model
-                self._evaluate(pbar)
+            self._loop(pbar)
         finally:
             pbar.close()
-            if self.dist.is_main:
+            if self.metrics_log is not None:
                 self.metrics_log.close()
         summary = self._summary()
         if self.dist.is_main:
             plot_if_available(self.out_dir)  # out_dir/training.png; only warns if plotting fails
         return summary
+
+    def _loop(self, pbar) -> None:
+        """Step until the last step or the time budget; evaluate and save at their cadence, and always at the end."""
+        train = self.config.train
+        start_step, start_time, session_tokens = self.state.step, _now(), 0
+        window_start = start_time  # reset at step HORIZON_WINDOW[0] of this process
+        last_saved = start_step if self.resume_from is not None else None
+        while self.state.step < self._last_step():
+            if self.state.step - start_step == HORIZON_WINDOW[0]:
+                window_start = _now()
+            loss, grad_norm = self._train_step()
+            self._check_finite(loss)
+            self.state.step += 1
+            self.state.tokens_seen += self._tokens_per_step()
+            session_tokens += self._tokens_per_step()
+            elapsed = _now() - start_time
+            self._log_step(loss, grad_norm, elapsed, session_tokens, pbar)
+            if self._awaiting_plan() and self.state.step - start_step == HORIZON_WINDOW[1]:
+                step_time = (_now() - window_start) / (HORIZON_WINDOW[1] - HORIZON_WINDOW[0])
+                self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
+                pbar.total = self._last_step()
+            done = self.state.step == self._last_step()
+            out_of_time = (train.max_time_minutes is not None
+                           and self.state.elapsed_s + elapsed > 60 * train.max_time_minutes)
+            out_of_time = distributed.broadcast_flag(out_of_time, self.dist)
+            if self.state.step % train.eval_every == 0 or done or out_of_time:
+                self._evaluate(pbar)
+            if self.state.step % train.save_every == 0 or done or out_of_time:
+                self.state.elapsed_s += _now() - start_time
+                start_time, session_tokens = _now(), 0
+                self._save()
+                last_saved = self.state.step
+            if out_of_time:
+                pbar.write(f"train.max_time_minutes ({train.max_time_minutes}) reached at step {self.state.step}")
+                break
+        if last_saved is None or last_saved != self.state.step:  # e.g. resumed at max_steps
+            self._evaluate(pbar)
+            self._save()
+        elif self.state.step == start_step:  # nothing trained in this process: still report the model
+            self._evaluate(pbar)
+
+    def _tokens_per_step(self) -> int:
+        """Tokens one optimizer step reads, all processes together."""
+        train = self.config.train
+        return train.batch_size * train.grad_accum_steps * self.config.data.max_seq_len
+
+    def _log_setup(self) -> None:
+        info = self.dist
+        processes = (f"{info.world_size} processes ({info.parallel}, {self.config.train.batch_size // info.world_size}"
+                     f" sequences each per micro-batch)" if info.enabled else "1 process")
+        log.info("data: %d train blocks, %d eval blocks of %d tokens; %s tokens per step; device %s, %s; %s",
+                 len(self.data.train), len(self.data.eval), self.config.data.max_seq_len,
+                 f"{self._tokens_per_step():,}", self.device, self.precision, processes)
+
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            latest = ckpt.latest_checkpoint(self.out_dir)
+            raise TrainingError(f"loss became {loss} at step {self.state.step + 1}; last good checkpoint: "
+                                f"{latest or 'none'} (try a lower train.lr, a longer warm-up, or fp32)")
+
+    def _log_step(self, loss: float, grad_norm: float, elapsed: float, session_tokens: int, pbar) -> None:
+        """The step's metrics record and progress bar; `elapsed`, `session_tokens`: since this session's last save."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._log_metrics({"step": self.state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                           "tokens": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s + elapsed, 3),
+                           "tokens_per_s": round(session_tokens / elapsed, 1)})
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{session_tokens / elapsed:,.0f}", refresh=False)
 
     def _awaiting_plan(self) -> bool:
         """schedule_horizon "time" before the step time is measured: the last step is not known yet."""
@@ -466,11 +512,11 @@ class Trainer:
     def _plan_steps(self, step_time: float, elapsed_s: float) -> None:
         """schedule_horizon "time": fix the last step once, from rank 0's measured step time (the processes'
         clocks differ); it is saved in the checkpoint, so a resumed run keeps the schedule."""
-        t = self.config.train
-        planned = planned_last_step(self.state.step, step_time, elapsed_s, t)
+        train = self.config.train
+        planned = planned_last_step(self.state.step, step_time, elapsed_s, train)
         self.state.planned_steps = distributed.gather_objects(planned, self.dist)[0]
         log.info("schedule_horizon time: %.3f s per step, %.0f s left of %s min → the run and its lr decay end "
-                 "at step %d", step_time, 60 * t.max_time_minutes - elapsed_s, t.max_time_minutes,
+                 "at step %d", step_time, 60 * train.max_time_minutes - elapsed_s, train.max_time_minutes,
                  self.state.planned_steps)
 
     def _summary(self) -> dict:

@@ -1,5 +1,6 @@
 """checkpoint.py: the run directory's lock, readers beside a writer, the whole training state saved and restored."""
 
+import dataclasses
 import json
 import os
 import threading
@@ -9,12 +10,15 @@ import pytest
 import torch
 
 from bertmath import checkpoint as ckpt
+from bertmath.config import Config
+from bertmath.distributed import DistInfo
 from bertmath.errors import OutputError, RunDirInUseError
 from bertmath.io import read_safetensors
 from bertmath.model import BertForMaskedLM
 from bertmath.pretrained import load_model_and_tokenizer
+from bertmath.tokenizer import train_tokenizer
 
-from helpers import make_bertmath_run
+from helpers import make_bertmath_run, sentences, tiny_model_config
 
 
 def test_lock_is_exclusive_names_its_holder_and_outlives_its_release(tmp_path):
@@ -84,3 +88,46 @@ def test_readers_always_load_one_whole_step_directory_while_a_run_saves_and_prun
     writer.join()
     assert not failures, failures
     assert loads == sorted(loads)  # never an older step after a newer one
+
+
+def _training_objects(seed: int):
+    """A tiny BertForMaskedLM after one AdamW step (so the moments are not zero), its optimizer and scaler."""
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(tiny_model_config(vocab_size=60))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(5, 60, (2, 8))
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    return model, optimizer, torch.amp.GradScaler("cpu", enabled=False)
+
+
+def test_the_whole_training_state_is_saved_and_restored(tmp_path):
+    """save_training_state writes the format check_resumable accepts; restore_training_state puts back the weights,
+    the AdamW moments and hyper-parameters, the train state and this process's RNG."""
+    model, optimizer, scaler = _training_objects(seed=0)
+    tokenizer = train_tokenizer(sentences(100), vocab_size=60)
+    config = dataclasses.replace(Config(), model=model.config)
+    train_state = {"step": 7, "tokens_seen": 700, "elapsed_s": 1.5}
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    step_dir = ckpt.save_training_state(tmp_path, model, optimizer, scaler, config, tokenizer, train_state,
+                                        DistInfo(), torch.device("cpu"))
+    assert step_dir == tmp_path / "step-0000007" and ckpt.checkpoint_damage(step_dir) is None
+    assert ckpt.read_config(step_dir) == config
+
+    other, other_optimizer, other_scaler = _training_objects(seed=1)
+    torch.manual_seed(999)
+    restored, rng_restored = ckpt.restore_training_state(step_dir, other, other_optimizer, other_scaler, DistInfo(),
+                                                         torch.device("cpu"))
+    assert restored == train_state and rng_restored
+    assert torch.equal(torch.get_rng_state(), rng)
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(optimizer.state.values(), other_optimizer.state.values()):
+        assert all(torch.equal(a[key], b[key]) for key in ("exp_avg", "exp_avg_sq", "step"))
+
+    # saved by 2 processes, resumed by 1: everything but the RNG, which the caller re-seeds
+    state = json.loads((step_dir / ckpt.STATE_FILE).read_text())
+    (step_dir / ckpt.STATE_FILE).write_text(json.dumps({**state, "world_size": 2}))
+    assert ckpt.restore_training_state(step_dir, other, other_optimizer, other_scaler, DistInfo(),
+                                       torch.device("cpu")) == (train_state, False)

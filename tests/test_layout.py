@@ -41,8 +41,8 @@ def imports(sources: dict[str, str]) -> list[tuple[str, str, bool, int]]:
     for name, source in sources.items():
         tree = ast.parse(source)
         is_package = any(other.startswith(name + ".") for other in sources)
-        local = {id(node) for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
-                 for node in ast.walk(function)}
+        functions = [f for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        local = {id(node) for function in functions for node in ast.walk(function)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]

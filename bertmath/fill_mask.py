@@ -189,7 +189,7 @@ class FillMask:
             texts = [texts]
         inputs = [self._encode(text, n, len(texts), truncate) for n, text in enumerate(texts, 1)]
         base_seed = seed if seed is not None else torch.Generator().seed()  # a fresh nondeterministic seed
-        for batch in length_batches([len(x.ids) for x in inputs], max_tokens, batch_size):
+        for batch in length_batches([len(item.ids) for item in inputs], max_tokens, batch_size):
             chunk = [inputs[i] for i in batch]
             if strategy == "greedy":
                 self.greedy(chunk, top_k)
@@ -197,20 +197,20 @@ class FillMask:
                 self.iterative(chunk, top_k)
             else:
                 self.sample(chunk, top_k, temperature, top_p, [input_generator(base_seed, i) for i in batch])
-        return [self._result(x, strategy) for x in inputs]
+        return [self._result(item, strategy) for item in inputs]
 
     # --- strategies -------------------------------------------------------------------------------------
 
     def greedy(self, inputs: list[_Input], top_k: int) -> None:
         """x̂_m = argmax_v p_m(v), p_m = softmax(z_m), every mask m from the same single forward pass
         (each mask is filled independently of the others' predictions). Candidates: top-k of p_m."""
-        seen = [list(x.ids) for x in inputs]
-        probs = BF.softmax(self._mask_logits(inputs, [x.masks for x in inputs]), dim=-1)  # (M, V)
+        seen = [list(item.ids) for item in inputs]
+        probs = BF.softmax(self._mask_logits(inputs, [item.masks for item in inputs]), dim=-1)  # (M, V)
         row = 0
-        for x, ids in zip(inputs, seen):
-            for pos in x.masks:
+        for item, ids in zip(inputs, seen):
+            for pos in item.masks:
                 scores, tokens = probs[row].topk(min(top_k, probs.shape[-1]))
-                x.predictions[pos] = self._prediction(ids, pos, tokens.tolist(), scores.tolist(), step=0)
+                item.predictions[pos] = self._prediction(ids, pos, tokens.tolist(), scores.tolist(), step=0)
                 row += 1
         self._fill(inputs)
 
@@ -221,20 +221,20 @@ class FillMask:
         top-k of p_{m*} in the pass that filled it."""
         step = 0
         while True:
-            active = [x for x in inputs if len(x.predictions) < len(x.masks)]
+            active = [item for item in inputs if len(item.predictions) < len(item.masks)]
             if not active:
                 return
-            remaining = [[pos for pos in x.masks if pos not in x.predictions] for x in active]
+            remaining = [[pos for pos in item.masks if pos not in item.predictions] for item in active]
             probs = BF.softmax(self._mask_logits(active, remaining), dim=-1)  # (M, V)
             row = 0
-            for x, positions in zip(active, remaining):
+            for item, positions in zip(active, remaining):
                 p = probs[row:row + len(positions)]  # (m, V)
                 row += len(positions)
                 best = int(p.amax(dim=-1).argmax())  # the most confident mask; ties → the leftmost
                 scores, tokens = p[best].topk(min(top_k, p.shape[-1]))
                 pos = positions[best]
-                x.predictions[pos] = self._prediction(x.ids, pos, tokens.tolist(), scores.tolist(), step)
-                x.ids[pos] = int(tokens[0])
+                item.predictions[pos] = self._prediction(item.ids, pos, tokens.tolist(), scores.tolist(), step)
+                item.ids[pos] = int(tokens[0])
             step += 1
 
     def sample(self, inputs: list[_Input], top_k: int, temperature: float, top_p: float,
@@ -247,17 +247,17 @@ class FillMask:
         T < 1 sharpens, T > 1 flattens; top_k = 1 is greedy. Each input's masks are drawn left to right with
         its own generator (CPU; `input_generator`), so a seed gives the same draws on any device and whatever
         the batching. Candidates: S_m with the drawn token first, scores p_m (not renormalised)."""
-        seen = [list(x.ids) for x in inputs]
-        logits = self._mask_logits(inputs, [x.masks for x in inputs]).double().cpu()  # (M, V)
+        seen = [list(item.ids) for item in inputs]
+        logits = self._mask_logits(inputs, [item.masks for item in inputs]).double().cpu()  # (M, V)
         # softmax((z - max z)/T) = softmax(z/T), but no T > 0 makes inf - inf = NaN (float64: as Python's T)
         probs = BF.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)  # (M, V)
         row = 0
-        for x, ids, generator in zip(inputs, seen, generators):
-            for pos in x.masks:
+        for item, ids, generator in zip(inputs, seen, generators):
+            for pos in item.masks:
                 support, support_p = sampling_support(probs[row], top_k, top_p)
                 drawn = draw(support_p, generator)
                 ranked = [drawn] + [i for i in range(len(support)) if i != drawn]
-                x.predictions[pos] = self._prediction(ids, pos, [int(support[i]) for i in ranked],
+                item.predictions[pos] = self._prediction(ids, pos, [int(support[i]) for i in ranked],
                                                       [float(support_p[i]) for i in ranked], step=0)
                 row += 1
         self._fill(inputs)
@@ -290,13 +290,13 @@ class FillMask:
     def _mask_logits(self, inputs: list[_Input], positions: list[list[int]]) -> Tensor:
         """z at the given positions of each input, from one forward pass padded to the longest: (Σ len(positions), V).
         The vocabulary projection runs only at these positions (same values as full logits there)."""
-        T = max(len(x.ids) for x in inputs)
+        T = max(len(item.ids) for item in inputs)
         ids = torch.full((len(inputs), T), self.special.pad, dtype=torch.long)
         attention = torch.zeros(len(inputs), T, dtype=torch.long)
-        for b, x in enumerate(inputs):
-            ids[b, :len(x.ids)] = torch.tensor(x.ids)
-            attention[b, :len(x.ids)] = 1
-        equal = all(len(x.ids) == T for x in inputs)  # no padding: no mask, the faster attention path
+        for b, item in enumerate(inputs):
+            ids[b, :len(item.ids)] = torch.tensor(item.ids)
+            attention[b, :len(item.ids)] = 1
+        equal = all(len(item.ids) == T for item in inputs)  # no padding: no mask, the faster attention path
         h = self.model.bert(ids.to(self.device), None if equal else attention.to(self.device)).last_hidden_state
         rows = torch.tensor([b for b, p in enumerate(positions) for _ in p], dtype=torch.long)
         cols = torch.tensor([t for p in positions for t in p], dtype=torch.long)
@@ -313,18 +313,18 @@ class FillMask:
         return MaskPrediction(pos, step, candidates)
 
     def _fill(self, inputs: list[_Input]) -> None:
-        for x in inputs:
-            for pos in x.masks:
-                x.ids[pos] = x.predictions[pos].chosen.token
+        for item in inputs:
+            for pos in item.masks:
+                item.ids[pos] = item.predictions[pos].chosen.token
 
     def _decode(self, ids: list[int]) -> str:
         """Text of `ids` without [CLS]/[SEP]/[PAD]/[UNK] but with any remaining [MASK]."""
         drop = set(self.special.ids) - {self.special.mask}
         return self.tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
 
-    def _result(self, x: _Input, strategy: str) -> FillMaskResult:
-        return FillMaskResult(x.text, [x.predictions[pos] for pos in x.masks], self._decode(x.ids),
-                              x.truncated, strategy)
+    def _result(self, item: _Input, strategy: str) -> FillMaskResult:
+        return FillMaskResult(item.text, [item.predictions[pos] for pos in item.masks], self._decode(item.ids),
+                              item.truncated, strategy)
 
 
 def sampling_support(probs: Tensor, top_k: int, top_p: float = 1.0) -> tuple[Tensor, Tensor]:

@@ -4,6 +4,8 @@
 
 Dims: B batch, T tokens, D hidden_size, H heads, Dh = D/H head size, F intermediate_size, V vocab.
 The math lives in `functional.py`; modules hold parameters and call it. No I/O here.
+The ops, from scratch or torch's fused kernels, are chosen once, at construction, by `config.fused`: each
+module keeps the flag and hands it to the functional ops it calls; no global switch is read in a forward.
 """
 
 from __future__ import annotations

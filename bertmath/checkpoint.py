@@ -16,9 +16,9 @@ A run directory (`train.out_dir`) looks like
 Each step directory is written under a temporary name, fsync'ed, and renamed into place, so a kill at
 any moment leaves the previous checkpoint complete: the latest checkpoint is the highest `step-*`.
 One pretraining run writes a run directory at a time (lock_run_dir); readers take no lock and read one
-whole step directory even while the run prunes or replaces it (read_resolved). A run resumes from the
-latest checkpoint; if that one is damaged on disk, it stops with an error naming the newest intact one
-(check_resumable: the policy, and why it does not fall back by itself).
+whole step directory even while the run prunes or replaces it (pretrained.read_resolved). A run resumes
+from the latest checkpoint; if that one is damaged on disk, it stops with an error naming the newest
+intact one (check_resumable: the policy, and why it does not fall back by itself).
 Loading never unpickles: safetensors and JSON only. Reading any checkpoint directory for inference (and
 transformers' layout) is pretrained.py's; the atomic writes themselves are io.py's.
 """

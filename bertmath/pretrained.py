@@ -80,13 +80,24 @@ def read_resolved(path: str | Path, read: Callable[[str, Path], T]) -> T:
         try:
             result = read(kind, directory)
         except (BertmathError, OSError):
-            if _identity(directory) == before:
+            if _still_newest(path, kind, directory, before):
                 raise
             continue
         if _identity(directory) == before:
             return result
     raise CheckpointError(f"{path}: its newest checkpoint was replaced {READ_ATTEMPTS} times while being read "
                           "(a run saving very often?); try again")
+
+
+def _still_newest(path: str | Path, kind: str, directory: Path, before: tuple[int, int, int] | None) -> bool:
+    """Whether `directory` is still what `path` resolves to, as it was when resolved: not gone, not replaced,
+    and not pruned. A pruned directory is never the newest; its ctime alone may not show it while the files
+    are being deleted (a coarse clock tick)."""
+    try:
+        newest = resolve_checkpoint(path)
+    except CheckpointError:
+        return False
+    return before is not None and newest == (kind, directory) and _identity(directory) == before
 
 
 def _identity(directory: Path) -> tuple[int, int, int] | None:
@@ -201,8 +212,8 @@ def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device =
 
 
 def read_with_tokenizer(path: str | Path) -> tuple[Path, ModelConfig, dict[str, Tensor], Tokenizer]:
-    """checkpoint.read_checkpoint(path) and the tokenizer, all from one step directory whatever a run that
-    saves there meanwhile does (checkpoint.read_resolved). The tokenizer is read first: it is the quick check."""
+    """read_checkpoint(path) and the tokenizer, all from one step directory whatever a run that
+    saves there meanwhile does (read_resolved). The tokenizer is read first: it is the quick check."""
     def read(kind: str, directory: Path) -> tuple:
         tokenizer = load_checkpoint_tokenizer(directory)
         return (*read_checkpoint(directory), tokenizer)

@@ -1,4 +1,4 @@
-"""Builders for small checkpoints used by tests/test_fill_mask.py, tests/test_export.py and the figure tests,
+"""Builders for small checkpoints used by tests/test_fill_mask.py, tests/test_pretrained.py and the figure tests,
 the location of the MiniLM weights, and checks of the PNGs and one-line errors the commands write.
 
 A bertmath run directory is written with checkpoint.save_checkpoint of checkpoint.model_files (what an

@@ -19,7 +19,7 @@ from helpers import assert_one_line_error, assert_png, minilm_dir
 pytest.importorskip("matplotlib")
 
 # float32, 6 layers of MiniLM against transformers' eager attention: the hidden states agree within ~1e-5
-# (tests/test_export.py), so the weights computed from them do too
+# (tests/test_pretrained.py), so the weights computed from them do too
 HF_ATOL = 1e-5
 
 

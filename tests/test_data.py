@@ -395,5 +395,5 @@ def test_preparing_data_never_has_datasets_pickle_a_table(plays_sample, tokenize
     monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", refuse_in_memory)
     documents = D.load_documents(DataConfig(source="embedded", max_documents=40))
     prepared = D.prepare_data(make_config(max_seq_len=24, eval_fraction=0.0), tokenizer, tmp_path, documents)
-    assert len(documents) == 40 and prepared.num_train_blocks > 0 and prepared.num_eval_blocks == 0
-    assert D.prepare_data(make_config(max_seq_len=24), tokenizer, tmp_path / "b", plays_sample).num_eval_blocks > 0
+    assert len(documents) == 40 and len(prepared.train) > 0 and len(prepared.eval) == 0
+    assert len(D.prepare_data(make_config(max_seq_len=24), tokenizer, tmp_path / "b", plays_sample).eval) > 0

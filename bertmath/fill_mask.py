@@ -159,9 +159,11 @@ class FillMask:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FillMask":
         """Model (BertForMaskedLM) and tokenizer from a bertmath run/step directory or a transformers
-        directory: tokenizer.json, or vocab.txt lowercased per tokenizer_config.json's do_lower_case."""
+        directory: tokenizer.json, or vocab.txt lowercased per tokenizer_config.json's do_lower_case.
+        The model runs torch's fused kernels (model.fused, tested equal to functional.py's from-scratch ops):
+        the same predictions, about twice as fast."""
         device = resolve_device(device)
-        return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device), device)
+        return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device, fused=True), device)
 
     def __call__(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None, truncate: bool = False, batch_size: int = MAX_BATCH,

@@ -10,6 +10,8 @@ transformers' `pytorch_model.bin`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -203,11 +205,12 @@ def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
     return load_tokenizer(directory, lowercase=lowercase)
 
 
-def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device = "cpu") -> tuple:
+def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device = "cpu", **config_changes) -> tuple:
     """(`cls` (BertModel or BertForMaskedLM) with the checkpoint's weights, in eval mode; its tokenizer) from a
-    bertmath run/step directory or a transformers directory. The tokenizer is read first: it is the quick check."""
-
+    bertmath run/step directory or a transformers directory. The tokenizer is read first: it is the quick check.
+    config_changes: ModelConfig fields to set that do not change the math, e.g. fused=True for torch's kernels."""
     directory, config, state, tokenizer = read_with_tokenizer(path)
+    config = dataclasses.replace(config, **config_changes)
     return build_from_state(cls, config, state, str(directory)).to(device).eval(), tokenizer
 
 

@@ -121,6 +121,22 @@ def test_length_batching_returns_input_order_and_one_at_a_time_results(fill, str
             assert [c.score for c in got.candidates] == pytest.approx([c.score for c in want.candidates], abs=1e-5)
 
 
+def test_loaded_model_runs_fused_kernels_with_the_from_scratch_results(fill):
+    """from_pretrained picks torch's fused kernels (speed); the from-scratch ops give the same candidates."""
+    import dataclasses
+
+    from bertmath import BertForMaskedLM
+
+    assert fill.model.config.fused
+    scratch = BertForMaskedLM(dataclasses.replace(fill.model.config, fused=False))
+    scratch.load_state_dict(fill.model.state_dict())
+    reference = FillMask(scratch, fill.tokenizer)
+    for got, want in zip(fill.predict(TEXTS, top_k=4), reference.predict(TEXTS, top_k=4)):
+        for a, b in zip(got.masks, want.masks):
+            assert [c.token for c in a.candidates] == [c.token for c in b.candidates]
+            assert [c.score for c in a.candidates] == pytest.approx([c.score for c in b.candidates], abs=1e-5)
+
+
 def test_sample_draws_do_not_depend_on_the_batching(fill):
     texts = TEXTS + ["the [MASK] of the king", "a [MASK] [MASK] [MASK] of words that is longer than the rest"]
     kwargs = dict(strategy="sample", temperature=2.0, top_k=30, seed=11)

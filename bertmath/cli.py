@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .distributed import process_label
 from .errors import BertmathError
@@ -49,14 +50,19 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def _read_texts(texts: list[str]) -> list[str]:
-    """The TEXT arguments, each "-" replaced by the non-empty lines of stdin (one input per line)."""
+def _read_texts(texts: list[str], files: list[str] = ()) -> list[str]:
+    """The TEXT arguments, each "-" replaced by the non-empty lines of stdin, then the non-empty lines of each
+    --file (UTF-8): one input per line."""
+    from .io import read_text
+
     out = []
     for text in texts:
         if text == "-":
             out += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
         else:
             out.append(text)
+    for path in files:
+        out += [line for line in read_text(Path(path)).splitlines() if line.strip()]
     return out
 
 
@@ -65,9 +71,9 @@ def cmd_fill_mask(args) -> int:
     from .fill_mask import FillMask, validate_options
 
     validate_options(args.top_k, args.strategy, args.temperature, args.top_p)  # before the (slow) load
-    texts = _read_texts(args.texts)
+    texts = _read_texts(args.texts, args.files)
     if not texts:
-        raise DataError("no input text (stdin was empty)")
+        raise DataError("no input text: give TEXT, '-' for stdin or --file (stdin and the files were empty)")
     fill = FillMask.from_pretrained(args.checkpoint, device=args.device)
     results = fill.predict(texts, top_k=args.top_k, strategy=args.strategy, temperature=args.temperature,
                            top_p=args.top_p, seed=args.seed, truncate=args.truncate)
@@ -146,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
     p = sub.add_parser("fill-mask", help="predict the words behind [MASK] with a checkpoint")
     p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
-    p.add_argument("texts", nargs="+", metavar="TEXT",
+    p.add_argument("texts", nargs="*", metavar="TEXT",
                    help="text with [MASK] tokens; '-' reads one text per line from stdin")
+    p.add_argument("--file", dest="files", action="append", default=[], metavar="FILE",
+                   help="read one text per line from FILE (UTF-8; blank lines skipped); repeatable. Many texts are "
+                        "batched by length, and the results come in input order")
     p.add_argument("--top-k", type=int, default=5, help="candidates shown per mask (and the top-k cut when sampling)")
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy",
                    help="greedy: each mask its argmax from one pass; iterative: fill the most confident mask, "

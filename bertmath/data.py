@@ -41,6 +41,7 @@ from tokenizers import Tokenizer
 
 from .config import Config, DataConfig
 from .errors import DataError
+from .io import decode_utf8, read_text
 from .tokenizer import SpecialTokens, load_tokenizer, save_tokenizer, special_tokens, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -137,22 +138,6 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
     return list(files)
 
 
-def _decode(raw: bytes, where: str, offset: int = 0) -> str:
-    """UTF-8 (a leading BOM dropped), or a DataError naming the first bad byte and its file offset."""
-    try:
-        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start})") from None
-
-
-def read_text(path: Path) -> str:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return _decode(raw, str(path))
-
-
 def _read_jsonl(path: Path, column: str) -> Iterator[str]:
     """The `column` value of every JSON line; null values skipped (no text), other non-strings refused."""
     try:
@@ -162,7 +147,7 @@ def _read_jsonl(path: Path, column: str) -> Iterator[str]:
     with f:
         offset = 0
         for number, raw in enumerate(f, start=1):
-            line = _decode(raw, str(path), offset)
+            line = decode_utf8(raw, str(path), offset)
             offset += len(raw)
             if not line.strip():
                 continue

@@ -1,5 +1,5 @@
 """The floor every writer and reader of files stands on: atomic writes, and reading JSON and safetensors with
-one-line errors. Imports nothing of bertmath but its errors.
+one-line errors, and UTF-8 text. Imports nothing of bertmath but its errors.
 
 A file is written under a temporary name beside its final one, fsync'ed and renamed into place, so that a
 reader (or a run resumed after a kill) sees the old file or the new one, never a part of it.
@@ -17,7 +17,24 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError, OutputError
+from .errors import CheckpointError, DataError, OutputError
+
+
+def decode_utf8(raw: bytes, where: str, offset: int = 0) -> str:
+    """UTF-8 (a leading BOM dropped), or a DataError naming the first bad byte and its file offset."""
+    try:
+        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start})") from None
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file, or a DataError naming the file and what is wrong with it."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_utf8(raw, str(path))
 
 
 def fsync_dir(path: Path) -> None:

@@ -140,6 +140,8 @@ CASES = [
          lambda tmp: write(tmp / "taken.txt", "mine")),
     Case("fill-mask: empty text", ("fill-mask", "{run}", ""), ("no [MASK]",)),
     Case("fill-mask: empty stdin", ("fill-mask", "{run}", "-"), ("no input text",), stdin=""),
+    Case("fill-mask: no text at all", ("fill-mask", "{run}"), ("no input text", "--file")),
+    Case("fill-mask: missing --file", ("fill-mask", "{run}", "--file", "{tmp}/nope.txt"), ("nope.txt", "cannot read")),
     Case("fill-mask: oversize text", ("fill-mask", "{run}", TOO_LONG + "[MASK]"), ("tokens long",)),
     Case("fill-mask: --top-k not a number", ("fill-mask", "{run}", "the [MASK]", "--top-k", "abc"),
          ("--top-k", "invalid int value"), exit_code=2),

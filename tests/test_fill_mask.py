@@ -343,6 +343,19 @@ def test_cli_stdin_and_json(run_dir, fill):
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
 
 
+def test_cli_reads_texts_from_files_in_order(run_dir, fill, tmp_path, capsys):
+    from bertmath.cli import main
+
+    many = tmp_path / "many.txt"
+    many.write_text("the old [MASK] walked to the city\n\n[MASK] .\nMy sister [MASK] at the [MASK] in the park!\n",
+                    encoding="utf-8")
+    assert main(["fill-mask", str(run_dir), "first [MASK]", "--file", str(many), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    texts = ["first [MASK]", "the old [MASK] walked to the city", "[MASK] .", "My sister [MASK] at the [MASK] in the park!"]
+    assert [r["text"] for r in records] == texts
+    assert [r["filled"] for r in records] == [r.filled for r in fill.predict(texts)]
+
+
 def test_cli_truncate(run_dir):
     long_text = "the cat [MASK] " + "sat on the mat " * 30
     assert_one_line_error(run_cli("fill-mask", run_dir, long_text), "tokens long", "limit of 64", "--truncate")

@@ -186,6 +186,19 @@ def setup_process(train: TrainConfig) -> tuple[torch.device, distributed.DistInf
     return device, info
 
 
+@dataclass(frozen=True)
+class _StepRecord:
+    """What a step logs; loss and grad_norm still on the device until `Trainer._finish_step` reads them."""
+
+    step: int
+    tokens: int
+    lr: float
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    elapsed_s: float  # training time of the whole run at this step
+    tokens_per_s: float  # over this session since its last save
+
+
 class Trainer:
     def __init__(self, config: Config):
         self.config = config
@@ -370,9 +383,10 @@ class Trainer:
         return self._mask(self.data.batch("train", indices), mask_generator(train.seed, m),
                           (info.rank, info.world_size))
 
-    def _train_step(self) -> tuple[float, float]:
+    def _train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on L = Σ CE / N, the mean over the N masked tokens of all grad_accum_steps
-        micro-batches in all P processes; returns (L, ‖∇L‖ before clipping).
+        micro-batches in all P processes; returns (L, ‖∇L‖ before clipping) as 0-d tensors on the device, not
+        read yet: reading them waits for the device (see `_loop`).
 
         Each process back-propagates the Σ CE of its own tokens times P/N, and DDP / FSDP average gradients
         over processes: (1/P) Σ_p P/N ∇Σ_p CE = ∇L, the gradient one process with the whole batch gets."""
@@ -410,7 +424,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = distributed.total(total_loss, info) / info.world_size  # Σ_p (P/N) Σ CE / P = L
-        return float(step_loss), float(distributed.full_tensor(grad_norm))
+        return step_loss.detach(), distributed.full_tensor(grad_norm).detach()
 
     def run(self) -> dict:
         """Prepare the data and the model, train (the loop), and return the summary; rank 0 also plots."""
@@ -439,27 +453,38 @@ class Trainer:
         start_step, start_time, session_tokens = self.state.step, _now(), 0
         window_start = start_time  # reset at step HORIZON_WINDOW[0] of this process
         last_saved = start_step if self.resume_from is not None else None
+        pending: _StepRecord | None = None
         while self.state.step < self._last_step():
             if self.state.step - start_step == HORIZON_WINDOW[0]:
                 window_start = _now()
             loss, grad_norm = self._train_step()
-            self._check_finite(loss)
+            # The previous step's loss is read only now, with this step queued: on a GPU, reading a value waits
+            # for the device, and waiting here instead of before this step keeps the device busy meanwhile.
+            if pending is not None:
+                self._finish_step(pending, pbar)
             self.state.step += 1
             self.state.tokens_seen += self._tokens_per_step()
             session_tokens += self._tokens_per_step()
             elapsed = _now() - start_time
-            self._log_step(loss, grad_norm, elapsed, session_tokens, pbar)
-            if self._awaiting_plan() and self.state.step - start_step == HORIZON_WINDOW[1]:
-                step_time = (_now() - window_start) / (HORIZON_WINDOW[1] - HORIZON_WINDOW[0])
-                self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
-                pbar.total = self._last_step()
+            pending = _StepRecord(self.state.step, self.state.tokens_seen, self.optimizer.param_groups[0]["lr"],
+                                  loss, grad_norm, self.state.elapsed_s + elapsed, session_tokens / elapsed)
+            measure_plan = self._awaiting_plan() and self.state.step - start_step == HORIZON_WINDOW[1]
             done = self.state.step == self._last_step()
             out_of_time = (train.max_time_minutes is not None
                            and self.state.elapsed_s + elapsed > 60 * train.max_time_minutes)
             out_of_time = distributed.broadcast_flag(out_of_time, self.dist)
-            if self.state.step % train.eval_every == 0 or done or out_of_time:
+            evaluate = self.state.step % train.eval_every == 0 or done or out_of_time
+            save = self.state.step % train.save_every == 0 or done or out_of_time
+            if measure_plan or evaluate or save:  # checked and logged before anything is measured or saved
+                self._finish_step(pending, pbar)
+                pending = None
+            if measure_plan:
+                step_time = (_now() - window_start) / (HORIZON_WINDOW[1] - HORIZON_WINDOW[0])
+                self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
+                pbar.total = self._last_step()
+            if evaluate:
                 self._evaluate(pbar)
-            if self.state.step % train.save_every == 0 or done or out_of_time:
+            if save:
                 self.state.elapsed_s += _now() - start_time
                 start_time, session_tokens = _now(), 0
                 self._save()
@@ -467,6 +492,8 @@ class Trainer:
             if out_of_time:
                 pbar.write(f"train.max_time_minutes ({train.max_time_minutes}) reached at step {self.state.step}")
                 break
+        if pending is not None:
+            self._finish_step(pending, pbar)
         if last_saved is None or last_saved != self.state.step:  # e.g. resumed at max_steps
             self._evaluate(pbar)
             self._save()
@@ -486,20 +513,19 @@ class Trainer:
                  len(self.data.train), len(self.data.eval), self.config.data.max_seq_len,
                  f"{self._tokens_per_step():,}", self.device, self.precision, processes)
 
-    def _check_finite(self, loss: float) -> None:
+    def _finish_step(self, record: "_StepRecord", pbar) -> None:
+        """Read a step's loss and gradient norm (a host sync on a GPU), stop on a non-finite loss, and log the
+        step's metrics record and progress bar."""
+        loss, grad_norm = float(record.loss), float(record.grad_norm)
         if not math.isfinite(loss):
             latest = ckpt.latest_checkpoint(self.out_dir)
-            raise TrainingError(f"loss became {loss} at step {self.state.step + 1}; last good checkpoint: "
+            raise TrainingError(f"loss became {loss} at step {record.step}; last good checkpoint: "
                                 f"{latest or 'none'} (try a lower train.lr, a longer warm-up, or fp32)")
-
-    def _log_step(self, loss: float, grad_norm: float, elapsed: float, session_tokens: int, pbar) -> None:
-        """The step's metrics record and progress bar; `elapsed`, `session_tokens`: since this session's last save."""
-        lr = self.optimizer.param_groups[0]["lr"]
-        self._log_metrics({"step": self.state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                           "tokens": self.state.tokens_seen, "elapsed_s": round(self.state.elapsed_s + elapsed, 3),
-                           "tokens_per_s": round(session_tokens / elapsed, 1)})
+        self._log_metrics({"step": record.step, "loss": loss, "lr": record.lr, "grad_norm": grad_norm,
+                           "tokens": record.tokens, "elapsed_s": round(record.elapsed_s, 3),
+                           "tokens_per_s": round(record.tokens_per_s, 1)})
         pbar.update(1)
-        pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{session_tokens / elapsed:,.0f}", refresh=False)
+        pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{record.lr:.2e}", tok_s=f"{record.tokens_per_s:,.0f}", refresh=False)
 
     def _awaiting_plan(self) -> bool:
         """schedule_horizon "time" before the step time is measured: the last step is not known yet."""

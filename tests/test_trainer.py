@@ -493,3 +493,37 @@ def test_all_mask_at_a_high_rate_trains_with_sparse_mlm_and_whole_words(tmp_path
     losses = [m["loss"] for m in _read_metrics(Path(tree["train"]["out_dir"])) if "loss" in m]
     assert summary["steps"] == 30 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_a_step_is_read_only_after_the_next_is_queued_and_always_before_a_save(tmp_path, monkeypatch):
+    """No host sync per step: step n's loss and gradient norm are read (float) after step n+1 was launched,
+    except where the run evaluates, saves or stops, which read the step first. metrics.jsonl still has every
+    step in order with the values the steps computed."""
+    events = []
+
+    class Watched(torch.Tensor):
+        def __float__(self):
+            events.append(("read", self.step))
+            return super().__float__()
+
+    original = Trainer._train_step
+
+    def watched_step(self):
+        events.append(("step", self.state.step + 1))
+        watched = [value.as_subclass(Watched) for value in original(self)]  # the same values, reads recorded
+        for value in watched:
+            value.step = self.state.step + 1
+        return tuple(watched)
+
+    monkeypatch.setattr(Trainer, "_train_step", watched_step)
+    tree = tiny_config_tree(tmp_path, max_steps=9, save_every=4, eval_every=100)
+    train(config_from_dict(tree))
+    first_read = {n: events.index(("read", n)) for n in range(1, 10)}
+    for n in range(1, 10):
+        steps_before = [m for kind, m in events[:first_read[n]] if kind == "step"]
+        if n in (4, 8, 9):  # saves (4, 8) and the last step: read before anything else happens
+            assert steps_before[-1] == n, (n, events)
+        else:
+            assert steps_before[-1] == n + 1, (n, events)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 10))

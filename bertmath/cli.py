@@ -213,7 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # argparse gives an optional-length positional (fill-mask's TEXT ...) nothing when an option stands
+        # between it and the one before ("CKPT --top-k 3 TEXT"; fixed in Python 3.13): such texts come back here
+        if not isinstance(getattr(args, "texts", None), list) or any(e.startswith("-") and e != "-" for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.texts += extras
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("datasets", "httpx", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -349,7 +349,8 @@ def test_cli_reads_texts_from_files_in_order(run_dir, fill, tmp_path, capsys):
     many = tmp_path / "many.txt"
     many.write_text("the old [MASK] walked to the city\n\n[MASK] .\nMy sister [MASK] at the [MASK] in the park!\n",
                     encoding="utf-8")
-    assert main(["fill-mask", str(run_dir), "first [MASK]", "--file", str(many), "--json"]) == 0
+    # options anywhere, also between the checkpoint and the texts (argparse's optional-positional trap)
+    assert main(["fill-mask", str(run_dir), "--json", "first [MASK]", "--file", str(many)]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     texts = ["first [MASK]", "the old [MASK] walked to the city", "[MASK] .", "My sister [MASK] at the [MASK] in the park!"]
     assert [r["text"] for r in records] == texts

@@ -150,6 +150,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"  # under torchrun: auto = ddp; ddp/fsdp also demand torchrun
     timeout_minutes: float = 10.0  # a collective waiting longer (a hung or lost process) aborts the job
+    plot: bool = True  # draw out_dir/training.png at the end of a run (where matplotlib is installed)
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "save_every", "eval_batches"):

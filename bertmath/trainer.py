@@ -443,7 +443,7 @@ class Trainer:
             if self.metrics_log is not None:
                 self.metrics_log.close()
         summary = self._summary()
-        if self.dist.is_main:
+        if self.dist.is_main and self.config.train.plot:
             plot_if_available(self.out_dir)  # out_dir/training.png; only warns if plotting fails
         return summary
 

@@ -84,9 +84,11 @@ def test_bench_runs_and_reports_json(tiny_yaml):
     assert row["train"]["ratio"] > 0 and row["infer"]["ratio"] > 0
 
 
-def test_bench_suite_runs(tiny_yaml):
-    report = run_bench("--config", str(tiny_yaml), "--suite", "cpu", "--no-compile", "--steps", "1", "--repeats", "1",
-                       "--warmup", "1", "--json", "--batch-size", "2", "--peak-size", "256", "--no-memory")
+def test_bench_suite_runs(tiny_yaml, capsys):
+    """In this process (the test above runs the script as a user does): the same `main`, its JSON on stdout."""
+    load_bench().main(["--config", str(tiny_yaml), "--suite", "cpu", "--no-compile", "--steps", "1", "--repeats", "1",
+                       "--warmup", "1", "--json", "--batch-size", "2", "--peak-size", "256", "--no-memory"])
+    report = json.loads(capsys.readouterr().out)
     rows = [row["row"] for group in report["groups"] for row in group["rows"]]
     assert len(rows) == 6 and any(r.startswith("(1) identical math") for r in rows)
     # auto resolves to what the trainer would pick on this machine: bf16 only where it is native

@@ -7,7 +7,9 @@ are peaked and rankings have no near-ties).
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ import pytest
 import torch
 
 from bertmath import CheckpointError, ConfigError
+from bertmath.cli import main
 from bertmath.fill_mask import FillMask, FillMaskError, FillMaskResult, sampling_support
 
 from helpers import make_bertmath_run
@@ -291,13 +294,40 @@ def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
         FillMask.from_pretrained(tmp_path / "nope")
 
 
-# --- CLI (subprocess: exit status, stderr, no traceback) --------------------------------------------------
+# --- CLI (exit status, stderr, no traceback) -------------------------------------------------------------
+# Two tests run `python -m bertmath` as a user does (a subprocess); the rest call the same `main` in-process
+# (`run_main`), which saves the ~2 s of imports a subprocess spends each, on a slow CPU.
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "bertmath", *map(str, args)], input=stdin, capture_output=True,
                           text=True, timeout=120, env=env)
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """run_cli's twin in this process: `main(ARGS)` with `stdin`, its exit status (argparse's SystemExit
+    included) and output shaped like a subprocess's. Log records go to stderr as the CLI's own
+    logging.basicConfig sends them in a fresh process (pytest's log capture would otherwise take them)."""
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+        capsys.readouterr()
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+    return run
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -327,9 +357,9 @@ def test_cli_prints_candidates_and_filled_sentence(run_dir, fill):
     assert proc.stdout.count("[MASK] #") == 3
 
 
-def test_cli_stdin_and_json(run_dir, fill):
-    proc = run_cli("fill-mask", run_dir, "-", "--json", "--strategy", "sample", "--seed", "3", "--top-k", "4",
-                   "--temperature", "1.5", "--top-p", "0.9", stdin="The cat sat on the [MASK].\n\n[MASK] dog ran.\n")
+def test_cli_stdin_and_json(run_dir, fill, run_main):
+    proc = run_main("fill-mask", run_dir, "-", "--json", "--strategy", "sample", "--seed", "3", "--top-k", "4",
+                    "--temperature", "1.5", "--top-p", "0.9", stdin="The cat sat on the [MASK].\n\n[MASK] dog ran.\n")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["text"] for r in records] == ["The cat sat on the [MASK].", "[MASK] dog ran."]
@@ -357,20 +387,20 @@ def test_cli_reads_texts_from_files_in_order(run_dir, fill, tmp_path, capsys):
     assert [r["filled"] for r in records] == [r.filled for r in fill.predict(texts)]
 
 
-def test_cli_truncate(run_dir):
+def test_cli_truncate(run_dir, run_main):
     long_text = "the cat [MASK] " + "sat on the mat " * 30
-    assert_one_line_error(run_cli("fill-mask", run_dir, long_text), "tokens long", "limit of 64", "--truncate")
-    proc = run_cli("fill-mask", run_dir, long_text, "--truncate", "--json")
+    assert_one_line_error(run_main("fill-mask", run_dir, long_text), "tokens long", "limit of 64", "--truncate")
+    proc = run_main("fill-mask", run_dir, long_text, "--truncate", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["truncated_tokens"] > 0
 
 
-def test_cli_no_mask(run_dir):
-    assert_one_line_error(run_cli("fill-mask", run_dir, "hello"), "no [MASK] in 'hello'")
+def test_cli_no_mask(run_dir, run_main):
+    assert_one_line_error(run_main("fill-mask", run_dir, "hello"), "no [MASK] in 'hello'")
 
 
-def test_cli_missing_checkpoint(tmp_path):
-    assert_one_line_error(run_cli("fill-mask", tmp_path / "missing", "a [MASK]"), "missing", "not found")
+def test_cli_missing_checkpoint(tmp_path, run_main):
+    assert_one_line_error(run_main("fill-mask", tmp_path / "missing", "a [MASK]"), "missing", "not found")
 
 
 def test_cli_corrupted_weights_name_the_file(tmp_path, run_dir):
@@ -382,12 +412,12 @@ def test_cli_corrupted_weights_name_the_file(tmp_path, run_dir):
     assert_one_line_error(run_cli("fill-mask", step, "a [MASK]"), str(weights))
 
 
-def test_cli_config_that_does_not_match_the_weights(tmp_path, run_dir):
+def test_cli_config_that_does_not_match_the_weights(tmp_path, run_dir, run_main):
     step = tmp_path / "step"
     shutil.copytree(sorted(run_dir.glob("step-*"))[-1], step)
     config = step / "config.yaml"
     config.write_text(config.read_text().replace("hidden_size: 32", "hidden_size: 48"))
-    line = assert_one_line_error(run_cli("fill-mask", step, "a [MASK]"), str(step))
+    line = assert_one_line_error(run_main("fill-mask", step, "a [MASK]"), str(step))
     shapes = r"tensor 'bert\.[\w.]+' has shape \((32,|\d+, 32)\) in the checkpoint but \((48,|\d+, 48)\)"
     assert re.search(shapes, line), line
 
@@ -398,14 +428,14 @@ def test_cli_config_that_does_not_match_the_weights(tmp_path, run_dir):
     (["--temperature", "0"], "temperature"),
     (["--top-p", "1.5"], "top_p"),
 ])
-def test_cli_bad_options(run_dir, args, fragment):
-    proc = run_cli("fill-mask", run_dir, "a [MASK]", *args)
+def test_cli_bad_options(run_dir, args, fragment, run_main):
+    proc = run_main("fill-mask", run_dir, "a [MASK]", *args)
     assert_one_line_error(proc, fragment)
     assert proc.returncode == 2
 
 
-def test_cli_export(tmp_path, run_dir):
-    proc = run_cli("export", run_dir, tmp_path / "out")
+def test_cli_export(tmp_path, run_dir, run_main):
+    proc = run_main("export", run_dir, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "vocab.txt").is_file()
-    assert_one_line_error(run_cli("export", tmp_path / "missing", tmp_path / "out2"), "not found")
+    assert_one_line_error(run_main("export", tmp_path / "missing", tmp_path / "out2"), "not found")

@@ -57,7 +57,9 @@ def tiny_config_tree(tmp_path: Path, **train) -> dict:
         "data": {"source": "text", "paths": [str(corpus)], "max_seq_len": 32, "eval_fraction": 0.1},
         "train": {"out_dir": str(tmp_path / "run"), "max_steps": 12, "batch_size": 4, "lr": 3e-3,
                   "warmup_steps": 2, "eval_every": 6, "save_every": 4, "eval_batches": 4, "seed": 1,
-                  "device": "cpu", "num_threads": 1, "precision": "fp32", **train},
+                  "device": "cpu", "num_threads": 1, "precision": "fp32",
+                  "plot": False,  # ~1 s of matplotlib per run; tests/test_figures.py turns it on and checks the PNG
+                  **train},
     }
 
 
@@ -119,6 +121,7 @@ def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path):
     assert summary["final_mask_accuracy"] == evals[-1]["eval_mask_accuracy"]
     assert summary["best_mask_accuracy"] == max(e["eval_mask_accuracy"] for e in evals)
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-0000100", "step-0000200"]
+    assert not (out / "training.png").exists()  # train.plot: false
     for name in ckpt.LATEST_FILES:
         assert (out / name).is_file()
     model = BertForMaskedLM.from_pretrained(out)

@@ -77,7 +77,7 @@ def test_step_throughput_is_tokens_over_time_between_logged_steps():
 
 
 def test_trainer_draws_the_curves_at_the_end_of_a_run(tmp_path):
-    tree = tiny_config_tree(tmp_path, max_steps=6, eval_every=3, save_every=6)
+    tree = tiny_config_tree(tmp_path, max_steps=6, eval_every=3, save_every=6, plot=True)
     train(config_from_dict(tree))
     assert_png(Path(tree["train"]["out_dir"]) / "training.png")
 
@@ -87,7 +87,7 @@ def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(figures, "plot_run", broken)
-    tree = tiny_config_tree(tmp_path, max_steps=2, eval_every=2, save_every=2)
+    tree = tiny_config_tree(tmp_path, max_steps=2, eval_every=2, save_every=2, plot=True)
     with caplog.at_level(logging.WARNING, logger="bertmath.viz.plot"):
         summary = train(config_from_dict(tree))
     assert summary["steps"] == 2

@@ -180,7 +180,8 @@ def test_a_hung_process_times_out_instead_of_hanging_the_job(tmp_path):
     says so in one line naming the last good checkpoint, and torchrun stops the job with a non-zero exit."""
     config = write_config(tmp_path, _tree(tmp_path))
     out = tmp_path / "hung"
-    run = _torchrun(config, out, "--set", "train.timeout_minutes=0.2", fault={"rank": 1, "step": 8, "kind": "hang"})
+    # 6 s: long enough for a loaded CPU's slowest healthy wait (rank 0 saving step 6), short for the suite
+    run = _torchrun(config, out, "--set", "train.timeout_minutes=0.1", fault={"rank": 1, "step": 8, "kind": "hang"})
     assert run.returncode != 0
     assert (f"bertmath pretrain [rank 0/2]: error: another process failed or stopped answering" in run.stderr)
     assert f"last good checkpoint: {out / 'step-0000006'}; run the same command again to resume" in run.stderr

@@ -144,13 +144,13 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     """A real process killed with SIGKILL mid-run, then resumed, ends with the very same weights and the
-    same per-step losses as a run that never stopped (CPU, fp32, dropout on)."""
+    same per-step losses as a run that never stopped (CPU, fp32, dropout on). Only the killed run needs a
+    process of its own: the uninterrupted and the resumed run train in this one (~2 s of imports saved each)."""
     tree = tiny_config_tree(tmp_path, max_steps=40, save_every=5, eval_every=10)
     config = write_config(tmp_path, tree)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 
-    run = _pretrain(config, "--set", f"train.out_dir={straight}")
-    assert run.wait(timeout=600) == 0, run.stderr.read()
+    train(config_from_dict({**tree, "train": {**tree["train"], "out_dir": str(straight)}}))
 
     run = _pretrain(config, "--set", f"train.out_dir={killed}")
     deadline = time.time() + 600
@@ -165,8 +165,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     assert ckpt.latest_checkpoint(killed) is not None
     assert int(ckpt.latest_checkpoint(killed).name.split("-")[1]) < 40
 
-    run = _pretrain(config, "--set", f"train.out_dir={killed}", "--resume")
-    assert run.wait(timeout=600) == 0, run.stderr.read()
+    train(config_from_dict({**tree, "train": {**tree["train"], "out_dir": str(killed), "resume": "required"}}))
 
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()

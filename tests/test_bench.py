@@ -63,6 +63,7 @@ def run_bench(*args):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_bench_runs_and_reports_json(tiny_yaml):
     report = run_bench("--config", str(tiny_yaml), "--steps", "2", "--repeats", "1", "--warmup", "1", "--json",
                        "--batch-size", "2", "--fused", "--sparse-mlm", "--peak-size", "256")

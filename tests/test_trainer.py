@@ -98,6 +98,7 @@ def _read_metrics(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.smoke
 def test_tiny_run_learns_and_leaves_a_loadable_checkpoint(tmp_path):
     tree = tiny_config_tree(tmp_path, max_steps=200, eval_every=100, save_every=100, keep_checkpoints=1, batch_size=16)
@@ -247,6 +248,7 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path, mo
     BertForMaskedLM.from_pretrained(out)
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_give_one_line_and_nonzero_exit(tmp_path, capsys):
     """Bad corpora, tokenizers and keys: `bertmath pretrain` exits non-zero with one error line and no traceback.
     The first case runs as a user runs it (a subprocess); the others call the same `main` in-process, which
@@ -312,6 +314,7 @@ def _tree_hashes(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_out_dir_stops_at_once_and_the_first_finishes(tmp_path, capsys):
     """Two processes, one out_dir: the second (this one, through the CLI's main) returns 1 with one line
     naming the first one's pid and changes nothing; the first, held mid-run meanwhile, then finishes with
@@ -334,6 +337,7 @@ def test_a_second_run_into_a_busy_out_dir_stops_at_once_and_the_first_finishes(t
     assert ckpt.latest_checkpoint(out).name == "step-0000008"
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_resumes_with_its_lock_file_left_as_it_was(tmp_path):
     """flock dies with its process: a run SIGKILLed while holding out_dir/.lock is resumed by the same
     command with the file untouched (it still names the dead process), and the resumed run holds it."""

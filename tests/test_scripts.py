@@ -138,7 +138,7 @@ def test_cpu_demo_end_to_end_with_a_tiny_model(tmp_path):
 @pytest.mark.slow
 def test_scaling_script_runs_one_and_two_processes_on_the_same_work(tmp_path):
     tiny = ["model.vocab_size=512", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
-            "model.intermediate_size=64", "data.max_documents=1000", "data.eval_fraction=0.1", "data.max_seq_len=32",
+            "model.intermediate_size=64", "data.max_documents=300", "data.eval_fraction=0.1", "data.max_seq_len=32",
             "train.batch_size=8", "train.precision=fp32", "train.plot=false"]
     command = [sys.executable, str(REPO / "scripts" / "scaling.py"), "--config", "configs/small.yaml", "--steps", "6",
                "--skip", "2", "--json", *[a for kv in tiny for a in ("--set", kv)]]

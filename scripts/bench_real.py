@@ -178,7 +178,8 @@ def main(argv=None) -> dict:
         row["bertmath_speedup"] = round(ours_rate / row["sentences_per_s"], 2)
     report = {"sentences": len(sentences), "tokens": sum(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
               "max_tokens": max(lengths), "rounds": args.rounds, "top_k": args.top_k, "threads": torch.get_num_threads(),
-              "cpu_class": cpu_class(), "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))),
+              "cpu_class": cpu_class(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))),
               "torch": torch.__version__, "rows": rows}
     report["transformers"] = __import__("transformers").__version__
     if args.json:

@@ -1,4 +1,5 @@
-"""Configuration: frozen dataclasses mirrored one-to-one by YAML sections `model:`, `data:`, `train:`.
+"""Configuration: frozen dataclasses mirrored one-to-one by YAML sections `model:`, `data:`, `train:`
+(and `task:` for fine-tuning).
 
 Precedence: dataclass defaults < YAML file < overrides (`--set train.lr=3e-4`, parsed as YAML scalars).
 Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the file and key path.
@@ -170,11 +171,57 @@ class TrainConfig:
                  "'time' needs train.max_time_minutes, the budget the schedule runs on")
 
 
+TaskMetric = Literal["accuracy", "f1", "matthews", "pearson", "spearman"]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """A fine-tuning task (`bertmath finetune`): labelled examples, the checkpoint to start from, the score.
+    The model's shape comes from `init`; `train:` holds the optimisation as for pretraining."""
+
+    init: str = ""  # bertmath run or step directory, or a transformers BERT directory (e.g. MiniLM's)
+    train_file: str | None = None  # .csv, .tsv or .jsonl with a header / keys naming the columns
+    eval_file: str | None = None
+    hub_dataset: str | None = None  # instead of files (needs internet): e.g. "glue"
+    hub_config: str | None = None  # e.g. "sst2"
+    hub_splits: list[str] = field(default_factory=lambda: ["train", "validation"])  # train split, eval split
+    text_columns: list[str] = field(default_factory=lambda: ["sentence"])  # one column, or two for sentence pairs
+    label_column: str = "label"
+    num_labels: int = 2  # classes; 1 = regression (a real-valued score, mean-squared error)
+    label_names: list[str] = field(default_factory=list)  # names of labels 0..num_labels-1; files may use them
+    metric: TaskMetric = "accuracy"  # the score that picks the best step and leads the report
+    max_seq_len: int = 128  # tokens per example, [CLS] and [SEP]s included; longer ones are truncated
+    epochs: float | None = None  # passes over the training set; sets train.max_steps when given
+
+    def __post_init__(self):
+        _require(bool(self.init), "task.init", "needs the checkpoint to fine-tune (a bertmath run or step "
+                 "directory, or a transformers BERT directory)")
+        has_files = self.train_file is not None or self.eval_file is not None
+        _require(has_files != (self.hub_dataset is not None), "task.train_file",
+                 "give task.train_file and task.eval_file, or task.hub_dataset (not both)")
+        _require(not has_files or (self.train_file is not None and self.eval_file is not None), "task.eval_file",
+                 "give both task.train_file and task.eval_file")
+        _require(len(self.hub_splits) == 2, "task.hub_splits", f"expected [train, eval], got {self.hub_splits}")
+        _require(len(self.text_columns) in (1, 2), "task.text_columns",
+                 f"expected one column (single sentences) or two (pairs), got {self.text_columns}")
+        _require(self.num_labels >= 1, "task.num_labels", f"must be at least 1 (1 = regression), got {self.num_labels}")
+        _require(not self.label_names or len(self.label_names) == self.num_labels, "task.label_names",
+                 f"has {len(self.label_names)} names for {self.num_labels} labels")
+        regression = self.num_labels == 1
+        _require(regression == (self.metric in ("pearson", "spearman")), "task.metric",
+                 f"'{self.metric}' does not score {'regression' if regression else 'classification'} "
+                 f"(num_labels {self.num_labels}): use " + ("pearson or spearman" if regression
+                                                            else "accuracy, f1 or matthews"))
+        _require(self.max_seq_len >= 4, "task.max_seq_len", f"must be at least 4, got {self.max_seq_len}")
+        _require(self.epochs is None or self.epochs > 0, "task.epochs", "must be positive")
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig | None = None  # fine-tuning only (bertmath finetune)
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -267,16 +314,29 @@ def _build(cls: type, values: dict, prefix: str, where: str):
         path = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(f"{where}: unknown key '{path}'; valid keys: {', '.join(names)}")
-        if dataclasses.is_dataclass(hints[key]):
+        section = _section_type(hints[key])
+        if section is not None:
+            if value is None and hints[key] is not section:  # an optional section left out
+                kwargs[key] = None
+                continue
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {path}: expected a mapping of keys, got {value!r}")
-            kwargs[key] = _build(hints[key], value, f"{path}.", where)
+            kwargs[key] = _build(section, value, f"{path}.", where)
         else:
             kwargs[key] = _check_value(value, hints[key], path, where)
     try:
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _section_type(tp: Any) -> type | None:
+    """The dataclass of a config section typed `Section` or `Section | None`, else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in _UNION:
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return None
 
 
 def _apply_override(tree: dict, override: str) -> None:
@@ -318,7 +378,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def config_to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+    """The config as nested dicts; an optional section that is not set (a pretraining run's `task`) is left out."""
+    tree = dataclasses.asdict(config)
+    return {k: v for k, v in tree.items() if not (k == "task" and v is None)}
 
 
 def config_to_yaml(config: Config) -> str:

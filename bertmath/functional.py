@@ -177,6 +177,13 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, fuse
     return torch.where(valid, nll, torch.zeros_like(nll)).sum() / count
 
 
+def mse_loss(prediction: Tensor, target: Tensor, fused: bool = False) -> Tensor:
+    """MSE = (1/N) Σ_i (ŷ_i - y_i)², the regression loss of a one-output head. (N,) with (N,) → ()."""
+    if _fused(fused):
+        return F.mse_loss(prediction, target)
+    return ((prediction - target) ** 2).mean()
+
+
 def cosine_similarity(a: Tensor, b: Tensor, dim: int = -1, eps: float = 1e-8, fused: bool = False) -> Tensor:
     """cos(a, b) = a·b / (max(‖a‖, ε) · max(‖b‖, ε)), ‖a‖ = √(Σ_i a_i²), over `dim`; a, b broadcast.
 

@@ -36,6 +36,8 @@ _HEAD_PAIRS = [
     ("cls.predictions.decoder.weight", "mlm_head.decoder.weight"),
     ("cls.predictions.bias", "mlm_head.decoder.bias"),
 ]
+# The sequence-classification head: the same name on both sides (BertForSequenceClassification).
+_CLASSIFIER_PAIRS = [("classifier.{p}", "classifier.{p}")]
 # Present in transformers files, not parameters of an MLM encoder: buffers, the next-sentence head,
 # and the second name of the tied decoder bias.
 _IGNORED = re.compile(r"(^|\.)position_ids$|^cls\.seq_relationship\.|^cls\.predictions\.decoder\.bias$")
@@ -55,13 +57,16 @@ def _rename(name: str, pairs: list[tuple[str, str]], source: int) -> str | None:
 
 
 def hf_to_bertmath_name(name: str) -> str | None:
-    """transformers name → bertmath name, for BertForMaskedLM (prefix "bert.") or BertModel (no prefix);
+    """transformers name → bertmath name, for BertForMaskedLM and BertForSequenceClassification (prefix "bert.")
+    or BertModel (no prefix);
     None for entries that are not parameters of bertmath's models."""
     name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
     if _IGNORED.search(name):
         return None
     if name.startswith("cls."):
         return _rename(name, _HEAD_PAIRS, source=0)
+    if name.startswith("classifier."):
+        return _rename(name, _CLASSIFIER_PAIRS, source=0)
     prefix = "bert." if name.startswith("bert.") else ""
     mapped = _rename(name[len(prefix):], _NAME_PAIRS, source=0)
     return None if mapped is None else prefix + mapped
@@ -71,6 +76,8 @@ def bertmath_to_hf_name(name: str) -> str:
     """bertmath name → transformers name (the inverse of `hf_to_bertmath_name`)."""
     if name.startswith("mlm_head."):
         mapped = _rename(name, _HEAD_PAIRS, source=1)
+    elif name.startswith("classifier."):
+        mapped = _rename(name, _CLASSIFIER_PAIRS, source=1)
     else:
         prefix = "bert." if name.startswith("bert.") else ""
         mapped = _rename(name[len(prefix):], _NAME_PAIRS, source=1)

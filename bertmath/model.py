@@ -1,6 +1,7 @@
 """The BERT encoder, one small class per concept; each forward reads as its formula.
 
     Embeddings → N × EncoderLayer(SelfAttention, FeedForward) → MLMHead        Devlin et al. 2019, §3.
+                                                                → Pooler → classifier (fine-tuning, §4)
 
 Dims: B batch, T tokens, D hidden_size, H heads, Dh = D/H head size, F intermediate_size, V vocab.
 The math lives in `functional.py`; modules hold parameters and call it. No I/O here.
@@ -32,6 +33,12 @@ class BertOutput:
 class MaskedLMOutput:
     logits: Tensor  # (B, T, V); (S, V) at the S masked_positions when they are given (sparse MLM)
     loss: Tensor | None = None  # mean cross-entropy over positions whose label is not -100
+
+
+@dataclass
+class SequenceClassifierOutput:
+    logits: Tensor  # (B, C) class scores, or (B, 1) predicted values for regression (C = num_labels = 1)
+    loss: Tensor | None = None  # mean cross-entropy over the batch, or mean squared error for regression
 
 
 class LayerNorm(nn.Module):
@@ -304,6 +311,42 @@ def _from_pretrained(cls, path, device) -> nn.Module:
     imports this module; the model, which does no I/O, reaches the loader only when a user asks it to load."""
     from .pretrained import load_pretrained
     return load_pretrained(cls, path, device=device)
+
+
+class BertForSequenceClassification(nn.Module):
+    """z = W_c Drop(tanh(W_p h_[CLS] + b_p)) + b_c: BERT's pooler, dropout, then one linear layer to C labels.
+    (B, T) ids → (B, C) logits. Classification (C ≥ 2): loss = CE(z, y), y ∈ {0..C-1};
+    regression (C = 1): loss = MSE(z, y), y real. Sentence pairs arrive as [CLS] a [SEP] b [SEP] with segment
+    ids 0 for a and 1 for b. Devlin et al. 2019, §4.1 (GLUE). Weight names are transformers'
+    (bert.*, bert.pooler.dense.*, classifier.*)."""
+
+    def __init__(self, config: ModelConfig, num_labels: int = 2):
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be at least 1 (1 = regression), got {num_labels}")
+        self.config, self.num_labels = config, num_labels
+        self.bert = BertModel(config, add_pooler=True)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_weights(self.classifier, config.initializer_range)
+        self.dropout_p, self.fused = config.hidden_dropout, config.fused
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> SequenceClassifierOutput:
+        pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, D)
+        logits = self.classifier(BF.dropout(pooled, self.dropout_p, self.training, fused=self.fused))  # (B, C)
+        if labels is None:
+            return SequenceClassifierOutput(logits)
+        if self.num_labels == 1:
+            loss = BF.mse_loss(logits.float()[:, 0], labels.float(), fused=self.fused)
+        else:
+            loss = BF.cross_entropy(logits.float(), labels, fused=self.fused)
+        return SequenceClassifierOutput(logits, loss)
+
+    def num_parameters(self) -> int:
+        return count_unique_parameters(self)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.bert.encoder.checkpointing = enabled
 
 
 def init_weights(module: nn.Module, std: float) -> None:

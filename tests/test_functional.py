@@ -597,3 +597,11 @@ def test_rotary_makes_dot_products_depend_only_on_the_offset():
         diagonal = torch.diagonal(scores, offset)
         assert_close(diagonal, diagonal[:1].expand_as(diagonal), atol=1e-10, rtol=1e-10)
     assert not torch.allclose(torch.diagonal(scores, 0)[:1], torch.diagonal(scores, 3)[:1])  # but the offset matters
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_mse_loss_matches_torch(fused, dtype):
+    prediction, target = randn(10, dtype=dtype, scale=2.0, seed=60), randn(10, dtype=dtype, scale=2.0, seed=61)
+    check_values_and_grads(lambda p: BF.mse_loss(p, target, fused=fused)[None],
+                           lambda p: F.mse_loss(p, target)[None], [prediction], dtype)

@@ -89,15 +89,16 @@ def test_some_names_by_hand(hf, ours):
 def test_unknown_names():
     for name in ["cls.seq_relationship.weight", "cls.seq_relationship.bias"]:  # next-sentence head: known, skipped
         assert hf_to_bertmath_name(name) is None
-    for name in ["classifier.weight", "bert.encoder.layer.0.crossattention.self.query.weight",
+    for name in ["classifier.dense.weight", "bert.encoder.layer.0.crossattention.self.query.weight",
                  "bert.encoder.layer.x.output.dense.weight"]:
         assert hf_to_bertmath_name(name) is None
     unknown = []
-    state = {"classifier.weight": torch.zeros(2, 2), "cls.seq_relationship.bias": torch.zeros(2),
-             "bert.embeddings.position_ids": torch.arange(3), "pooler.dense.bias": torch.ones(2)}
+    state = {"classifier.dense.weight": torch.zeros(2, 2), "cls.seq_relationship.bias": torch.zeros(2),
+             "bert.embeddings.position_ids": torch.arange(3), "pooler.dense.bias": torch.ones(2),
+             "classifier.weight": torch.zeros(2, 2)}
     out = state_dict_from_hf(state, unknown)
-    assert unknown == ["classifier.weight"]  # ignored-by-design names are not reported
-    assert set(out) == {"pooler.dense.bias"}
+    assert unknown == ["classifier.dense.weight"]  # ignored-by-design names are not reported
+    assert set(out) == {"pooler.dense.bias", "classifier.weight"}  # BertForSequenceClassification's head maps
     with pytest.raises(KeyError):
         bertmath_to_hf_name("bert.encoder.layers.0.attention.qkv.weight")
 

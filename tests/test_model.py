@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import bertmath
-from bertmath import BertForMaskedLM, BertModel, hf_format, parameter_counts, parameter_table
+from bertmath import (BertForMaskedLM, BertForSequenceClassification, BertModel, hf_format, parameter_counts,
+                      parameter_table)
 from bertmath.masking import prediction_slots
 
 transformers = pytest.importorskip("transformers")
@@ -623,3 +624,81 @@ def test_position_encodings_change_the_output(tiny_config):
             logits[positions] = BertForMaskedLM(tiny_config(position_encoding=positions)).eval()(ids, mask, types).logits
     assert not torch.allclose(logits["alibi"], logits["rope"])
     assert not torch.allclose(logits["learned"], logits["alibi"])
+
+
+# --- sequence classification ---------------------------------------------------------------------------
+
+
+def hf_classifier(cfg, num_labels, seed=0):
+    torch.manual_seed(seed)
+    hf_cfg = hf_config(cfg)
+    hf_cfg.num_labels = num_labels
+    return randomize(transformers.BertForSequenceClassification(hf_cfg).eval(), seed)
+
+
+def class_labels(num_labels, B=3, seed=6):
+    g = torch.Generator().manual_seed(seed)
+    if num_labels == 1:
+        return torch.rand(B, generator=g) * 5  # STS-B-like scores in [0, 5]
+    return torch.randint(0, num_labels, (B,), generator=g)
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pair"])
+@pytest.mark.parametrize("num_labels", [1, 2, 3], ids=["regression", "binary", "three-way"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_sequence_classification_matches_transformers(tiny_config, fused, num_labels, pairs):
+    """Logits and loss (MSE for one label, CE otherwise) of transformers' BertForSequenceClassification with
+    the same weights, on a padded batch of single sentences (segment 0) or pairs (segments 0 then 1)."""
+    cfg = tiny_config(fused=fused)
+    hf = hf_classifier(cfg, num_labels)
+    ours = from_hf(BertForSequenceClassification, cfg, hf, num_labels=num_labels)
+    ids, mask, types = batch(cfg)
+    types = types if pairs else torch.zeros_like(types)
+    labels = class_labels(num_labels)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+        got = ours(ids, mask, types, labels=labels)
+    assert got.logits.shape == (3, num_labels)
+    assert_close(got.logits, expected.logits, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert_close(got.loss, expected.loss, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+def test_sequence_classification_gradients_match_transformers(tiny_config):
+    """Training mode without dropout: the loss's gradient reaches every parameter as in transformers."""
+    cfg = tiny_config()
+    hf = hf_classifier(cfg, 3).train()
+    ours = from_hf(BertForSequenceClassification, cfg, hf, num_labels=3).train()
+    ids, mask, types = batch(cfg)
+    labels = class_labels(3)
+    hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels).loss.backward()
+    ours(ids, mask, types, labels=labels).loss.backward()
+    theirs = hf_format.state_dict_from_hf({n: p.grad for n, p in hf.named_parameters()})
+    for name, p in ours.named_parameters():
+        assert_close(p.grad, theirs[name], atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32, msg=name)
+
+
+@pytest.mark.parametrize("num_labels", [1, 2], ids=["regression", "binary"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_sequence_classification_padding_changes_nothing(tiny_config, fused, num_labels):
+    """Each example's logits are the same alone and in a padded batch, whatever the padding holds."""
+    cfg = tiny_config(fused=fused)
+    torch.manual_seed(7)
+    model = BertForSequenceClassification(cfg, num_labels=num_labels).eval()
+    lengths = (9, 5, 2)
+    ids, mask, types = batch(cfg, lengths=lengths)
+    ids[1, 5:] = 7
+    with torch.no_grad():
+        padded = model(ids, mask, types).logits
+        for b, n in enumerate(lengths):
+            alone = model(ids[b:b + 1, :n], mask[b:b + 1, :n], types[b:b + 1, :n]).logits
+            assert_close(padded[b:b + 1], alone, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+def test_sequence_classification_counts_and_rejects_zero_labels(tiny_config):
+    cfg = tiny_config()
+    model = BertForSequenceClassification(cfg, num_labels=4)
+    D = cfg.hidden_size
+    assert model.num_parameters() == parameter_counts(cfg)["encoder_with_pooler"] + D * 4 + 4
+    assert model.num_parameters() == sum(p.numel() for p in hf_classifier(cfg, 4).parameters())
+    with pytest.raises(ValueError, match="num_labels"):
+        BertForSequenceClassification(cfg, num_labels=0)

@@ -136,14 +136,18 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str
                                   "floating point weights")
     missing = [k for k in expected if k not in state and k not in tied]
     missing_head = [k for k in missing if k.startswith("mlm_head.")]
-    missing_pooler = [k for k in missing if k.startswith("pooler.")]
-    missing_body = [k for k in missing if k not in missing_head and k not in missing_pooler]
+    missing_pooler = [k for k in missing if k.startswith("pooler.") or k.startswith("bert.pooler.")]
+    missing_classifier = [k for k in missing if k.startswith("classifier.")]  # a new task head: fine-tuning trains it
+    missing_body = [k for k in missing if k not in missing_head + missing_pooler + missing_classifier]
     if missing_body:
         raise CheckpointError(f"{where}: missing {len(missing_body)} tensors, e.g. '{missing_body[0]}'")
     if missing_head:
         log.warning("%s has no MLM head; these tensors keep their random init: %s", where, ", ".join(missing_head))
     if missing_pooler:
         log.warning("%s has no pooler; these tensors keep their random init: %s", where, ", ".join(missing_pooler))
+    if missing_classifier:
+        log.info("%s has no classification head: a new one starts from BERT's init (%s)", where,
+                 ", ".join(missing_classifier))
     unexpected = [k for k in state if k not in expected]
     if unexpected:
         log.info("%s: ignoring %d tensors the model does not use, e.g. %s", where, len(unexpected), unexpected[0])

@@ -50,19 +50,68 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def _read_texts(texts: list[str], files: list[str] = ()) -> list[str]:
-    """The TEXT arguments, each "-" replaced by the non-empty lines of stdin, then the non-empty lines of each
-    --file (UTF-8): one input per line."""
+def cmd_finetune(args) -> int:
+    from .config import load_config
+    from .finetune import describe_scores, finetune
+
+    overrides = list(args.overrides) + (["train.resume=required"] if args.resume else [])
+    config = load_config(args.config, overrides)
+    summary = finetune(config)
+    if summary.get("scores"):
+        print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "
+              f"({summary['tokens_per_s'] or 0:,.0f} tokens/s, {summary['precision']}); on "
+              f"{summary['eval_examples']:,} eval examples: "
+              f"{describe_scores(summary['scores'], summary['baseline'], config.task)}; best {summary['metric']} "
+              f"{summary['best_metric']:.3f} at step {summary['best_step']}; checkpoint: {summary['out_dir']}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from .classify import Classifier
+    from .errors import DataError
+
+    if args.files and args.texts:
+        raise DataError("give TEXT [TEXT2] or --file, not both")
+    if args.files:
+        examples = []
+        for path in args.files:
+            lines = _input_lines(path)
+            if args.pairs:
+                bad = next((n for n, line in enumerate(lines, 1) if len(line.split("\t")) != 2), None)
+                if bad is not None:
+                    raise DataError(f"{path}: example {bad} is not two tab-separated texts (--pairs)")
+            examples += [tuple(line.split("\t")) if args.pairs else line for line in lines]
+        if not examples:
+            raise DataError(f"{', '.join(args.files)}: no examples (empty input)")
+    elif args.texts:
+        if len(args.texts) > 2:
+            raise DataError(f"expected TEXT or TEXT TEXT2, got {len(args.texts)} texts (use --file for many)")
+        examples = [tuple(args.texts)]
+    else:
+        raise DataError("no input: give TEXT [TEXT2], or --file FILE ('-' for stdin) with one example per line")
+    classifier = Classifier.from_pretrained(args.checkpoint, device=args.device)
+    for prediction in classifier(examples):
+        print(json.dumps(prediction.to_dict(), ensure_ascii=False) if args.json else prediction.to_text())
+    return 0
+
+
+def _input_lines(source: str) -> list[str]:
+    """The non-empty lines of stdin ("-") or of a UTF-8 file: one input per line."""
     from .io import read_text
 
+    if source == "-":
+        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    return [line for line in read_text(Path(source)).splitlines() if line.strip()]
+
+
+def _read_texts(texts: list[str], files: list[str] = ()) -> list[str]:
+    """The TEXT arguments, each "-" replaced by the non-empty lines of stdin, then the non-empty lines of each
+    --file (UTF-8; "-": stdin): one input per line."""
     out = []
     for text in texts:
-        if text == "-":
-            out += [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-        else:
-            out.append(text)
+        out += _input_lines(text) if text == "-" else [text]
     for path in files:
-        out += [line for line in read_text(Path(path)).splitlines() if line.strip()]
+        out += _input_lines(path)
     return out
 
 
@@ -150,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in train.out_dir (error if there is none)")
     p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a labelled task (config with a task: section)")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in train.out_dir (error if there is none)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("classify", help="labels and scores of texts (or text pairs) from a fine-tuned checkpoint")
+    p.add_argument("checkpoint", help="bertmath fine-tuning run or step directory, or a transformers "
+                                      "BertForSequenceClassification directory")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="TEXT, or TEXT TEXT2 for a sentence pair")
+    p.add_argument("--file", dest="files", action="append", default=[], metavar="FILE",
+                   help="read one example per line from FILE (UTF-8; blank lines skipped; '-': stdin); repeatable. "
+                        "Many examples are batched by length, and the results come in input order")
+    p.add_argument("--pairs", action="store_true", help="with --file: each line is TEXT<tab>TEXT2")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print one JSON object per example, one per line")
+    p.set_defaults(func=cmd_classify)
+
     p = sub.add_parser("fill-mask", help="predict the words behind [MASK] with a checkpoint")
     p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")
     p.add_argument("texts", nargs="*", metavar="TEXT",

@@ -192,6 +192,7 @@ class TaskConfig:
     metric: TaskMetric = "accuracy"  # the score that picks the best step and leads the report
     max_seq_len: int = 128  # tokens per example, [CLS] and [SEP]s included; longer ones are truncated
     epochs: float | None = None  # passes over the training set; sets train.max_steps when given
+    fused: bool = True  # torch's fused kernels for the model from init (same math; model.fused)
 
     def __post_init__(self):
         _require(bool(self.init), "task.init", "needs the checkpoint to fine-tune (a bertmath run or step "

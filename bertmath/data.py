@@ -41,7 +41,7 @@ from tokenizers import Tokenizer
 
 from .config import Config, DataConfig
 from .errors import DataError
-from .io import decode_utf8, read_text
+from .io import decode_utf8, parse_json_object, read_text
 from .tokenizer import SpecialTokens, load_tokenizer, save_tokenizer, special_tokens, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,7 @@ def _read_jsonl(path: Path, column: str) -> Iterator[str]:
             offset += len(raw)
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {number}: not JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
+            record = parse_json_object(line, f"{path} line {number}")
             if column not in record:
                 raise DataError(f"{path} line {number}: no column '{column}' (set data.text_column); "
                                 f"columns: {', '.join(record) or 'none'}")

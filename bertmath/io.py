@@ -1,5 +1,5 @@
-"""The floor every writer and reader of files stands on: atomic writes, and reading JSON and safetensors with
-one-line errors, and UTF-8 text. Imports nothing of bertmath but its errors.
+"""The floor every writer and reader of files stands on: atomic writes, and reading JSON (files and JSON-lines
+lines) and safetensors with one-line errors, and UTF-8 text. Imports nothing of bertmath but its errors.
 
 A file is written under a temporary name beside its final one, fsync'ed and renamed into place, so that a
 reader (or a run resumed after a kill) sees the old file or the new one, never a part of it.
@@ -35,6 +35,17 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     return decode_utf8(raw, str(path))
+
+
+def parse_json_object(line: str, where: str, error: type[DataError] = DataError) -> dict:
+    """One JSON-lines line as a dict; else `error` naming `where` (the file and line)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def fsync_dir(path: Path) -> None:

@@ -348,6 +348,12 @@ class BertForSequenceClassification(nn.Module):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.bert.encoder.checkpointing = enabled
 
+    @classmethod
+    def from_pretrained(cls, path, device="cpu") -> "BertForSequenceClassification":
+        """Load a fine-tuned bertmath run/checkpoint directory or a transformers BertForSequenceClassification
+        directory (num_labels from its classifier's weights)."""
+        return _from_pretrained(cls, path, device)
+
 
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT's init: weights ~ N(0, std²), biases 0, LayerNorm γ = 1, β = 0."""

@@ -27,7 +27,7 @@ from .config import ModelConfig
 from .errors import BertmathError, CheckpointError, OutputError
 from .hf_format import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
 from .io import atomic_save_safetensors, atomic_write_text, check_output, read_json, read_safetensors
-from .model import BertForMaskedLM, BertModel
+from .model import BertForMaskedLM, BertForSequenceClassification, BertModel
 from .tokenizer import load_tokenizer, special_tokens
 
 T = TypeVar("T")
@@ -112,15 +112,18 @@ def _identity(directory: Path) -> tuple[int, int, int] | None:
 
 
 def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
-    """Build `cls` (BertModel or BertForMaskedLM) from a bertmath or transformers checkpoint, in eval mode."""
+    """Build `cls` (BertModel, BertForMaskedLM or BertForSequenceClassification) from a bertmath or transformers checkpoint, in eval mode."""
     directory, config, state = read_checkpoint(path)
     return build_from_state(cls, config, state, str(directory)).to(device).eval()
 
 
 def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str):
-    """`cls(config)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has one."""
+    """`cls(config)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has one,
+    a BertForSequenceClassification as many labels as the state's classifier has rows."""
     if cls is BertModel and not any(".pooler." in f".{k}" for k in state):
         model = BertModel(config, add_pooler=False)  # an MLM checkpoint has no pooler: do not invent one
+    elif cls is BertForSequenceClassification:
+        model = BertForSequenceClassification(config, num_labels=classifier_labels_count(state, where))
     else:
         model = cls(config)
     load_state_into(model, state, where)
@@ -206,8 +209,9 @@ def load_checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
 
 
 def load_model_and_tokenizer(cls, path: str | Path, device: str | torch.device = "cpu", **config_changes) -> tuple:
-    """(`cls` (BertModel or BertForMaskedLM) with the checkpoint's weights, in eval mode; its tokenizer) from a
-    bertmath run/step directory or a transformers directory. The tokenizer is read first: it is the quick check.
+    """(`cls` (BertModel, BertForMaskedLM or BertForSequenceClassification) with the checkpoint's weights, in eval
+    mode; its tokenizer) from a bertmath run/step directory or a transformers directory. The tokenizer is read
+    first: it is the quick check.
     config_changes: ModelConfig fields to set that do not change the math, e.g. fused=True for torch's kernels."""
     directory, config, state, tokenizer = read_with_tokenizer(path)
     config = dataclasses.replace(config, **config_changes)
@@ -222,6 +226,39 @@ def read_with_tokenizer(path: str | Path) -> tuple[Path, ModelConfig, dict[str, 
         return (*read_checkpoint(directory), tokenizer)
 
     return read_resolved(path, read)
+
+
+# --- fine-tuned classifiers ----------------------------------------------------------------------------------
+
+
+def classifier_labels_count(state: dict[str, Tensor], where: str) -> int:
+    """C, the labels of a fine-tuned classifier's weights (rows of classifier.weight; 1 = regression);
+    a CheckpointError for weights without a classification head."""
+    if "classifier.weight" not in state:
+        raise CheckpointError(f"{where}: not a fine-tuned classifier (no classifier weights); fine-tune it first "
+                              "with `bertmath finetune`")
+    return state["classifier.weight"].shape[0]
+
+
+def classifier_label_names(directory: Path, num_labels: int) -> list[str] | None:
+    """The names a checkpoint directory gives a classifier's labels 0..C-1: a bertmath run's task.label_names,
+    or a transformers config.json's id2label; None where it names none."""
+    if (directory / CONFIG_FILE).is_file():
+        task = read_config(directory).task
+        return list(task.label_names) if task is not None and task.label_names else None
+    id2label = read_json(directory / HF_CONFIG_FILE).get("id2label") if (directory / HF_CONFIG_FILE).is_file() else None
+    return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(num_labels)] if id2label else None
+
+
+def classifier_config(directory: Path, num_labels: int) -> dict:
+    """The config.json keys of a BertForSequenceClassification: its architecture, labels and problem type
+    (regression for one output, as transformers infers it from float labels); label names as the checkpoint
+    gives them (classifier_label_names), else LABEL_i, transformers' default."""
+    names = classifier_label_names(directory, num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
+    return {"architectures": ["BertForSequenceClassification"],
+            "id2label": {str(i): name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)},
+            "problem_type": "regression" if num_labels == 1 else "single_label_classification"}
 
 
 # What makes a directory a previous export, which `export` may write over: a key of its config.json.
@@ -259,23 +296,27 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     `out_dir` must be new, empty or a previous export (check_export_target); it is checked, and the whole
     export prepared, before anything is written.
 
-    A checkpoint with an MLM head is exported as BertForMaskedLM, one without (a sentence encoder) as
-    BertModel. The tied decoder weight is not stored (transformers re-ties it from
-    `bert.embeddings.word_embeddings.weight`; safetensors cannot store two names for one tensor); an
-    untied one is. The decoder bias is stored under both its names, `cls.predictions.bias` and
+    A checkpoint with an MLM head is exported as BertForMaskedLM, a fine-tuned classifier as
+    BertForSequenceClassification (with its label names), one with neither (a sentence encoder) as BertModel.
+    The tied decoder weight is not stored (transformers re-ties it from `bert.embeddings.word_embeddings.weight`;
+    safetensors cannot store two names for one tensor); an untied one is. The decoder bias is stored under both its names, `cls.predictions.bias` and
     `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter when the decoder is untied."""
     out_dir = check_export_target(out_dir)
     directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
     hf_config = {**config_to_hf(config), **EXPORT_MARK}  # first: a model transformers cannot represent fails here
     has_head = any(name.startswith("mlm_head.") for name in state)
-    model = build_from_state(BertForMaskedLM if has_head else BertModel, config, state, str(directory))  # checks shapes
+    is_classifier = "classifier.weight" in state
+    if is_classifier:  # a fine-tuned classifier: BertForSequenceClassification with its label names
+        hf_config.update(classifier_config(directory, classifier_labels_count(state, str(directory))))
+    architecture = BertForSequenceClassification if is_classifier else BertForMaskedLM if has_head else BertModel
+    model = build_from_state(architecture, config, state, str(directory))  # checks shapes
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
                               f"vocab_size is {config.vocab_size}")
     hf_state = state_dict_to_hf(model_state(model))  # model_state: the tied decoder weight once, as the embedding
     if "cls.predictions.decoder.bias" in hf_state:  # safetensors stores no shared storage: a copy under each name
         hf_state["cls.predictions.decoder.bias"] = hf_state["cls.predictions.decoder.bias"].clone()
-    if not has_head:
+    if not has_head and not is_classifier:
         hf_config["architectures"] = ["BertModel"]
 
     ids = special_tokens(tokenizer, where=str(directory))

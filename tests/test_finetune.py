@@ -1,0 +1,189 @@
+"""bertmath.finetune and `bertmath finetune`: task files in three formats, the bad-input one-line errors,
+scores next to the baseline, exact resume, truncation reported once. A tiny random-init BERT (tests/helpers.py)
+fine-tuned for a few steps on the fixtures in tests/fixtures/ (samples of STS-B and Rotten Tomatoes)."""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from bertmath import checkpoint as ckpt
+from bertmath.cli import main
+from bertmath.config import TaskConfig, load_config
+from bertmath.errors import ConfigError
+from bertmath.finetune import TaskDataError, baseline_predictions, read_examples
+from helpers import assert_one_line_error, make_bertmath_run
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STSB = dict(train_file=str(FIXTURES / "stsb_train.jsonl"), eval_file=str(FIXTURES / "stsb_dev.jsonl"),
+            text_columns=["sentence1", "sentence2"], label_column="score", num_labels=1, metric="pearson")
+ROTTEN = dict(train_file=str(FIXTURES / "rotten_train.csv"), eval_file=str(FIXTURES / "rotten_dev.tsv"),
+              text_columns=["text"], label_column="label", num_labels=2, metric="accuracy",
+              label_names=["rotten", "fresh"])
+
+
+@pytest.fixture(scope="module")
+def init_run(tmp_path_factory):
+    """Dropout on, so that an exact resume needs the dropout RNG restored too."""
+    return make_bertmath_run(tmp_path_factory.mktemp("init"), hidden_dropout=0.1, attention_dropout=0.1)
+
+
+def write_config(tmp_path, init, task, name="finetune.yaml", **train):
+    tree = {"task": {"init": str(init), "max_seq_len": 48, **task},
+            "train": {"out_dir": str(tmp_path / "run"), "max_steps": 6, "batch_size": 8, "eval_every": 3,
+                      "save_every": 3, "warmup_steps": 1, "lr": 1e-3, "precision": "fp32", "plot": False, **train}}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def eval_records(run_dir):
+    return [r for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()) if "metric" in r]
+
+
+# --- task files ---------------------------------------------------------------------------------------------
+
+
+def test_reads_the_three_formats():
+    stsb = read_examples(FIXTURES / "stsb_train.jsonl", TaskConfig(init="x", **STSB))
+    assert len(stsb.texts) == 40 and len(stsb.texts[0]) == 2 and stsb.labels.dtype == torch.float32
+    assert 0 <= float(stsb.labels.min()) and float(stsb.labels.max()) <= 5
+    for name, n in (("rotten_train.csv", 40), ("rotten_dev.tsv", 20)):
+        rotten = read_examples(FIXTURES / name, TaskConfig(init="x", **ROTTEN))
+        assert len(rotten.texts) == n and rotten.labels.dtype == torch.long and set(rotten.labels.tolist()) == {0, 1}
+    first = (FIXTURES / "rotten_dev.tsv").read_text().splitlines()[1].split("\t")
+    assert rotten.texts[0] == (first[0],) and rotten.labels[0] == int(first[1])
+
+
+def test_label_names_may_stand_for_indices(tmp_path):
+    path = tmp_path / "named.csv"
+    path.write_text("text,label\ngood,fresh\nbad,rotten\n")
+    assert read_examples(path, TaskConfig(init="x", **{**ROTTEN, "train_file": str(path)})).labels.tolist() == [1, 0]
+
+
+def test_baselines_know_only_the_training_labels():
+    assert baseline_predictions(torch.tensor([1, 0, 1]), 4, 2).tolist() == [1, 1, 1, 1]
+    assert baseline_predictions(torch.tensor([1.0, 2.0, 6.0]), 2, 1).tolist() == [3.0, 3.0]
+
+
+BAD_FILES = [
+    ("missing.jsonl", '{"sentence1": "a", "score": 1}\n', STSB, ":1: no column 'sentence2'"),
+    ("missing.csv", "text,score\nhello,1\n", ROTTEN, ":1: no column 'label'"),
+    ("outside.csv", "text,label\nfine,1\nodd,2\n", ROTTEN, ":3: label '2' is not in 0..1"),
+    ("outside.tsv", "text\tlabel\nfine\t-1\n", ROTTEN, ":2: label '-1' is not in 0..1"),
+    ("word.jsonl", '{"sentence1": "a", "sentence2": "b", "score": "high"}\n', STSB,
+     ":1: regression label 'high' is not a number"),
+    ("empty.jsonl", "\n", STSB, "no examples (an empty split)"),
+    ("header_only.csv", "text,label\n", ROTTEN, "no examples (an empty split)"),
+    ("broken.jsonl", '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": \n', STSB, ":2: not JSON"),
+    ("short_row.csv", "text,label\nonly one field\n", ROTTEN, ":2: 1 fields, but the header has 2"),
+    ("notes.txt", "text\n", ROTTEN, "unknown task file type '.txt'"),
+]
+
+
+@pytest.mark.parametrize("name,content,task,message", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_task_file_is_one_line_exit_2(tmp_path, capsys, init_run, name, content, task, message):
+    bad = tmp_path / name
+    bad.write_text(content)
+    config = write_config(tmp_path, init_run, {**task, "train_file": str(bad)})
+    assert main(["finetune", str(config)]) == 2
+    assert_one_line_error(capsys, "finetune", str(bad), message)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_init_that_is_not_a_bert_checkpoint_is_one_line(tmp_path, capsys):
+    not_bert = tmp_path / "gpt"
+    not_bert.mkdir()
+    (not_bert / "config.json").write_text('{"model_type": "gpt2", "n_embd": 8}')
+    config = write_config(tmp_path, not_bert, STSB)
+    assert main(["finetune", str(config)]) == 1
+    assert_one_line_error(capsys, "finetune", str(not_bert))
+    config = write_config(tmp_path, tmp_path / "nowhere", STSB)
+    assert main(["finetune", str(config)]) == 1
+    assert_one_line_error(capsys, "finetune", "nowhere", "checkpoint not found")
+
+
+@pytest.mark.parametrize("changes,key", [
+    (dict(metric="accuracy"), "task.metric"),  # a classification score for regression
+    (dict(text_columns=["a", "b", "c"]), "task.text_columns"),
+    (dict(eval_file=None), "task.eval_file"),
+    (dict(num_labels=0), "task.num_labels"),
+])
+def test_bad_task_config_names_the_key(tmp_path, init_run, changes, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(write_config(tmp_path, init_run, {**STSB, **changes}))
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+
+def test_regression_run_logs_scores_next_to_the_mean_baseline(tmp_path, capsys, init_run):
+    assert main(["finetune", str(write_config(tmp_path, init_run, STSB))]) == 0
+    out = capsys.readouterr().out
+    assert "done: 6 steps" in out and "pearson" in out and "baseline 0.000, the mean score" in out
+    records = eval_records(tmp_path / "run")
+    assert [r["step"] for r in records] == [3, 6]
+    assert records[-1]["baseline_pearson"] == 0.0 and records[-1]["eval_examples"] == 20
+    assert records[-1]["baseline_mse"] > 0 and "eval_loss" not in records[-1]  # no accuracy for `bertmath plot`
+    saved = ckpt.read_config(tmp_path / "run")
+    assert saved.task.num_labels == 1 and saved.model.hidden_size == 32  # the model's shape comes from task.init
+    assert "classifier.weight" in load_file(tmp_path / "run" / "model.safetensors")
+
+
+def test_classification_run_beats_nothing_but_reports_the_majority_baseline(tmp_path, capsys, init_run):
+    assert main(["finetune", str(write_config(tmp_path, init_run, ROTTEN))]) == 0
+    last = eval_records(tmp_path / "run")[-1]
+    majority = max(sum(1 for line in (FIXTURES / "rotten_dev.tsv").read_text().splitlines()[1:]
+                       if line.split("\t")[1] == label) for label in ("0", "1")) / 20
+    train_majority = "1"  # the training fixture has more fresh than rotten snippets
+    dev_labels = [line.split("\t")[1] for line in (FIXTURES / "rotten_dev.tsv").read_text().splitlines()[1:]]
+    assert last["baseline_accuracy"] == pytest.approx(dev_labels.count(train_majority) / 20)
+    assert majority >= last["baseline_accuracy"]
+    assert last["baseline_matthews"] == 0.0
+    assert {"eval_accuracy", "eval_f1", "eval_matthews", "eval_loss"} <= set(last)
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_epochs_set_max_steps(tmp_path, init_run):
+    main(["finetune", str(write_config(tmp_path, init_run, {**ROTTEN, "epochs": 0.5}, max_steps=1000))])
+    assert ckpt.read_config(tmp_path / "run").train.max_steps == 3  # ceil(0.5 · 40 / 8)
+
+
+def test_killed_run_resumes_exactly(tmp_path, init_run):
+    """A run stopped after its step-3 checkpoint and resumed ends with the same weights and metrics as one
+    that never stopped (batches are a pure function of (seed, step); dropout's RNG is in the checkpoint)."""
+    config = write_config(tmp_path, init_run, STSB)
+    assert main(["finetune", str(config)]) == 0
+    run = tmp_path / "run"
+    straight = load_file(run / "step-0000006" / "model.safetensors")
+    straight_metrics = (run / "metrics.jsonl").read_text().splitlines()
+    shutil.rmtree(run / "step-0000006")  # as if killed before the last save
+    assert main(["finetune", str(config), "--resume"]) == 0
+    resumed = load_file(run / "step-0000006" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    timing = ("elapsed_s", "tokens_per_s")
+    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+    assert strip((run / "metrics.jsonl").read_text().splitlines()) == strip(straight_metrics)
+
+
+def test_fine_tuning_trains_the_encoder_too(tmp_path, init_run):
+    assert main(["finetune", str(write_config(tmp_path, init_run, ROTTEN))]) == 0
+    before = ckpt.read_safetensors(init_run / "model.safetensors")
+    after = load_file(tmp_path / "run" / "model.safetensors")
+    assert not torch.equal(before["bert.encoder.layers.0.attention.query.weight"],
+                           after["bert.encoder.layers.0.attention.query.weight"])
+
+
+def test_truncation_is_reported_once_per_split(tmp_path, init_run, caplog):
+    config = write_config(tmp_path, init_run, {**STSB, "max_seq_len": 8}, max_steps=2)
+    with caplog.at_level(logging.WARNING, logger="bertmath"):
+        assert main(["finetune", str(config)]) == 0
+    truncated = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(truncated) == 2 and "40 of 40 examples" in truncated[0] and "task.max_seq_len (8 tokens)" in truncated[0]

@@ -36,7 +36,7 @@ from .config import Config, DataConfig, TaskConfig
 from .data import batch_indices
 from .errors import BertmathError, DataError
 from .io import atomic_write_text, parse_json_object
-from .model import BertForSequenceClassification
+from .model import BertForSequenceClassification, parameter_counts
 from .pretrained import read_with_tokenizer
 from .tokenizer import special_tokens
 from .trainer import Trainer
@@ -228,6 +228,14 @@ class FinetuneTrainer(Trainer):
         load_state_into(model, self.init.state, str(self.init.directory))
         self._setup_training(model)
         self.baseline = baseline_predictions(self.train_set.labels, len(self.eval_set.labels), task.num_labels)
+
+    def _parameter_report(self) -> str:
+        """BertForSequenceClassification: the encoder with its pooler, and the C·D + C of the classifier."""
+        c, C = self.config.model, self.config.task.num_labels
+        encoder = parameter_counts(c)["encoder_with_pooler"]
+        head = C * c.hidden_size + C
+        return (f"encoder with pooler {encoder:,} + classifier {head:,} = {encoder + head:,} "
+                f"({(encoder + head) / 1e6:.1f}M), from {self.init.directory}")
 
     def _log_setup(self) -> None:
         t, task = self.config.train, self.config.task

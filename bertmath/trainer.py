@@ -440,7 +440,7 @@ class Trainer:
     def run(self) -> dict:
         """Prepare the data and the model, train (the loop), and return the summary; rank 0 also plots."""
         if self.dist.is_main:
-            log.info("model parameters:\n%s", parameter_report(self.config.model))
+            log.info("model parameters:\n%s", self._parameter_report())
         self._prepare()
         if self.dist.is_main:
             self._log_setup()
@@ -543,6 +543,10 @@ class Trainer:
                            "tokens_per_s": round(record.tokens_per_s, 1)})
         pbar.update(1)
         pbar.set_postfix(loss=f"{loss:.3f}", lr=f"{record.lr:.2e}", tok_s=f"{record.tokens_per_s:,.0f}", refresh=False)
+
+    def _parameter_report(self) -> str:
+        """The parameter table logged at the start of a run (before the model is built)."""
+        return parameter_report(self.config.model)
 
     def _awaiting_plan(self) -> bool:
         """schedule_horizon "time" before the step time is measured: the last step is not known yet."""

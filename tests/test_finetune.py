@@ -2,6 +2,7 @@
 scores next to the baseline, exact resume, truncation reported once. A tiny random-init BERT (tests/helpers.py)
 fine-tuned for a few steps on the fixtures in tests/fixtures/ (samples of STS-B and Rotten Tomatoes)."""
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -17,7 +18,7 @@ from bertmath.cli import main
 from bertmath.config import TaskConfig, load_config
 from bertmath.errors import ConfigError
 from bertmath.finetune import TaskDataError, baseline_predictions, read_examples
-from helpers import assert_one_line_error, make_bertmath_run
+from helpers import assert_one_line_error, assert_png, make_bertmath_run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STSB = dict(train_file=str(FIXTURES / "stsb_train.jsonl"), eval_file=str(FIXTURES / "stsb_dev.jsonl"),
@@ -147,6 +148,9 @@ def test_classification_run_beats_nothing_but_reports_the_majority_baseline(tmp_
     assert last["baseline_matthews"] == 0.0
     assert {"eval_accuracy", "eval_f1", "eval_matthews", "eval_loss"} <= set(last)
     assert "accuracy" in capsys.readouterr().out
+    if importlib.util.find_spec("matplotlib") is not None:  # the pretraining curves, drawn from metrics.jsonl
+        assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curves.png")]) == 0
+        assert_png(tmp_path / "curves.png")
 
 
 def test_epochs_set_max_steps(tmp_path, init_run):

@@ -191,3 +191,12 @@ def test_truncation_is_reported_once_per_split(tmp_path, init_run, caplog):
         assert main(["finetune", str(config)]) == 0
     truncated = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert len(truncated) == 2 and "40 of 40 examples" in truncated[0] and "task.max_seq_len (8 tokens)" in truncated[0]
+
+
+def test_init_from_a_transformers_directory(tmp_path, init_run):
+    """task.init may be a transformers BERT directory (as MiniLM's): here the tiny run exported to that layout."""
+    assert main(["export", str(init_run), str(tmp_path / "hf")]) == 0
+    assert main(["finetune", str(write_config(tmp_path, tmp_path / "hf", ROTTEN, max_steps=2))]) == 0
+    saved = ckpt.read_config(tmp_path / "run")
+    assert saved.model.hidden_size == 32 and saved.model.fused  # task.fused: the fused kernels by default
+    assert len(eval_records(tmp_path / "run")) == 1

@@ -96,8 +96,8 @@ def collate(encoded: Encoded, indices: list[int] | Tensor, pad_id: int) -> dict[
 
 
 @torch.no_grad()
-def predict_logits(model, encoded: Encoded, batch_size: int = MAX_BATCH, pad_id: int = 0,
-                   device: torch.device | str = "cpu", autocast=None, max_tokens: int = MAX_TOKENS) -> Tensor:
+def predict_logits(model, encoded: Encoded, batch_size: int, pad_id: int, device: torch.device | str = "cpu",
+                   autocast=None, max_tokens: int = MAX_TOKENS) -> Tensor:
     """(N, C) float32 logits of every example, in input order; computed in batches of similar length
     (batching.length_batches: at most `batch_size` examples and `max_tokens` padded positions each)."""
     was_training = model.training

@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
-        # argparse gives an optional-length positional (fill-mask's TEXT ...) nothing when an option stands
-        # between it and the one before ("CKPT --top-k 3 TEXT"; fixed in Python 3.13): such texts come back here
+        # argparse gives an optional-length positional (fill-mask's or classify's TEXT ...) nothing when an option
+        # stands between it and the one before ("CKPT --top-k 3 TEXT"; fixed in Python 3.13): such texts come back here
         if not isinstance(getattr(args, "texts", None), list) or any(e.startswith("-") and e != "-" for e in extras):
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.texts += extras

@@ -215,6 +215,12 @@ class FinetuneTrainer(Trainer):
     def __init__(self, config: Config, init: InitCheckpoint, train_set: Examples, eval_set: Examples):
         super().__init__(config)
         self.init, self.train_set, self.eval_set = init, train_set, eval_set
+        # Built by _prepare when the run starts, as the pretraining data is.
+        self.pad_id: int | None = None
+        self.encoded_train: Encoded | None = None
+        self.encoded_eval: Encoded | None = None
+        self.baseline: torch.Tensor | None = None  # what the training labels alone predict for the eval examples
+        self.final_scores: tuple[dict, dict, int] | None = None  # (model's, baseline's, eval examples), by _evaluate
 
     def _prepare(self) -> None:
         c, t, task = self.config, self.config.train, self.config.task
@@ -279,7 +285,8 @@ class FinetuneTrainer(Trainer):
         summary = {"out_dir": str(self.out_dir), "steps": s.step, "tokens": s.tokens_seen,
                    "time_s": round(s.elapsed_s, 1),
                    "tokens_per_s": round(s.tokens_seen / s.elapsed_s, 1) if s.elapsed_s else None,
-                   "metric": self.config.task.metric, "best_metric": s.best_eval_accuracy, "best_step": s.best_eval_step,
+                   "metric": self.config.task.metric, "best_metric": s.best_eval_accuracy,
+                   "best_step": s.best_eval_step,
                    "scores": model_scores, "baseline": baseline_scores, "eval_examples": examples,
                    "precision": self.precision}
         if self.dist.is_main:

@@ -261,7 +261,34 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(activate(self.dense(h), self.activation, self.fused)))
 
 
-class BertForMaskedLM(nn.Module):
+class BertWithHead(nn.Module):
+    """What the task models share: a BertModel under `self.bert` (transformers' "bert." prefix) below a head."""
+
+    bert: BertModel
+
+    def num_parameters(self) -> int:
+        return count_unique_parameters(self)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.bert.encoder.checkpointing = enabled
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu") -> "BertWithHead":
+        """Load a bertmath run/checkpoint directory or a transformers BERT directory (for a classifier, a
+        fine-tuned one: num_labels comes from its classifier's weights)."""
+        return _from_pretrained(cls, path, device)
+
+
+def _from_pretrained(cls, path, device) -> nn.Module:
+    """`cls` built from the checkpoint at `path`, in eval mode (pretrained.load_pretrained).
+
+    The package's one function-local import outside cli.py, and deliberate: pretrained.py builds models, so it
+    imports this module; the model, which does no I/O, reaches the loader only when a user asks it to load."""
+    from .pretrained import load_pretrained
+    return load_pretrained(cls, path, device=device)
+
+
+class BertForMaskedLM(BertWithHead):
     """p(x_t | x_masked) = softmax(MLMHead(BertModel(x_masked))_t);
     loss = CE over the positions whose label is not -100. Devlin et al. 2019, §3.1 task #1."""
 
@@ -292,28 +319,8 @@ class BertForMaskedLM(nn.Module):
             return MaskedLMOutput(logits)
         return MaskedLMOutput(logits, BF.cross_entropy(logits.float(), labels, fused=self.config.fused))
 
-    def num_parameters(self) -> int:
-        return count_unique_parameters(self)
 
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        self.bert.encoder.checkpointing = enabled
-
-    @classmethod
-    def from_pretrained(cls, path, device="cpu") -> "BertForMaskedLM":
-        """Load a bertmath run/checkpoint directory or a transformers BERT directory."""
-        return _from_pretrained(cls, path, device)
-
-
-def _from_pretrained(cls, path, device) -> nn.Module:
-    """`cls` built from the checkpoint at `path`, in eval mode (pretrained.load_pretrained).
-
-    The package's one function-local import outside cli.py, and deliberate: pretrained.py builds models, so it
-    imports this module; the model, which does no I/O, reaches the loader only when a user asks it to load."""
-    from .pretrained import load_pretrained
-    return load_pretrained(cls, path, device=device)
-
-
-class BertForSequenceClassification(nn.Module):
+class BertForSequenceClassification(BertWithHead):
     """z = W_c Drop(tanh(W_p h_[CLS] + b_p)) + b_c: BERT's pooler, dropout, then one linear layer to C labels.
     (B, T) ids → (B, C) logits. Classification (C ≥ 2): loss = CE(z, y), y ∈ {0..C-1};
     regression (C = 1): loss = MSE(z, y), y real. Sentence pairs arrive as [CLS] a [SEP] b [SEP] with segment
@@ -341,18 +348,6 @@ class BertForSequenceClassification(nn.Module):
         else:
             loss = BF.cross_entropy(logits.float(), labels, fused=self.fused)
         return SequenceClassifierOutput(logits, loss)
-
-    def num_parameters(self) -> int:
-        return count_unique_parameters(self)
-
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        self.bert.encoder.checkpointing = enabled
-
-    @classmethod
-    def from_pretrained(cls, path, device="cpu") -> "BertForSequenceClassification":
-        """Load a fine-tuned bertmath run/checkpoint directory or a transformers BertForSequenceClassification
-        directory (num_labels from its classifier's weights)."""
-        return _from_pretrained(cls, path, device)
 
 
 def init_weights(module: nn.Module, std: float) -> None:

@@ -12,6 +12,7 @@ import torch
 import yaml
 from torch.testing import assert_close
 
+from bertmath import BertForSequenceClassification
 from bertmath.classify import Classifier, collate, encode, truncate_longest_first
 from bertmath.cli import main
 from bertmath.finetune import finetune
@@ -111,13 +112,16 @@ def test_cli_prints_labels_and_scores(rotten_run, capsys):
 
 
 def test_cli_regression_pairs_from_a_file_and_stdin(stsb_run, tmp_path, capsys, monkeypatch):
-    assert main(["classify", "--json", str(stsb_run), *PAIRS[0]]) == 0
+    assert main(["classify", str(stsb_run), "--json", *PAIRS[0]]) == 0  # texts after an option are kept
     value = json.loads(capsys.readouterr().out)["value"]
     lines = "".join(f"{a}\t{b}\n" for a, b in PAIRS)
     (tmp_path / "pairs.tsv").write_text(lines)
-    assert main(["classify", str(stsb_run), "--json", "--pairs", "--file", str(tmp_path / "pairs.tsv")]) == 0
+    (tmp_path / "more.tsv").write_text("\n" + lines[:lines.index("\n") + 1])  # blank lines are skipped
+    assert main(["classify", str(stsb_run), "--json", "--pairs", "--file", str(tmp_path / "pairs.tsv"),
+                 "--file", str(tmp_path / "more.tsv")]) == 0
     from_file = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(from_file) == 3 and from_file[0]["value"] == pytest.approx(value, abs=1e-5)
+    assert [r["text"] for r in from_file] == [list(p) for p in PAIRS + PAIRS[:1]]  # in input order
+    assert from_file[0]["value"] == pytest.approx(value, abs=1e-5) and from_file[3]["value"] == from_file[0]["value"]
     monkeypatch.setattr("sys.stdin", io.StringIO(lines))
     assert main(["classify", str(stsb_run), "--json", "--pairs", "--file", "-"]) == 0
     assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == [list(p) for p in PAIRS]
@@ -131,6 +135,11 @@ def test_cli_bad_inputs_are_one_line(rotten_run, tiny_run, tmp_path, capsys):
     (tmp_path / "one.tsv").write_text("only one text\n")
     assert main(["classify", str(rotten_run), "--pairs", "--file", str(tmp_path / "one.tsv")]) == 1
     assert_one_line_error(capsys, "classify", "not two tab-separated texts")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    assert main(["classify", str(rotten_run), "--file", str(tmp_path / "latin1.txt")]) == 1
+    assert_one_line_error(capsys, "classify", "latin1.txt", "not UTF-8")
+    assert main(["classify", str(rotten_run), "one", "two", "three"]) == 1
+    assert_one_line_error(capsys, "classify", "TEXT TEXT2", "--file")
 
 
 # --- export -------------------------------------------------------------------------------------------------
@@ -153,5 +162,6 @@ def test_export_loads_in_transformers_with_the_same_logits(which, rotten_run, st
     else:
         assert hf.config.num_labels == 1 and hf.config.problem_type == "regression"
     # and bertmath reads its own export back: the same predictions, label names kept
+    assert BertForSequenceClassification.from_pretrained(tmp_path / "hf").num_labels == hf.config.num_labels
     again = Classifier.from_pretrained(tmp_path / "hf")
     assert [p.label for p in again(examples)] == [p.label for p in classifier(examples)]

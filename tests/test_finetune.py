@@ -14,10 +14,14 @@ import yaml
 from safetensors.torch import load_file
 
 from bertmath import checkpoint as ckpt
+from bertmath.classify import encode
 from bertmath.cli import main
 from bertmath.config import TaskConfig, load_config
+from bertmath.data import batch_indices
 from bertmath.errors import ConfigError
 from bertmath.finetune import TaskDataError, baseline_predictions, read_examples
+from bertmath.io import read_safetensors
+from bertmath.pretrained import load_checkpoint_tokenizer
 from helpers import assert_one_line_error, assert_png, make_bertmath_run
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -179,7 +183,7 @@ def test_killed_run_resumes_exactly(tmp_path, init_run):
 
 def test_fine_tuning_trains_the_encoder_too(tmp_path, init_run):
     assert main(["finetune", str(write_config(tmp_path, init_run, ROTTEN))]) == 0
-    before = ckpt.read_safetensors(init_run / "model.safetensors")
+    before = read_safetensors(init_run / "model.safetensors")
     after = load_file(tmp_path / "run" / "model.safetensors")
     assert not torch.equal(before["bert.encoder.layers.0.attention.query.weight"],
                            after["bert.encoder.layers.0.attention.query.weight"])
@@ -200,3 +204,25 @@ def test_init_from_a_transformers_directory(tmp_path, init_run):
     saved = ckpt.read_config(tmp_path / "run")
     assert saved.model.hidden_size == 32 and saved.model.fused  # task.fused: the fused kernels by default
     assert len(eval_records(tmp_path / "run")) == 1
+
+
+def test_tokens_are_the_real_tokens_of_each_step(tmp_path, init_run):
+    """metrics.jsonl's `tokens`: the running sum of each step's examples' tokens ([CLS] and [SEP] included,
+    padding not), the examples being those batch_indices(seed, step) draws."""
+    assert main(["finetune", str(write_config(tmp_path, init_run, ROTTEN, max_steps=3))]) == 0
+    examples = read_examples(FIXTURES / "rotten_train.csv", TaskConfig(init="x", **ROTTEN))
+    lengths = [len(ids) for ids in encode(load_checkpoint_tokenizer(init_run), examples.texts, 48).ids]
+    seed = ckpt.read_config(tmp_path / "run").train.seed
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    expected = 0
+    for step, record in enumerate(r for r in records if "loss" in r):
+        expected += sum(lengths[int(i)] for i in batch_indices(len(lengths), 8, step, seed))
+        assert record["tokens"] == expected
+    assert expected < 3 * 8 * max(lengths)  # padding is not counted
+
+
+def test_init_pretrained_with_sparse_mlm(tmp_path):
+    """An init whose config says sparse_mlm (an MLM head's option): the classifier trains on all its examples."""
+    init = make_bertmath_run(tmp_path / "init", sparse_mlm=True)
+    assert main(["finetune", str(write_config(tmp_path, init, ROTTEN, max_steps=2))]) == 0
+    assert not ckpt.read_config(tmp_path / "run").model.sparse_mlm

@@ -120,6 +120,33 @@ def test_io_and_the_math_stand_on_nothing_above_them():
     assert "bertmath.model" not in {b for a, b, _, _ in found if a == "bertmath.distributed"}
 
 
+def reachable(found, start: str) -> set[str]:
+    """Every bertmath module that importing `start` loads (module-level imports, followed transitively)."""
+    top: dict[str, set[str]] = {}
+    for a, b, local, _ in found:
+        if not local:
+            top.setdefault(a, set()).add(b)
+    seen, todo = set(), [start]
+    while todo:
+        for module in top.get(todo.pop(), ()):
+            if module not in seen:
+                seen.add(module)
+                todo.append(module)
+    return seen
+
+
+def test_inference_and_scores_stand_on_no_training_code():
+    """scores.py is pure math on tensors; `bertmath classify` and `bertmath fill-mask` load no corpus code
+    (data.py, which imports `datasets`) and no trainer; fine-tuning stands on the trainer, not the other way."""
+    found = imports(module_sources())
+    assert not reachable(found, "bertmath.scores")
+    for inference in ("bertmath.classify", "bertmath.fill_mask"):
+        assert "bertmath.pretrained" in reachable(found, inference)  # the walk follows imports
+        assert not reachable(found, inference) & {"bertmath.data", "bertmath.trainer", "bertmath.finetune"}
+    assert {"bertmath.trainer", "bertmath.classify", "bertmath.scores"} <= reachable(found, "bertmath.finetune")
+    assert "bertmath.finetune" not in reachable(found, "bertmath.trainer")
+
+
 @pytest.mark.parametrize("cyclic", [True, False])
 def test_the_checks_see_a_cycle_and_a_local_import(tmp_path, cyclic):
     """The walk itself: a made-up package with a → b → c (→ a when `cyclic`) and a local import in c."""

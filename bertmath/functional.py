@@ -179,7 +179,7 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, fuse
 
 def mse_loss(prediction: Tensor, target: Tensor, fused: bool = False) -> Tensor:
     """MSE = (1/N) Σ_i (ŷ_i - y_i)², the regression loss of a one-output head. (N,) with (N,) → ()."""
-    if _fused(fused):
+    if fused:
         return F.mse_loss(prediction, target)
     return ((prediction - target) ** 2).mean()
 

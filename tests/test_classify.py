@@ -121,7 +121,8 @@ def test_cli_regression_pairs_from_a_file_and_stdin(stsb_run, tmp_path, capsys, 
                  "--file", str(tmp_path / "more.tsv")]) == 0
     from_file = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in from_file] == [list(p) for p in PAIRS + PAIRS[:1]]  # in input order
-    assert from_file[0]["value"] == pytest.approx(value, abs=1e-5) and from_file[3]["value"] == from_file[0]["value"]
+    assert from_file[0]["value"] == pytest.approx(value, abs=1e-5)
+    assert from_file[3]["value"] == pytest.approx(value, abs=1e-5)
     monkeypatch.setattr("sys.stdin", io.StringIO(lines))
     assert main(["classify", str(stsb_run), "--json", "--pairs", "--file", "-"]) == 0
     assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == [list(p) for p in PAIRS]

@@ -34,12 +34,17 @@ def cmd_params(args) -> int:
     return 0
 
 
-def cmd_pretrain(args) -> int:
+def _run_config(args):
+    """CONFIG with its --set overrides; --resume: resuming is required (an error if there is no checkpoint)."""
     from .config import load_config
+
+    return load_config(args.config, list(args.overrides) + (["train.resume=required"] if args.resume else []))
+
+
+def cmd_pretrain(args) -> int:
     from .trainer import train
 
-    overrides = list(args.overrides) + (["train.resume=required"] if args.resume else [])
-    summary = train(load_config(args.config, overrides))
+    summary = train(_run_config(args))
     if summary.get("final_mask_accuracy") is not None:
         print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "
               f"({summary['tokens_per_s'] or 0:,.0f} tokens/s, {summary['precision']}); held-out [MASK] accuracy "
@@ -51,11 +56,9 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .config import load_config
     from .finetune import describe_scores, finetune
 
-    overrides = list(args.overrides) + (["train.resume=required"] if args.resume else [])
-    config = load_config(args.config, overrides)
+    config = _run_config(args)
     summary = finetune(config)
     if summary.get("scores"):
         print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "

@@ -45,6 +45,7 @@ class ModelConfig:
     fused: bool = False  # route softmax/attention/layer_norm/... to torch's fused kernels
     fused_qkv: bool = False  # one (D, 3D) matmul for Q, K, V instead of three (D, D)
     sparse_mlm: bool = False  # in training, project to the vocabulary only at masked positions
+    unpad: bool = True  # padded batches: every layer but the attention runs on the real tokens only (same math)
     # How the model knows token order. learned: BERT's absolute position table (Devlin+19); alibi: a bias
     # -m_h·|i-j| on the attention logits (Press+22); rope: q and k rotated by their position (Su+21).
     # alibi and rope have no parameters, give every head a sense of distance from step 0, and extrapolate

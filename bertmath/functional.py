@@ -89,8 +89,10 @@ def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | No
         return F.dropout(x, p, training=True)
     if p == 1.0:  # every element dropped; x·0/(1 - p) would be 0/0 = NaN (F.dropout gives zeros)
         return x * 0
-    keep = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator) >= p
-    return x * keep / (1 - p)
+    # Bernoulli draws in F.dropout's order, and its rounding (x times the scaled mask): with the same seed both
+    # paths drop the same elements, so a model trains the same on either (and as transformers' BERT does).
+    keep = torch.empty_like(x).bernoulli_(1 - p, generator=generator)
+    return x * (keep / (1 - p))
 
 
 def attention_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:

@@ -3,7 +3,8 @@
     Embeddings → N × EncoderLayer(SelfAttention, FeedForward) → MLMHead        Devlin et al. 2019, §3.
                                                                 → Pooler → classifier (fine-tuning, §4)
 
-Dims: B batch, T tokens, D hidden_size, H heads, Dh = D/H head size, F intermediate_size, V vocab.
+Dims: B batch, T tokens, D hidden_size, H heads, Dh = D/H head size, F intermediate_size, V vocab;
+N real (non-padding) tokens of a padded batch, when `config.unpad` takes the padding out (see `Unpadded`).
 The math lives in `functional.py`; modules hold parameters and call it. No I/O here.
 The ops, from scratch or torch's fused kernels, are chosen once, at construction, by `config.fused`: each
 module keeps the flag and hands it to the functional ops it calls; no global switch is read in a forward.
@@ -39,6 +40,48 @@ class MaskedLMOutput:
 class SequenceClassifierOutput:
     logits: Tensor  # (B, C) class scores, or (B, 1) predicted values for regression (C = num_labels = 1)
     loss: Tensor | None = None  # mean cross-entropy over the batch, or mean squared error for regression
+
+
+@dataclass(frozen=True)
+class Unpadded:
+    """The real tokens of a padded (B, T) batch: `index` (N,) holds their flat positions among the B·T, in order.
+
+    No real token attends to padding, so padding rows change no result; yet every dense layer (Q, K, V and
+    output projections, feed-forward, LayerNorm) would spend as much work on them as on real rows. With the
+    padding taken out, those layers run on (N, D); only the attention's softmax(QKᵀ/√d_k + M)V, which mixes
+    tokens of one sequence, needs the (B, T) layout, and gets it by `unpack` and `pack` around it.
+    STS-B pairs in random batches of 32 are 60% padding. Unpadding as in MosaicBERT (Portes et al. 2023) and
+    ModernBERT (Warner et al. 2024)."""
+
+    index: Tensor  # (N,)
+    batch: int  # B
+    length: int  # T
+
+    @classmethod
+    def of(cls, attention_mask: Tensor | None) -> "Unpadded | None":
+        """None when no position is padding, and under torch.compile, whose graphs want shapes that do not
+        depend on the data (N does)."""
+        if attention_mask is None or torch.compiler.is_compiling() or bool(attention_mask.all()):
+            return None
+        return cls(attention_mask.flatten().nonzero().squeeze(1), *attention_mask.shape)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, T, ...) → (N, ...): the rows of the real tokens."""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, ...) → (B, T, ...), zeros at the padding."""
+        flat = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        return flat.view(self.batch, self.length, *x.shape[1:])
+
+
+def dropout(x: Tensor, p: float, training: bool, fused: bool, unpadded: Unpadded | None = None) -> Tensor:
+    """functional.dropout of x, (B, T, D) or, unpadded, (N, D). Unpadded rows get their masks drawn for the
+    whole padded batch: the random stream then moves as in the padded model (and in transformers' BERT), so
+    a seed drops the same elements with or without unpadding, and the two train alike (tests/test_model.py)."""
+    if unpadded is None or not training or p == 0.0:
+        return BF.dropout(x, p, training, fused=fused)
+    return unpadded.pack(BF.dropout(unpadded.unpack(x), p, training, fused=fused))
 
 
 class LayerNorm(nn.Module):
@@ -77,13 +120,14 @@ class Embeddings(nn.Module):
                 raise ValueError(f"sequence of {T} tokens is longer than max_position_embeddings "
                                  f"({self.position_embeddings.num_embeddings})")
             e = e + self.position_embeddings(torch.arange(T, device=input_ids.device))  # (T, D) broadcast over B
-        return BF.dropout(self.norm(e), self.dropout_p, self.training, fused=self.fused)
+        return dropout(self.norm(e), self.dropout_p, self.training, self.fused)
 
 
 class SelfAttention(nn.Module):
     """MultiHead(X) = Concat(head_1..head_H) W_O + b_O,
     head_h = softmax(Q_h K_hᵀ / √d_k + M) V_h with Q = X W_Q + b_Q, K = X W_K + b_K, V = X W_V + b_V.
-    (B, T, D) → (B, T, D). Vaswani et al. 2017, §3.2.
+    (B, T, D) → (B, T, D), or (N, D) → (N, D) with `unpadded` (the heads are formed in the (B, T) layout).
+    Vaswani et al. 2017, §3.2.
     With rope positions, Q_h and K_h are rotated by their positions first (functional.rotary); ALiBi's
     distance bias arrives inside M (BertModel.logit_mask)."""
 
@@ -96,11 +140,11 @@ class SelfAttention(nn.Module):
         self.fused, self.fused_qkv = config.fused, config.fused_qkv
         self.rope_base = config.rope_base if config.position_encoding == "rope" else None
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        B, T, D = x.shape
-        q, k, v = self.heads(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
+        q, k, v = self.heads(x, unpadded)
         y = BF.scaled_dot_product_attention(q, k, v, mask, self.dropout_p, self.training, fused=self.fused)
-        return self.output(y.transpose(1, 2).reshape(B, T, D))  # (B, T, H·Dh): heads side by side
+        y = y.transpose(1, 2).flatten(2)  # (B, T, H·Dh): heads side by side
+        return self.output(y if unpadded is None else unpadded.pack(y))
 
     def weights(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """A_h = softmax(Q_h K_hᵀ / √d_k + M), the weights `forward` averages V_h with (before dropout).
@@ -108,10 +152,10 @@ class SelfAttention(nn.Module):
         q, k, v = self.heads(x)
         return BF.scaled_dot_product_attention(q, k, v, mask, return_weights=True)[1]
 
-    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def heads(self, x: Tensor, unpadded: Unpadded | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Q, K, V, each split into H heads of Dh = head_size (and rotated, with rope positions).
-        (B, T, D) → 3 × (B, H, T, Dh)."""
-        B, T, D = x.shape
+        (B, T, D), or (N, D) with `unpadded`, → 3 × (B, H, T, Dh)."""
+        D = x.shape[-1]
         if self.fused_qkv:  # one (D, 3D) matmul instead of three (D, D): same math, fewer kernel launches
             # The weights are concatenated on each call so that Q, K and V keep their own parameters (and the
             # names checkpoints and transformers' table use); the copy is 3D² numbers, small beside the matmul.
@@ -119,7 +163,10 @@ class SelfAttention(nn.Module):
             b = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3D,)
             q, k, v = BF.linear(x, w, b).split(D, dim=-1)
         else:
-            q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, D) each
+            q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, D) or (N, D) each
+        if unpadded is not None:
+            q, k, v = (unpadded.unpack(t) for t in (q, k, v))  # (B, T, D), zeros at the padding
+        B, T = q.shape[:2]
         q, k, v = (t.view(B, T, self.num_heads, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         if self.rope_base is not None:
             q, k = BF.rotary(q, self.rope_base), BF.rotary(k, self.rope_base)
@@ -127,7 +174,7 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """FFN(x) = act(x W₁ + b₁) W₂ + b₂, act = ReLU (default) or GELU. (B, T, D) → (B, T, F) → (B, T, D)."""
+    """FFN(x) = act(x W₁ + b₁) W₂ + b₂, act = ReLU (default) or GELU. (..., D) → (..., F) → (..., D)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -147,7 +194,8 @@ def activate(x: Tensor, activation: str, fused: bool) -> Tensor:
 
 
 class EncoderLayer(nn.Module):
-    """h = LN(x + Drop(Attn(x))); y = LN(h + Drop(FFN(h))). Post-LN, as BERT. (B, T, D) → (B, T, D)."""
+    """h = LN(x + Drop(Attn(x))); y = LN(h + Drop(FFN(h))). Post-LN, as BERT.
+    (B, T, D) → (B, T, D), or (N, D) → (N, D) with `unpadded`."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -157,12 +205,12 @@ class EncoderLayer(nn.Module):
         self.output_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
         self.dropout_p, self.fused = config.hidden_dropout, config.fused
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        h = self.attention_norm(x + self._dropout(self.attention(x, mask)))
-        return self.output_norm(h + self._dropout(self.feed_forward(h)))
+    def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
+        h = self.attention_norm(x + self._dropout(self.attention(x, mask, unpadded), unpadded))
+        return self.output_norm(h + self._dropout(self.feed_forward(h), unpadded))
 
-    def _dropout(self, x: Tensor) -> Tensor:
-        return BF.dropout(x, self.dropout_p, self.training, fused=self.fused)
+    def _dropout(self, x: Tensor, unpadded: Unpadded | None) -> Tensor:
+        return dropout(x, self.dropout_p, self.training, self.fused, unpadded)
 
 
 class Encoder(nn.Module):
@@ -174,12 +222,12 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.checkpointing = False
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
         for layer in self.layers:
             if self.checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, mask, unpadded, use_reentrant=False)
             else:
-                x = layer(x, mask)
+                x = layer(x, mask, unpadded)
         return x
 
 
@@ -196,7 +244,9 @@ class Pooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """h = Encoder(Embeddings(x), mask). input_ids (B, T) → last_hidden_state (B, T, D)."""
+    """h = Encoder(Embeddings(x), mask). input_ids (B, T) → last_hidden_state (B, T, D).
+    With config.unpad, a padded batch's encoder layers run on its N real tokens (`Unpadded`); the hidden
+    states of padding positions are then zeros instead of values no real token depends on."""
 
     def __init__(self, config: ModelConfig, add_pooler: bool = True):
         super().__init__()
@@ -210,7 +260,12 @@ class BertModel(nn.Module):
                 token_type_ids: Tensor | None = None) -> BertOutput:
         """attention_mask: (B, T), 1 for real tokens, 0 for padding; None = attend everywhere."""
         mask = self.logit_mask(attention_mask, input_ids.shape[1], input_ids.device)
-        h = self.encoder(self.embeddings(input_ids, token_type_ids), mask)
+        h = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
+        unpadded = Unpadded.of(attention_mask) if self.config.unpad else None
+        if unpadded is None:
+            h = self.encoder(h, mask)
+        else:
+            h = unpadded.unpack(self.encoder(unpadded.pack(h), mask, unpadded))
         return BertOutput(h, self.pooler(h) if self.pooler is not None else None)
 
     def attention_weights(self, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -340,7 +395,7 @@ class BertForSequenceClassification(BertWithHead):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> SequenceClassifierOutput:
         pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, D)
-        logits = self.classifier(BF.dropout(pooled, self.dropout_p, self.training, fused=self.fused))  # (B, C)
+        logits = self.classifier(dropout(pooled, self.dropout_p, self.training, self.fused))  # (B, C)
         if labels is None:
             return SequenceClassifierOutput(logits)
         if self.num_labels == 1:

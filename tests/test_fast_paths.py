@@ -137,6 +137,25 @@ def test_static_sparse_mlm_traces_as_one_graph(tiny_config):
     assert boolean.graph_break_count >= 1  # the check can fail: the exact-count path does break
 
 
+def test_padded_batch_under_compile_stays_padded_and_one_graph(tiny_config):
+    """Unpadding's real-token count N is a data-dependent shape, so under torch.compile the model keeps the
+    padded layout: the forward of a padded batch traces as one graph with no break, and gives the eager
+    (unpadded) model's logits at the real tokens."""
+    torch._dynamo.reset()
+    model = BertForMaskedLM(tiny_config(fused=True, unpad=True)).eval()
+    ids, _ = batch(model.config)
+    mask = torch.ones_like(ids)
+    mask[1, 7:], mask[2, 4:] = 0, 0
+    traced = torch._dynamo.explain(lambda i, m: model(i, m).logits)(ids, mask)
+    assert (traced.graph_count, traced.graph_break_count) == (1, 0), traced.break_reasons
+    with torch.no_grad():
+        eager = model(ids, mask).logits
+        compiled = torch.compile(model, backend="eager")(ids, mask).logits
+    real = mask.bool()
+    assert_close(compiled[real], eager[real], atol=LOGIT_ATOL, rtol=LOGIT_RTOL)
+    assert not torch.equal(compiled[~real], eager[~real])  # the compiled padding rows were computed, not zeros
+
+
 # --- FLOPs -------------------------------------------------------------------------------------------------
 
 

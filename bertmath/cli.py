@@ -34,6 +34,13 @@ def cmd_params(args) -> int:
     return 0
 
 
+def load_config_args(args):
+    """CONFIG with its --set overrides."""
+    from .config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
 def _run_config(args):
     """CONFIG with its --set overrides; --resume: resuming is required (an error if there is no checkpoint)."""
     from .config import load_config
@@ -52,6 +59,25 @@ def cmd_pretrain(args) -> int:
               f"{summary['best_mask_step']}), {summary['final_mask_accuracy'] / max(summary['baseline_mask_accuracy'], 1e-9):.1f}x "
               f"the unigram baseline {summary['baseline_mask_accuracy']:.1%}; accuracy over all chosen tokens "
               f"{summary['final_eval_accuracy']:.1%}; checkpoint: {summary['out_dir']}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from . import distributed
+    from .data import prepare
+    from .io import check_writable
+
+    config = load_config_args(args)
+    check_writable(config.train.out_dir)
+    dist = distributed.join("cpu", "ddp", config.train.timeout_minutes) if distributed.launched_by_torchrun() else \
+        distributed.DistInfo()
+    if not dist.is_main:
+        logging.getLogger("bertmath").setLevel(logging.WARNING)
+    prepared = prepare(config, dist=dist)
+    if dist.is_main:
+        print("\n".join(prepared.summary()))
+    distributed.barrier(dist)
+    distributed.cleanup(dist)
     return 0
 
 
@@ -202,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in train.out_dir (error if there is none)")
     p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("prepare", help="prepare pretraining's data (tokenizer, tokens, blocks) into its cache, and "
+                                       "nothing else; under torchrun every process prepares its share of the corpus")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("finetune", help="fine-tune a checkpoint on a labelled task (config with a task: section)")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true",

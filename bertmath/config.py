@@ -90,14 +90,16 @@ class DataConfig:
     max_documents: int | None = None  # take only the first N documents (quick runs)
     eval_fraction: float = 0.02  # share of documents held out for evaluation (fixed by content hash)
     tokenizer: str | None = None  # tokenizer.json or vocab.txt to load; None trains one on the corpus
+    # bytes of text a trained tokenizer learns from: the whole corpus up to this size, else an even sample of
+    # it (the first share of every 64 MB piece), so training the vocabulary costs the same at 1 GB and 100 GB
+    tokenizer_sample_bytes: int = 1_000_000_000
     lowercase: bool = True
     max_seq_len: int = 128  # tokens per packed block, [CLS] and [SEP] included
     mlm_probability: float = 0.15  # share of non-special tokens chosen for prediction
     mask_token_probability: float = 0.8  # chosen tokens replaced by [MASK]
     random_token_probability: float = 0.1  # chosen tokens replaced by a random token (the rest stay)
     whole_word_masking: bool = False  # choose whole words, not word pieces
-    num_proc: int | None = None  # tokenisation processes; None = min(cores, 4) above 20k documents, else 1
-    cache_dir: str | None = None  # datasets cache; None = out_dir/cache
+    cache_dir: str | None = None  # tokenised pieces and packed blocks (about twice the corpus's size); None = out_dir/cache
 
     def __post_init__(self):
         for name in ("eval_fraction", "mlm_probability", "mask_token_probability", "random_token_probability"):
@@ -112,7 +114,7 @@ class DataConfig:
         _require(self.source != "hub" or bool(self.hub_dataset), "data.hub_dataset",
                  "data.source 'hub' needs data.hub_dataset")
         _require(self.max_documents is None or self.max_documents > 0, "data.max_documents", "must be positive")
-        _require(self.num_proc is None or self.num_proc > 0, "data.num_proc", "must be positive")
+        _require(self.tokenizer_sample_bytes > 0, "data.tokenizer_sample_bytes", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -308,12 +310,21 @@ def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{where}: {key}: expected {_type_name(tp)}, got {value!r}")
 
 
+# Keys earlier versions read, and why they went: a YAML written for them gets this, not "unknown key".
+REMOVED_KEYS = {
+    "data.num_proc": "removed: tokenising uses every core through the tokenizer's own threads (and every "
+                     "torchrun process, which share the pieces); delete the key",
+}
+
+
 def _build(cls: type, values: dict, prefix: str, where: str):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
         path = f"{prefix}{key}"
+        if path in REMOVED_KEYS:
+            raise ConfigError(f"{where}: {path}: {REMOVED_KEYS[path]}")
         if key not in names:
             raise ConfigError(f"{where}: unknown key '{path}'; valid keys: {', '.join(names)}")
         section = _section_type(hints[key])

@@ -1,14 +1,21 @@
-"""Corpus → documents → fixed held-out split → WordPiece ids → packed blocks of max_seq_len ids (`datasets`).
+"""Corpus pieces → WordPiece ids per piece (cached) → fixed held-out split → packed blocks of max_seq_len ids.
 
-    load_documents → split_documents → get_tokenizer → tokenize_documents → pack_blocks → PretrainingData
-    ("text" column)  (content hash,    (load, reuse    (datasets.map,        ([CLS] chunk [SEP],  .batch(split,
-                      no seed)          or train)       cached)               cached, mmapped)     batch_indices())
+    Corpus.plan ─▶ get_tokenizer ─▶ tokenize_piece (each piece once, ─▶ pack_blocks ─▶ PretrainingData
+    (corpus.py)    (load, reuse, or    cached by its key; pieces are     (split by content   (memory-mapped,
+                    train on a sample)  shared out among processes)        hash, in order)     batch_indices())
+
+Memory stays flat as the corpus grows: a piece is read, tokenised and written a few MB at a time, and every
+later pass (the split rule, packing, training) reads memory-mapped Arrow files. The cache (data.cache_dir):
+    pieces/<piece key>-<tokenizer key>.arrow   a piece's documents: their ids (no [CLS]/[SEP]) and digests
+    {train,eval}-blocks-<key>.arrow            the packed blocks; key: every piece's key, the tokenizer, the
+                                               split, max_documents, max_seq_len and the special ids
+Each file appears whole or not at all (written under a temporary name, then renamed): a killed preparation
+leaves nothing a later run reads, and the later run tokenises only the pieces still missing.
 
 Packing (RoBERTa's FULL-SENTENCES, Liu+19 §4.2: blocks cross document boundaries, a separator between
-documents): the split's documents are tokenised without the template, a [SEP] closes every document, and the
-stream
+documents): the split's documents, in corpus order, each closed by a [SEP], form the stream
     d_1 [SEP] d_2 [SEP] ... d_n [SEP]
-is cut into chunks of C = T - 2 ids; block k is [CLS] + stream[kC : (k+1)C] + [SEP], exactly T = max_seq_len ids.
+which is cut into chunks of C = T - 2 ids; block k is [CLS] + stream[kC : (k+1)C] + [SEP], exactly T = max_seq_len ids.
 The last len(stream) mod C ids (fewer than C) are dropped.
 
 Order: micro-batch m holds positions [mB, (m+1)B) of the stream π_0 ‖ π_1 ‖ ..., π_e a permutation of the
@@ -17,18 +24,13 @@ blocks seeded by (seed, e). `batch_indices` is a pure function of m, so resuming
 
 from __future__ import annotations
 
-import glob
-import gzip
+import errno
 import hashlib
-import importlib.resources
-import json
 import logging
-import os
-import re
-import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import islice
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -38,273 +40,120 @@ import pyarrow as pa
 import torch
 from datasets.arrow_writer import ArrowWriter
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
+from . import distributed
 from .config import Config, DataConfig
+from .corpus import Corpus, Piece, digest, in_memory_dataset
+from .distributed import DistInfo
 from .errors import DataError
-from .io import decode_utf8, parse_json_object, read_text
+from .io import stale_temporaries, written_atomically
 from .tokenizer import SpecialTokens, load_tokenizer, save_tokenizer, special_tokens, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_CORPUS = "corpus/shakespeare.jsonl.gz"  # inside the bertmath package; see corpus/README.md
 HASH_BUCKETS = 10_000  # held-out rule: bucket(text) < eval_fraction * HASH_BUCKETS
-PARALLEL_MIN_DOCUMENTS = 20_000  # below this one process: encode_batch already uses every core (Rayon threads)
-# and workers cost a fork; Shakespeare paragraphs (38k documents, 2 cores): 1.9 s in one process, 1.4 s in two.
-_CACHE_VERSION = "1"  # bump when the tokenised or packed layout changes, so old cache files are never read
+_CACHE_VERSION = "2"  # bump when the tokenised or packed layout changes, so old cache files are never read
+_PIECE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("digest", pa.binary(16))])
+
+Documents = Corpus | datasets.Dataset | Sequence[str]  # a planned corpus, or documents in memory
 
 
-# --- documents ------------------------------------------------------------------------------------
-
-
-def load_documents(data: DataConfig) -> datasets.Dataset:
-    """The corpus as a Dataset with one column "text", one row per document, in source order.
-
-    embedded: the Shakespeare works shipped with bertmath; text: UTF-8 files; jsonl / parquet: column
-    `data.text_column`; hub: `datasets.load_dataset(hub_dataset, hub_config, split=hub_split)`.
-    For embedded and text, `data.documents` picks one document per work/file or per blank-line block
-    (a speech). Local documents are stripped and whitespace-only ones skipped; `data.max_documents`
-    keeps the first N. A DataError names the file and the problem."""
-    if data.source == "hub":
-        documents = _hub_documents(data)
-    else:
-        texts = list(islice(_local_documents(data), data.max_documents))
-        if not texts:
-            where = ", ".join(data.paths) if data.paths else "embedded corpus"
-            raise DataError(f"{where}: the corpus has no text (every document is empty or whitespace)")
-        documents = _text_dataset(texts)
-    log.info("corpus: %d documents from %s", len(documents), data.source)
-    return documents
-
-
-def _local_documents(data: DataConfig) -> Iterator[str]:
-    if data.source == "embedded":
-        for text in _embedded_works():
-            yield from _split_text(text, data.documents)
-    elif data.source == "text":
-        for path in expand_paths(data.paths):
-            yield from _split_text(read_text(path), data.documents)
-    elif data.source == "jsonl":
-        for path in expand_paths(data.paths):
-            yield from _nonblank(_read_jsonl(path, data.text_column))
-    elif data.source == "parquet":
-        for path in expand_paths(data.paths):
-            yield from _nonblank(_read_parquet(path, data.text_column))
-    else:
-        raise AssertionError(f"unhandled data.source {data.source!r}")  # config.py validates the choices
-
-
-def _embedded_works() -> list[str]:
-    """The texts of the embedded works (37 plays, 5 poems), in file order."""
-    resource = importlib.resources.files("bertmath").joinpath(EMBEDDED_CORPUS)
-    try:
-        with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
-            return [json.loads(line)["text"] for line in f if line.strip()]
-    except (OSError, EOFError, ValueError, KeyError) as e:
-        raise DataError(f"bertmath/{EMBEDDED_CORPUS}: embedded corpus missing or damaged ({e}); "
-                        "reinstall bertmath") from None
-
-
-def _split_text(text: str, documents: str) -> Iterator[str]:
-    """documents="file": the whole text; "paragraph": each block between blank lines."""
-    blocks = [text] if documents == "file" else re.split(r"\n[ \t\r\f\v]*\n", text.replace("\r\n", "\n"))
-    return _nonblank(blocks)
-
-
-def _nonblank(texts: Iterable[str]) -> Iterator[str]:
-    for text in texts:
-        text = text.strip()
-        if text:
-            yield text
-
-
-def expand_paths(patterns: Sequence[str]) -> list[Path]:
-    """Files named by `patterns` (paths or globs, `**` recursive), each glob sorted, duplicates dropped.
-    DataError for a glob matching no file, a missing file, or a directory."""
-    files: dict[Path, None] = {}  # insertion-ordered set
-    for pattern in patterns:
-        expanded = os.path.expanduser(pattern)
-        if glob.has_magic(expanded):
-            matches = sorted(Path(p) for p in glob.glob(expanded, recursive=True) if Path(p).is_file())
-            if not matches:
-                raise DataError(f"{pattern}: no file matches this pattern")
-        else:
-            path = Path(expanded)
-            if path.is_dir():
-                raise DataError(f"{pattern}: is a directory; name files or a glob such as {pattern}/*.txt")
-            if not path.is_file():
-                raise DataError(f"{pattern}: file not found")
-            matches = [path]
-        files.update(dict.fromkeys(matches))
-    return list(files)
-
-
-def _read_jsonl(path: Path, column: str) -> Iterator[str]:
-    """The `column` value of every JSON line; null values skipped (no text), other non-strings refused."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    with f:
-        offset = 0
-        for number, raw in enumerate(f, start=1):
-            line = decode_utf8(raw, str(path), offset)
-            offset += len(raw)
-            if not line.strip():
-                continue
-            record = parse_json_object(line, f"{path} line {number}")
-            if column not in record:
-                raise DataError(f"{path} line {number}: no column '{column}' (set data.text_column); "
-                                f"columns: {', '.join(record) or 'none'}")
-            yield from _text_value(record[column], f"{path} line {number}", column)
-
-
-def _read_parquet(path: Path, column: str) -> Iterator[str]:
-    import pyarrow.parquet as pq  # pyarrow comes with datasets
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
-    names = parquet.schema_arrow.names
-    if column not in names:
-        raise DataError(f"{path}: no column '{column}' (set data.text_column); columns: {', '.join(names)}")
-    if not pa.types.is_string(parquet.schema_arrow.field(column).type) and \
-            not pa.types.is_large_string(parquet.schema_arrow.field(column).type):
-        raise DataError(f"{path}: column '{column}' holds {parquet.schema_arrow.field(column).type}, not text")
-    for batch in parquet.iter_batches(columns=[column], batch_size=10_000):
-        for value in batch.column(0).to_pylist():
-            if value is not None:
-                yield value
-
-
-def _text_value(value, where: str, column: str) -> Iterator[str]:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise DataError(f"{where}: column '{column}' holds {type(value).__name__}, expected a string")
-    yield value
-
-
-def _hub_documents(data: DataConfig) -> datasets.Dataset:
-    """A Hugging Face Hub dataset (needs internet), column `text_column` renamed "text", blank rows dropped."""
-    name = f"{data.hub_dataset}" + (f"/{data.hub_config}" if data.hub_config else "")
-    try:
-        documents = datasets.load_dataset(data.hub_dataset, data.hub_config, split=data.hub_split)
-    except Exception as e:  # network, missing dataset/config/split: all user-fixable
-        raise DataError(f"{name}: cannot load split '{data.hub_split}' ({str(e).splitlines()[0][:200]})") from None
-    if data.text_column not in documents.column_names:
-        raise DataError(f"{name}: no column '{data.text_column}' (set data.text_column); "
-                        f"columns: {', '.join(documents.column_names)}")
-    documents = documents.select_columns([data.text_column])
-    if data.text_column != "text":
-        documents = documents.rename_column(data.text_column, "text")
-    if data.max_documents is not None:
-        documents = documents.select(range(min(data.max_documents, len(documents))))
-    documents = documents.filter(_has_text, batched=True, input_columns="text", desc="dropping blank documents")
-    if len(documents) == 0:
-        raise DataError(f"{name}: the corpus has no text (every document is empty or whitespace)")
-    return documents
-
-
-def _has_text(texts: list) -> list[bool]:
-    return [isinstance(t, str) and bool(t.strip()) for t in texts]
-
-
-def _as_dataset(documents: datasets.Dataset | Sequence[str]) -> datasets.Dataset:
-    return documents if isinstance(documents, datasets.Dataset) else _text_dataset(list(documents))
-
-
-def _text_dataset(texts: list[str]) -> datasets.Dataset:
-    """A "text" dataset held in memory, fingerprinted by our own hash of the texts. datasets.Dataset.from_dict
-    would instead pickle the whole table with dill to fingerprint it: slow for a large corpus, and on some
-    pyarrow installs a PicklingError (MonthDayNano, seen with pyarrow 26 beside another pyarrow's pandas)."""
-    return _in_memory(pa.table({"text": pa.array(texts, type=pa.string())}),
-                      _fingerprint("text dataset", *(_digest(t) for t in texts)))
-
-
-def _in_memory(table: pa.Table, fingerprint: str, features: datasets.Features | None = None) -> datasets.Dataset:
-    info = datasets.DatasetInfo(features=features) if features is not None else None
-    return datasets.Dataset(datasets.table.InMemoryTable(table), info=info, fingerprint=fingerprint)
-
-
-class _TextBatches:
-    """The documents' texts in batches of lists; iterable again and again (train_tokenizer reads them twice)."""
-
-    def __init__(self, documents: datasets.Dataset, batch_size: int = 10_000):
-        self.documents, self.batch_size = documents, batch_size
-
-    def __iter__(self) -> Iterator[list[str]]:
-        for batch in self.documents.iter(batch_size=self.batch_size):
-            yield batch["text"]
+def as_corpus(documents: Documents | None, data: DataConfig) -> Corpus:
+    """`documents` as a Corpus: None plans data's own corpus; a list or Dataset is one in-memory piece."""
+    if documents is None:
+        return Corpus.plan(data)
+    return documents if isinstance(documents, Corpus) else Corpus.of_texts(documents, data)
 
 
 # --- held-out split -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DocumentSplit:
-    """Train and held-out documents; the fingerprints hash each split's texts in order (cache keys)."""
-
-    train: datasets.Dataset
-    eval: datasets.Dataset  # no rows when eval_fraction == 0
-    train_fingerprint: str
-    eval_fingerprint: str
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
-def _bucket(digest: bytes) -> int:
-    return int.from_bytes(digest[:8], "big") % HASH_BUCKETS
+def _buckets(digests: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8 digests → (n,) buckets: the first 8 bytes as a big-endian integer, mod HASH_BUCKETS."""
+    return (digests[:, :8].copy().view(">u8").ravel() % HASH_BUCKETS).astype(np.int64)
 
 
 def is_eval_document(text: str, eval_fraction: float) -> bool:
     """The held-out rule: blake2b(text) mod 10000 < eval_fraction · 10000. Depends on the text only, not on
     the seed or the document's position (identical documents fall on the same side, so none leaks)."""
-    return _bucket(_digest(text)) < round(eval_fraction * HASH_BUCKETS)
+    return bool(_buckets(np.frombuffer(digest(text), np.uint8)[None])[0] < round(eval_fraction * HASH_BUCKETS))
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """Which documents are held out: bucket < threshold, unless that leaves a side empty while the corpus has
+    two distinct documents: then only the document(s) with the smallest (bucket, digest) go to eval (no eval
+    document otherwise), or all but those with the largest stay in eval (no train document otherwise)."""
+
+    threshold: int
+    only_eval: bytes | None = None
+    all_but: bytes | None = None
+
+    def is_eval(self, digests: np.ndarray) -> np.ndarray:
+        """(n, 16) uint8 digests → (n,) bool."""
+        if self.only_eval is not None:
+            return (digests == np.frombuffer(self.only_eval, np.uint8)).all(axis=1)
+        if self.all_but is not None:
+            return ~(digests == np.frombuffer(self.all_but, np.uint8)).all(axis=1)
+        return _buckets(digests) < self.threshold
+
+    @classmethod
+    def of(cls, digest_batches: Iterable[np.ndarray], eval_fraction: float) -> "SplitRule":
+        """The rule for a corpus, from one pass over its documents' digests (in batches, (n, 16) uint8)."""
+        threshold = round(eval_fraction * HASH_BUCKETS)
+        eval_count = total = 0
+        smallest = largest = None  # (bucket, digest)
+        for digests in digest_batches:
+            if len(digests):
+                buckets = _buckets(digests)
+                eval_count += int((buckets < threshold).sum())
+                total += len(digests)
+                low, high = _extremes(buckets, digests)
+                smallest = low if smallest is None else min(smallest, low)
+                largest = high if largest is None else max(largest, high)
+        if eval_fraction > 0 and smallest != largest and eval_count == 0:
+            return cls(threshold, only_eval=smallest[1])
+        if eval_fraction > 0 and smallest != largest and eval_count == total:
+            return cls(threshold, all_but=largest[1])
+        return cls(threshold)
+
+
+def _extremes(buckets: np.ndarray, digests: np.ndarray) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+    """The smallest and largest (bucket, digest) of a batch: the extreme digests within the extreme buckets."""
+    low = sorted(bytes(digests[i]) for i in np.flatnonzero(buckets == buckets.min()))[0]
+    high = sorted(bytes(digests[i]) for i in np.flatnonzero(buckets == buckets.max()))[-1]
+    return (int(buckets.min()), low), (int(buckets.max()), high)
+
+
+@dataclass(frozen=True)
+class DocumentSplit:
+    """Train and held-out documents, each in corpus order."""
+
+    train: list[str]
+    eval: list[str]  # empty when eval_fraction == 0
 
 
 def split_documents(documents: datasets.Dataset | Sequence[str], eval_fraction: float) -> DocumentSplit:
-    """Split by `is_eval_document`. When eval_fraction > 0 and there are >= 2 distinct documents, each split
-    gets at least one: the text with the smallest hash moves to eval (or the largest to train)."""
-    documents = _as_dataset(documents)
-    digests = [_digest(text) for batch in _TextBatches(documents) for text in batch]
-    threshold = round(eval_fraction * HASH_BUCKETS)
-    is_eval = np.array([_bucket(d) < threshold for d in digests], dtype=bool)
-    if eval_fraction > 0 and len(set(digests)) >= 2:
-        order = [(_bucket(d), d) for d in digests]
-        if not is_eval.any():
-            first = min(order)[1]
-            is_eval = np.array([d == first for d in digests], dtype=bool)
-        elif is_eval.all():
-            last = max(order)[1]
-            is_eval = np.array([d != last for d in digests], dtype=bool)
-    train_rows, eval_rows = np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
-    return DocumentSplit(
-        train=documents.select(train_rows), eval=documents.select(eval_rows),
-        train_fingerprint=_fingerprint(*(digests[i] for i in train_rows)),
-        eval_fingerprint=_fingerprint(*(digests[i] for i in eval_rows)))
+    """Documents held in memory, split by `SplitRule` (what packing does to a corpus, piece by piece)."""
+    texts = list(documents["text"] if isinstance(documents, datasets.Dataset) else documents)
+    digests = _digests(texts)
+    is_eval = SplitRule.of([digests], eval_fraction).is_eval(digests)
+    return DocumentSplit(train=[t for t, e in zip(texts, is_eval) if not e], eval=[t for t, e in zip(texts, is_eval) if e])
 
 
-def _fingerprint(*parts: bytes | str) -> str:
-    """32 hex digits of blake2b over the parts, each length-prefixed so ("ab", "c") != ("a", "bc")."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in parts:
-        part = part.encode("utf-8") if isinstance(part, str) else part
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.hexdigest()
+def _digests(texts: Sequence[str]) -> np.ndarray:
+    return np.frombuffer(b"".join(digest(t) for t in texts), np.uint8).reshape(len(texts), 16)
 
 
 # --- tokenizer ------------------------------------------------------------------------------------
 
 
-def get_tokenizer(config: Config, out_dir: str | Path, documents: datasets.Dataset | Sequence[str] | None = None,
-                  ) -> Tokenizer:
+def get_tokenizer(config: Config, out_dir: str | Path, documents: Documents | None = None) -> Tokenizer:
     """data.tokenizer if set; else out_dir/tokenizer.json if a previous run left one; else a WordPiece
-    vocabulary of model.vocab_size trained on the TRAIN split of `documents` (default: load_documents)
-    and saved to out_dir/tokenizer.json. Its size must equal model.vocab_size (DataError otherwise)."""
+    vocabulary of model.vocab_size trained on the TRAIN documents of a sample of the corpus (`documents`,
+    default data's own; see `tokenizer_sample`), saved to out_dir/tokenizer.json. Its size must equal
+    model.vocab_size (DataError otherwise)."""
     out_dir = Path(out_dir)
     saved = out_dir / "tokenizer.json"
     if config.data.tokenizer or saved.is_file():
@@ -321,19 +170,56 @@ def get_tokenizer(config: Config, out_dir: str | Path, documents: datasets.Datas
     return tokenizer
 
 
-def train_corpus_tokenizer(config: Config, documents: datasets.Dataset | Sequence[str] | None = None,
-                           ) -> tuple[Tokenizer, int]:
-    """(a WordPiece vocabulary of exactly model.vocab_size trained on the TRAIN split of `documents` (default:
-    load_documents), the number of train documents); DataError if the corpus gives another size."""
-    documents = load_documents(config.data) if documents is None else _as_dataset(documents)
-    train = split_documents(documents, config.data.eval_fraction).train
-    tokenizer = train_tokenizer(_TextBatches(train), config.model.vocab_size, lowercase=config.data.lowercase)
+class TokenizerSample:
+    """The train documents of about data.tokenizer_sample_bytes of the corpus, in batches, iterable again and
+    again (the tokenizer's trainer reads them twice) and read from the files each time, never held.
+
+    The whole corpus when it is no larger; else the first share of every piece, in proportion to its size,
+    so the sample spreads over the whole corpus (pieces are at most 64 MB) and costs the same at 1 GB and
+    at 100 GB. Held out by the same rule as packing, over the sample's own digests."""
+
+    def __init__(self, corpus: Corpus, sample_bytes: int, eval_fraction: float):
+        self.corpus = corpus
+        total = corpus.total_bytes
+        self.quota = None if total <= sample_bytes else \
+            {i: max(1, piece.size * sample_bytes // total) for i, piece in enumerate(corpus.pieces)}
+        digests = [_digests(batch) for batch in self._batches()]  # 16 bytes a document of the sample
+        if not sum(map(len, digests)):
+            raise corpus.no_text()
+        self.rule = SplitRule.of(digests, eval_fraction)
+        self.documents = 0
+
+    def _batches(self) -> Iterator[list[str]]:
+        texts = self.corpus.documents(self.quota)
+        while batch := list(_take(texts, 10_000)):
+            yield batch
+
+    def __iter__(self) -> Iterator[list[str]]:
+        self.documents = 0
+        for batch in self._batches():
+            is_eval = self.rule.is_eval(_digests(batch))
+            train = [text for text, held_out in zip(batch, is_eval) if not held_out]
+            self.documents += len(train)
+            yield train
+
+
+def _take(iterator: Iterator[str], n: int) -> Iterator[str]:
+    for _, item in zip(range(n), iterator):
+        yield item
+
+
+def train_corpus_tokenizer(config: Config, documents: Documents | None = None) -> tuple[Tokenizer, int]:
+    """(a WordPiece vocabulary of exactly model.vocab_size trained on the train documents of the corpus's
+    sample (`TokenizerSample`), the number of those documents); DataError if the corpus gives another size."""
+    corpus = as_corpus(documents, config.data)
+    sample = TokenizerSample(corpus, config.data.tokenizer_sample_bytes, config.data.eval_fraction)
+    tokenizer = train_tokenizer(sample, config.model.vocab_size, lowercase=config.data.lowercase)
     trained = tokenizer.get_vocab_size()
     if trained < config.model.vocab_size:
-        raise DataError(f"the corpus ({len(train)} train documents) is too small for a {config.model.vocab_size}-"
+        raise DataError(f"the corpus ({sample.documents} train documents) is too small for a {config.model.vocab_size}-"
                         f"token vocabulary: training made {trained}; set model.vocab_size: {trained} or add text")
     check_vocab_size(tokenizer, config.model.vocab_size, "trained tokenizer")  # more: alphabet > vocab_size
-    return tokenizer, len(train)
+    return tokenizer, sample.documents
 
 
 def check_vocab_size(tokenizer: Tokenizer, vocab_size: int, where: str) -> None:
@@ -352,31 +238,60 @@ def _plain_copy(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-# --- tokenise and pack ----------------------------------------------------------------------------
+# --- tokenise a piece -----------------------------------------------------------------------------
 
 
-def auto_num_proc(data: DataConfig, num_documents: int) -> int:
-    """data.num_proc, else min(cores, 4) for corpora over PARALLEL_MIN_DOCUMENTS documents, else 1."""
-    if data.num_proc is not None:
-        return max(1, min(data.num_proc, num_documents))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cores, 4) if num_documents > PARALLEL_MIN_DOCUMENTS else 1
+def encode(tokenizer: Tokenizer, texts: list[str]) -> pa.ListArray:
+    """Each text's WordPiece ids (no [CLS]/[SEP]) as one Arrow list<int32> array. encode_batch_fast: the
+    tokenizer's threads (every core the process may use) without the character offsets packing never reads."""
+    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, encodings), np.int32, len(encodings)), out=offsets[1:])
+    ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids))
 
 
-def _encode_batch(texts: list[str], tokenizer: Tokenizer) -> dict:
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    return {"input_ids": [np.asarray(e.ids, dtype=np.int32) for e in encodings]}
+def tokenize_piece(corpus: Corpus, piece: Piece, tokenizer: Tokenizer, path: Path, progress=None) -> int:
+    """Write `piece`'s documents to `path` (Arrow: "input_ids" list<int32>, "digest" the 16-byte blake2b of the
+    text), a batch at a time, atomically; the number of documents."""
+    count = read = 0
+    try:
+        with written_atomically(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_stream(sink, _PIECE_SCHEMA) as writer:
+            for texts in corpus.read(piece):
+                digests = pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(16), len(texts), [None, pa.py_buffer(b"".join(digest(t) for t in texts))])
+                writer.write_batch(pa.record_batch([encode(tokenizer, texts), digests], schema=_PIECE_SCHEMA))
+                count += len(texts)
+                read += _advance(progress, sum(map(len, texts)))
+    except OSError as e:
+        raise _write_error(e, path, "tokens") from None
+    _advance(progress, piece.size - read)  # the bar counts characters, the plan bytes: end the piece exactly
+    return count
 
 
-def tokenize_documents(documents: datasets.Dataset, tokenizer: Tokenizer, cache_file: Path, fingerprint: str,
-                       num_proc: int = 1, desc: str = "tokenising") -> datasets.Dataset:
-    """documents ("text") → one row of WordPiece ids per document ("input_ids", int32), no [CLS]/[SEP].
-    `datasets.map` writes `cache_file` (or its _0000i_of_0000n shards) and later calls load it instead."""
-    return documents.map(
-        _encode_batch, batched=True, batch_size=1000, input_columns="text", remove_columns=documents.column_names,
-        fn_kwargs={"tokenizer": tokenizer}, num_proc=num_proc if num_proc > 1 else None,
-        features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
-        cache_file_name=str(cache_file), new_fingerprint=fingerprint, load_from_cache_file=True, desc=desc)
+def _advance(progress, n: int) -> int:
+    n = max(n, 0)
+    if progress is not None and n:
+        progress.update(n)
+    return n
+
+
+def _write_error(e: OSError, path: Path, what: str) -> DataError:
+    if e.errno == errno.ENOSPC or "No space left" in str(e):  # pyarrow's OSErrors carry no errno
+        return DataError(f"{path.parent}: no space left on the device while writing {what}; free space or set "
+                         "data.cache_dir to a larger disk (the cache takes about twice the corpus's size); what "
+                         "is already prepared is kept")
+    return DataError(f"{path}: cannot write {what} ({e.strerror or e})")
+
+
+def read_piece(path: Path) -> pa.Table:
+    """A tokenised piece, memory-mapped (nothing read until used)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+# --- pack -----------------------------------------------------------------------------------------
 
 
 def _close_documents(values: np.ndarray, lengths: np.ndarray, sep: int) -> np.ndarray:
@@ -389,45 +304,47 @@ def _close_documents(values: np.ndarray, lengths: np.ndarray, sep: int) -> np.nd
     return stream
 
 
-def pack_blocks(tokens: datasets.Dataset, specials: SpecialTokens, seq_len: int, path: Path,
-                name: str = "train") -> datasets.Dataset:
-    """Tokenised documents → Dataset of blocks [CLS] + C ids + [SEP] (C = seq_len - 2), column "input_ids"
-    fixed-length int32, written atomically to `path` and memory-mapped (random access, nothing loaded).
-    The stream's last len mod C ids are dropped; a split shorter than one chunk is a DataError."""
+def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_len: int, path: Path,
+                name: str = "train", progress=None) -> datasets.Dataset:
+    """Tokenised documents (batches of list<int32>) → Dataset of blocks [CLS] + C ids + [SEP] (C = seq_len - 2),
+    column "input_ids" fixed-length int32, written atomically to `path` and memory-mapped (random access,
+    nothing loaded). The stream's last len mod C ids are dropped. A split shorter than one chunk is a
+    DataError, but for a held-out split with no document at all (none fell to it): that has no blocks."""
     chunk = seq_len - 2
     features = _block_features(seq_len)
     num_documents = num_stream = num_blocks = 0
     carry = np.empty(0, dtype=np.int32)  # the stream's ids not yet in a block
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")  # rename when complete
-    os.close(fd)
-    writer = ArrowWriter(features=features, path=tmp)
     try:
-        for batch in tokens.with_format("arrow").iter(batch_size=10_000):
-            ids = batch.column("input_ids").combine_chunks()
-            lengths = ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
-            stream = np.concatenate([carry, _close_documents(ids.flatten().to_numpy(), lengths, specials.sep)])
-            full = len(stream) // chunk
-            blocks = np.empty((full, seq_len), dtype=np.int32)
-            blocks[:, 0], blocks[:, -1] = specials.cls, specials.sep
-            blocks[:, 1:-1] = stream[:full * chunk].reshape(full, chunk)
-            carry = stream[full * chunk:]
-            if full:
-                writer.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(blocks.ravel(), seq_len)}))
-            num_documents += len(lengths)
-            num_stream += len(lengths) + int(lengths.sum())
-            num_blocks += full
-        if num_blocks == 0:
-            raise DataError(f"{name} split: {num_stream} tokens ({num_documents} documents and their [SEP]s), but one "
-                            f"sequence needs {chunk} (data.max_seq_len {seq_len} minus [CLS] and [SEP]); add text"
-                            + (", raise data.eval_fraction" if name == "eval" else "")
-                            + " or lower data.max_seq_len")
-        writer.finalize()
-        os.replace(tmp, path)
-    finally:
-        writer.close()  # idempotent; on an error the file handle must not outlive the removed file
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with written_atomically(path) as tmp:
+            writer = ArrowWriter(features=features, path=str(tmp))
+            try:
+                for ids in documents:
+                    lengths = ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+                    stream = np.concatenate([carry, _close_documents(ids.flatten().to_numpy(), lengths, specials.sep)])
+                    full = len(stream) // chunk
+                    blocks = np.empty((full, seq_len), dtype=np.int32)
+                    blocks[:, 0], blocks[:, -1] = specials.cls, specials.sep
+                    blocks[:, 1:-1] = stream[:full * chunk].reshape(full, chunk)
+                    carry = stream[full * chunk:]
+                    if full:
+                        writer.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(blocks.ravel(),
+                                                                                                   seq_len)}))
+                    num_documents += len(lengths)
+                    num_stream += len(lengths) + int(lengths.sum())
+                    num_blocks += full
+                    if progress is not None:
+                        progress.update(len(lengths) + int(lengths.sum()))
+                if num_blocks == 0 and (num_documents or name != "eval"):
+                    raise DataError(f"{name} split: {num_stream} tokens ({num_documents} documents and their [SEP]s), "
+                                    f"but one sequence needs {chunk} (data.max_seq_len {seq_len} minus [CLS] and "
+                                    "[SEP]); add text" + (", raise data.eval_fraction" if name == "eval" else "")
+                                    + " or lower data.max_seq_len")
+                writer.finalize()
+            finally:
+                writer.close()  # idempotent; on an error the file handle must not outlive the removed file
+    except OSError as e:
+        raise _write_error(e, path, f"the {name} blocks") from None
     log.info("%s: %d documents, %d tokens with [SEP]s → %d blocks of %d; last %d tokens dropped",
              name, num_documents, num_stream, num_blocks, seq_len, len(carry))
     return datasets.Dataset.from_file(str(path))
@@ -463,45 +380,209 @@ class PretrainingData:
 
 def _no_blocks(seq_len: int) -> datasets.Dataset:
     features = _block_features(seq_len)
-    return _in_memory(features.arrow_schema.empty_table(), _fingerprint("no blocks", str(seq_len)), features)
+    return in_memory_dataset(features.arrow_schema.empty_table(), _key("no blocks", str(seq_len)), features)
 
 
 def _block_features(seq_len: int) -> datasets.Features:
     return datasets.Features({"input_ids": datasets.List(datasets.Value("int32"), length=seq_len)})
 
 
-def prepare_data(config: Config, tokenizer: Tokenizer, cache_dir: str | Path,
-                 documents: datasets.Dataset | Sequence[str] | None = None) -> PretrainingData:
-    """Documents (given, or load_documents(config.data)) → fixed split → tokenised → packed blocks, both
-    cached in `cache_dir`: token ids keyed by (documents, tokenizer JSON), blocks also by max_seq_len and the
-    special ids, so another tokenizer or length never reads a stale file and a new max_seq_len re-packs
-    without re-tokenising. Delete `cache_dir` at any time to free space."""
+def _key(*parts: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big") + part.encode("utf-8"))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CachePaths:
+    """Where a corpus prepared with one tokenizer and one data config lies in data.cache_dir."""
+
+    root: Path
+    pieces: list[Path]  # the tokens of each piece, in corpus order
+    train: Path
+    eval: Path
+
+    @classmethod
+    def of(cls, root: Path, corpus: Corpus, tokenizer: Tokenizer, data: DataConfig) -> "CachePaths":
+        specials = special_tokens(tokenizer)
+        tokenizer_key = _key(_CACHE_VERSION, tokenizer.to_str())
+        pieces = [root / "pieces" / f"{piece.key}-{tokenizer_key}.arrow" for piece in corpus.pieces]
+        blocks_key = _key(_CACHE_VERSION, corpus.identity(), tokenizer_key, str(data.eval_fraction),
+                          str(data.max_documents), str(data.max_seq_len), str(specials.ids))
+        return cls(root, pieces, root / f"train-blocks-{blocks_key}.arrow", root / f"eval-blocks-{blocks_key}.arrow")
+
+
+def prepare_data(config: Config, tokenizer: Tokenizer, cache_dir: str | Path, documents: Documents | None = None,
+                 dist: DistInfo = DistInfo()) -> PretrainingData:
+    """The corpus (`documents`, default data's own) → tokenised pieces → held-out split → packed blocks, all
+    cached in `cache_dir` (see the module docstring), so a second run over unchanged files reads no text.
+
+    With several processes (a torchrun job, `dist`), each tokenises its share of the pieces (piece i goes to
+    process i mod P), then process 0 packs: the blocks are the same, in the same order, as one process makes.
+    cache_dir must then be one directory every process sees (shared storage). Delete it at any time."""
     data = config.data
     check_vocab_size(tokenizer, config.model.vocab_size, "tokenizer")
-    specials = special_tokens(tokenizer)
-    tokenizer = _plain_copy(tokenizer)
-    documents = load_documents(data) if documents is None else _as_dataset(documents)
-    split = split_documents(documents, data.eval_fraction)
-    log.info("documents: %d train, %d eval (eval_fraction %g)", len(split.train), len(split.eval), data.eval_fraction)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer_json = tokenizer.to_str()
+    corpus = as_corpus(documents, data)
+    paths = CachePaths.of(Path(cache_dir), corpus, tokenizer, data)
+    splits = {"train": paths.train} | ({"eval": paths.eval} if data.eval_fraction > 0 else {})
+    if distributed.broadcast_flag(all(path.is_file() for path in splits.values()), dist):
+        log.info("blocks: cached in %s", paths.root)
+    else:
+        _tokenize_share(corpus, _plain_copy(tokenizer), paths, dist)
+        distributed.barrier(dist, slow=True)
+        if dist.is_main:
+            _pack(corpus, paths, special_tokens(tokenizer), data)
+        distributed.barrier(dist, slow=True)
+    blocks = {name: _open_blocks(path) for name, path in splits.items()}
+    return PretrainingData(train=blocks["train"], eval=blocks.get("eval") or _no_blocks(data.max_seq_len),
+                           seq_len=data.max_seq_len)
 
-    def blocks(name: str, docs: datasets.Dataset, docs_fingerprint: str) -> datasets.Dataset:
-        tokens_key = _fingerprint(_CACHE_VERSION, docs_fingerprint, tokenizer_json)
-        blocks_key = _fingerprint(_CACHE_VERSION, tokens_key, str(data.max_seq_len), str(specials.ids))
-        path = cache_dir / f"{name}-blocks-{blocks_key}.arrow"
-        if path.is_file():
-            log.info("%s: cached blocks %s", name, path)
-            return datasets.Dataset.from_file(str(path))
-        tokens = tokenize_documents(docs, tokenizer, cache_dir / f"{name}-tokens-{tokens_key}.arrow", tokens_key,
-                                    auto_num_proc(data, len(docs)), desc=f"tokenising {name}")
-        return pack_blocks(tokens, specials, data.max_seq_len, path, name)
 
-    train = blocks("train", split.train, split.train_fingerprint)
-    held_out = blocks("eval", split.eval, split.eval_fingerprint) if len(split.eval) else _no_blocks(
-        data.max_seq_len)
-    return PretrainingData(train=train, eval=held_out, seq_len=data.max_seq_len)
+def _open_blocks(path: Path) -> datasets.Dataset:
+    if not path.is_file():
+        raise DataError(f"{path}: not found, though process 0 packed it: data.cache_dir must be one directory that "
+                        "every process sees (shared storage), or prepared on each machine")
+    return datasets.Dataset.from_file(str(path))
+
+
+def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dist: DistInfo) -> None:
+    """Tokenise this process's pieces that are not cached yet. In one process with data.max_documents, only
+    as many pieces as those documents need."""
+    directory = paths.pieces[0].parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temporaries(directory):  # left by a killed preparation
+        stale.unlink(missing_ok=True)
+    mine = [i for i in range(len(corpus.pieces)) if i % dist.world_size == dist.rank]
+    todo = [i for i in mine if not paths.pieces[i].is_file()]
+    log.info("tokens: %d of %d pieces cached%s", len(mine) - len(todo), len(mine),
+             f" (the share of process {dist.rank} of {dist.world_size})" if dist.enabled else "")
+    if not todo:
+        return
+    limit = corpus.data.max_documents if dist.world_size == 1 else None
+    started, documents, written = time.perf_counter(), 0, 0
+    with tqdm(total=sum(corpus.pieces[i].size for i in todo), unit="B", unit_scale=True, desc="tokenising",
+              dynamic_ncols=True, disable=not dist.is_main) as progress:
+        for i in mine:
+            if limit is not None and documents >= limit:
+                break
+            if paths.pieces[i].is_file():
+                documents += read_piece(paths.pieces[i]).num_rows
+                continue
+            documents += tokenize_piece(corpus, corpus.pieces[i], tokenizer, paths.pieces[i], progress)
+            written += paths.pieces[i].stat().st_size
+        seconds = time.perf_counter() - started
+        log.info("tokens: %.1f MB of text in %.1f s (%.2f MB/s) → %.1f MB of ids in %s", progress.n / 1e6,
+                 seconds, progress.n / 1e6 / max(seconds, 1e-9), written / 1e6, directory)
+
+
+def _pack(corpus: Corpus, paths: CachePaths, specials: SpecialTokens, data: DataConfig) -> None:
+    """Pack the train and eval blocks from the tokenised pieces (every process's), in corpus order."""
+    tables = _piece_tables(corpus, paths, data.max_documents)
+    _check_each_file_has_text(corpus, tables)
+    rule = SplitRule.of((_digest_matrix(table) for _, table in tables), data.eval_fraction)
+    tokens = sum(len(chunk.flatten()) + len(chunk) for _, table in tables for chunk in table.column(0).chunks)
+    splits = [("train", paths.train)] + ([("eval", paths.eval)] if data.eval_fraction > 0 else [])
+    with tqdm(total=tokens, unit="tok", unit_scale=True, desc="packing", dynamic_ncols=True) as progress:
+        for name, path in splits:
+            documents = (ids for _, table in tables for ids in _split_batches(table, rule, name == "eval"))
+            pack_blocks(documents, specials, data.max_seq_len, path, name, progress)
+
+
+def _piece_tables(corpus: Corpus, paths: CachePaths, limit: int | None) -> list[tuple[int, pa.Table]]:
+    """(piece number, its memory-mapped table) in corpus order, cut at `limit` documents in all."""
+    tables, documents = [], 0
+    for i, path in enumerate(paths.pieces):
+        if limit is not None and documents >= limit:
+            break
+        if not path.is_file():
+            raise DataError(f"{path}: the tokens of {corpus.pieces[i].name} (piece {corpus.pieces[i].index}) are "
+                            "missing: data.cache_dir must be one directory that every process sees (shared "
+                            "storage), or prepared on each machine")
+        table = read_piece(path)
+        if limit is not None:
+            table = table.slice(0, limit - documents)
+        documents += table.num_rows
+        tables.append((i, table))
+    return tables
+
+
+def _check_each_file_has_text(corpus: Corpus, tables: list[tuple[int, pa.Table]]) -> None:
+    documents: dict[int, int] = {}
+    for i, table in tables:
+        documents[corpus.pieces[i].file] = documents.get(corpus.pieces[i].file, 0) + table.num_rows
+    if not any(documents.values()):
+        raise corpus.no_text()
+    if corpus.data.max_documents is None:
+        for file, count in documents.items():
+            if count == 0:
+                raise DataError(f"{corpus.files[file]}: has no text (every document is empty or whitespace); "
+                                "remove it from data.paths")
+
+
+def _digest_matrix(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """The "digest" column as (n, 16) uint8."""
+    column = table.column("digest")
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.frombuffer(column.buffers()[1], np.uint8, 16 * len(column), 16 * column.offset).reshape(-1, 16)
+
+
+def _split_batches(table: pa.Table, rule: SplitRule, held_out: bool) -> Iterator[pa.ListArray]:
+    """The documents of one side of the split, a batch at a time."""
+    for batch in table.to_batches():
+        yield batch.column("input_ids").filter(pa.array(rule.is_eval(_digest_matrix(batch)) == held_out))
+
+
+# --- one preparation, many processes --------------------------------------------------------------
+
+
+def default_cache_dir(config: Config) -> Path:
+    """data.cache_dir, else train.out_dir/cache."""
+    return Path(config.data.cache_dir) if config.data.cache_dir else Path(config.train.out_dir) / "cache"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` made: the tokenizer, the blocks, and where they lie."""
+
+    tokenizer: Tokenizer
+    data: PretrainingData
+    paths: CachePaths
+    corpus: Corpus
+    seconds: float
+
+    def summary(self) -> list[str]:
+        """What `bertmath prepare` prints: each thing written, its size, and the time."""
+        pieces = [p for p in self.paths.pieces if p.is_file()]
+        lines = [f"tokens: {len(pieces)} piece file(s), {sum(p.stat().st_size for p in pieces) / 1e6:,.1f} MB in "
+                 f"{self.paths.root / 'pieces'}"]
+        for name, blocks in (("train", self.data.train), ("eval", self.data.eval)):
+            files = [Path(f["filename"]) for f in blocks.cache_files]
+            where = f" ({sum(f.stat().st_size for f in files) / 1e6:,.1f} MB): {files[0]}" if files else ""
+            lines.append(f"{name}: {len(blocks):,} blocks of {self.data.seq_len} tokens{where}")
+        lines.append(f"prepared in {self.seconds:.1f} s; `bertmath pretrain` with this config starts from this cache")
+        return lines
+
+
+def prepare(config: Config, out_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+            dist: DistInfo = DistInfo()) -> Prepared:
+    """Everything before pretraining's first step: the tokenizer in out_dir (default train.out_dir; process 0
+    trains or loads it first, the others then load what it saved) and the blocks in cache_dir (default
+    `default_cache_dir`; `prepare_data`, the pieces shared out among processes)."""
+    started = time.perf_counter()
+    out_dir = Path(config.train.out_dir if out_dir is None else out_dir)
+    cache_dir = default_cache_dir(config) if cache_dir is None else Path(cache_dir)
+    corpus = Corpus.plan(config.data)
+    log.info("corpus: %d file(s), %.1f MB in %d piece(s) (data.source %s)", len(corpus.files),
+             corpus.total_bytes / 1e6, len(corpus.pieces), config.data.source)
+    tokenizer = None
+    for turn in ("main", "others"):
+        if (turn == "main") == dist.is_main:
+            tokenizer = get_tokenizer(config, out_dir, corpus)
+        distributed.barrier(dist, slow=True)
+    data = prepare_data(config, tokenizer, cache_dir, corpus, dist)
+    return Prepared(tokenizer, data, CachePaths.of(cache_dir, corpus, tokenizer, config.data), corpus,
+                    time.perf_counter() - started)
 
 
 # --- order ----------------------------------------------------------------------------------------
@@ -509,8 +590,8 @@ def prepare_data(config: Config, tokenizer: Tokenizer, cache_dir: str | Path,
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit generator seed from (seed, epoch): blake2b, so nearby seeds give unrelated permutations."""
-    digest = hashlib.blake2b(f"bertmath-order:{seed}:{epoch}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    digest_ = hashlib.blake2b(f"bertmath-order:{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest_, "big") >> 1
 
 
 @lru_cache(maxsize=4)  # a batch touches one epoch, at most two; randperm of a large corpus is not free

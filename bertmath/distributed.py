@@ -71,10 +71,15 @@ def setup(device_type: str, parallel: str, batch_size: int, timeout_minutes: flo
     if batch_size % world_size:
         raise ConfigError(f"train.batch_size: {batch_size} sequences cannot be split evenly over {world_size} "
                           f"processes; use a multiple of {world_size} (it is the batch of all processes together)")
-    mode = "ddp" if parallel == "auto" else parallel
     if world_size == 1 and parallel == "auto":
         return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    return join(device_type, "ddp" if parallel == "auto" else parallel, timeout_minutes)
+
+
+def join(device_type: str, mode: str, timeout_minutes: float) -> DistInfo:
+    """Join torchrun's process group (NCCL on GPUs, Gloo on CPUs) with a side Gloo group for the slow waits;
+    `mode` as DistInfo.parallel says (a job that shares work but trains nothing, `bertmath prepare`: "ddp")."""
+    rank, world_size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():

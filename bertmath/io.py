@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -61,8 +62,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def tmp_name(path: Path, host: bool = False) -> Path:
+    """A temporary name beside `path`, unique to this process; with `host`, also to this machine (a directory
+    several machines write into)."""
+    owner = f"{socket.gethostname()}-{os.getpid()}" if host else str(os.getpid())
+    return path.with_name(f".{path.name}.tmp-{owner}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -88,10 +92,10 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metada
 
 
 @contextlib.contextmanager
-def _replacing(path: Path):
+def _replacing(path: Path, host: bool = False):
     """Yield a temporary name beside `path` to write; then rename it onto `path`. If the write or the rename
     fails (e.g. `path` is a directory, the disk is full), the temporary file is removed and `path` is as it was."""
-    tmp = tmp_name(path)
+    tmp = tmp_name(path, host)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -99,6 +103,52 @@ def _replacing(path: Path):
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def written_atomically(path: Path):
+    """`with written_atomically(path) as tmp:` write a file at `tmp`; when the block ends, it is fsync'ed and
+    renamed onto `path` (which appears whole or not at all); on an error, or a kill, `path` is as it was.
+    The temporary name holds the host and pid (`tmp_name(path, host=True)`): several machines may write one
+    shared directory."""
+    with _replacing(Path(path), host=True) as tmp:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def stale_temporaries(directory: Path) -> list[Path]:
+    """The files `written_atomically` left in `directory` from processes of this host that no longer run
+    (killed while writing): nobody will rename them, so they may go."""
+    prefix = f".tmp-{socket.gethostname()}-"
+    stale = []
+    for path in Path(directory).glob(".*.tmp-*"):
+        owner = path.name.rpartition(prefix)[2] if prefix in path.name else ""
+        if owner.isdigit() and not _running(int(owner)):
+            stale.append(path)
+    return stale
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any slow work if train.out_dir cannot hold what a run writes (created if missing)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"train.out_dir: {out_dir} is not writable ({e.strerror or e})") from None
 
 
 def check_output(path: str | Path, directory: bool = False) -> Path:

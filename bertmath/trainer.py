@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed, metrics
 from .config import Config, DataConfig, TrainConfig
-from .data import PretrainingData, batch_indices, get_tokenizer, load_documents, prepare_data
+from .data import PretrainingData, batch_indices, prepare
 from .errors import BertmathError, CheckpointError, TrainingError
 from .hardware import AUTOCAST_DTYPES, autocast, resolve_device, resolve_precision
-from .io import atomic_write_text
+from .io import atomic_write_text, check_writable
 from .masking import IGNORE_INDEX, mask_tokens, prediction_slots, slot_count
 from .model import BertForMaskedLM, EncoderLayer, parameter_report
 from .tokenizer import SpecialTokens, continuation_mask, special_tokens
@@ -120,17 +120,6 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def check_writable(out_dir: Path) -> None:
-    """Fail before any training if out_dir cannot hold checkpoints."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise BertmathError(f"train.out_dir: {out_dir} is not writable ({e.strerror or e})") from None
 
 
 # --- evaluation -------------------------------------------------------------------------------------------
@@ -268,14 +257,8 @@ class Trainer:
 
     def _prepare(self) -> None:
         config, train = self.config, self.config.train
-        cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else self.out_dir / "cache"
-        # Rank 0 tokenises (and caches) first; the others then read its cache.
-        for turn in ("main", "others"):
-            if (turn == "main") == self.dist.is_main:
-                documents = load_documents(config.data)
-                self.tokenizer = get_tokenizer(config, self.out_dir, documents)
-                self.data = prepare_data(config, self.tokenizer, cache_dir, documents)
-            distributed.barrier(self.dist, slow=True)
+        prepared = prepare(config, self.out_dir, dist=self.dist)
+        self.tokenizer, self.data = prepared.tokenizer, prepared.data
         self.specials = special_tokens(self.tokenizer)
         if config.data.whole_word_masking:
             self.is_continuation = torch.tensor(continuation_mask(self.tokenizer))

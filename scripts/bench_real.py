@@ -40,7 +40,7 @@ import torch
 
 from bertmath.batching import length_batches, padding_share
 from bertmath.config import DataConfig
-from bertmath.data import load_documents
+from bertmath.corpus import load_documents
 from bertmath.fill_mask import FillMask
 from bertmath.hardware import cpu_class, cpu_flags
 

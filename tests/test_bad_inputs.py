@@ -227,7 +227,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 
 # A tqdm bar as it stands once drawn: "desc:  40%|████      | 4/10 [00:01<00:02, 3.1it/s]".
-_PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
+_PROGRESS_BAR = re.compile(r"\d+%\|.*\| *[\d.]+[kMGTP]?/[\d.]+[kMGTP]? \[")  # counts, or unit_scale's 41.7k/2.1M
 
 
 def error_lines(stderr: str) -> list[str]:

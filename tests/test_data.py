@@ -1,15 +1,19 @@
 """bertmath.data: documents from every local source, the fixed held-out split, packing, caching, order."""
 
 import dataclasses
-import json
+import errno
+import hashlib
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bertmath import data as D
+from bertmath.corpus import Corpus, load_documents
 from bertmath.config import Config, DataConfig, ModelConfig
+from bertmath.distributed import DistInfo
 from bertmath.errors import DataError
 from bertmath.tokenizer import special_tokens, train_tokenizer
 
@@ -23,7 +27,7 @@ def make_config(vocab_size=VOCAB, **data) -> Config:
 @pytest.fixture(scope="module")
 def plays_sample():
     """The first 3000 speeches of the embedded corpus."""
-    return list(D.load_documents(DataConfig(max_documents=3000))["text"])
+    return list(load_documents(DataConfig(max_documents=3000))["text"])
 
 
 @pytest.fixture(scope="module")
@@ -31,137 +35,12 @@ def tokenizer(plays_sample):
     return train_tokenizer(plays_sample, vocab_size=VOCAB)
 
 
-# --- documents ------------------------------------------------------------------------------------
-
-
-def test_embedded_corpus_plays_and_speeches():
-    works = D.load_documents(DataConfig(documents="file"))
-    assert len(works) == 42 and works.column_names == ["text"]
-    assert works[0]["text"].startswith("ALL'S WELL THAT ENDS WELL")
-    assert all("gutenberg" not in text.lower() for text in works["text"])
-    speeches = D.load_documents(DataConfig())
-    assert len(speeches) > 30_000
-    assert all(text == text.strip() and "\n\n" not in text for text in speeches["text"][:2000])
-    assert len(D.load_documents(DataConfig(max_documents=7))) == 7
-
-
-def test_text_files_glob_and_document_modes(tmp_path):
-    (tmp_path / "b.txt").write_text("second file\n")
-    (tmp_path / "a.txt").write_text("First para\nstill first.\n\n  \nSecond para.\r\n\r\nThird.\n")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "c.txt").write_text("nested\n")
-    glob = str(tmp_path / "*.txt")
-    paragraphs = D.load_documents(DataConfig(source="text", paths=[glob]))
-    assert list(paragraphs["text"]) == ["First para\nstill first.", "Second para.", "Third.", "second file"]
-    files = D.load_documents(DataConfig(source="text", paths=[glob], documents="file"))
-    assert list(files["text"]) == ["First para\nstill first.\n\n  \nSecond para.\r\n\r\nThird.", "second file"]
-    everything = D.load_documents(DataConfig(source="text", paths=[str(tmp_path / "**" / "*.txt"),
-                                                                     str(tmp_path / "a.txt")], documents="file"))
-    assert len(everything) == 3  # a.txt named twice, read once
-    assert len(D.load_documents(DataConfig(source="text", paths=[glob], max_documents=2))) == 2
-
-
-def test_jsonl(tmp_path):
-    path = tmp_path / "c.jsonl"
-    rows = [{"body": "one", "id": 1}, {"body": None}, {"body": "  "}, {"body": "two"}]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    documents = D.load_documents(DataConfig(source="jsonl", paths=[str(path)], text_column="body"))
-    assert list(documents["text"]) == ["one", "two"]
-
-
-def test_parquet(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow as pa
-
-    path = tmp_path / "c.parquet"
-    pq.write_table(pa.table({"content": ["alpha", None, "beta"], "n": [1, 2, 3]}), path)
-    documents = D.load_documents(DataConfig(source="parquet", paths=[str(path)], text_column="content"))
-    assert list(documents["text"]) == ["alpha", "beta"]
-
-
-def _data_error(config: DataConfig) -> str:
-    with pytest.raises(DataError) as e:
-        D.load_documents(config)
-    message = str(e.value)
-    assert "\n" not in message
-    return message
-
-
-def test_bad_inputs_name_the_file(tmp_path):
-    assert _data_error(DataConfig(source="text", paths=[str(tmp_path / "*.txt")])) == \
-        f"{tmp_path}/*.txt: no file matches this pattern"
-    assert _data_error(DataConfig(source="text", paths=[str(tmp_path / "gone.txt")])) == \
-        f"{tmp_path}/gone.txt: file not found"
-    assert "is a directory" in _data_error(DataConfig(source="text", paths=[str(tmp_path)]))
-
-    binary = tmp_path / "x.txt"
-    binary.write_bytes(b"hello world!" + b"\xff\xfe rest")
-    assert _data_error(DataConfig(source="text", paths=[str(binary)])) == \
-        f"{binary}: not UTF-8 text (byte 0xff at offset 12)"
-
-    blank = tmp_path / "blank.txt"
-    blank.write_text(" \n\n\t\n")
-    assert "has no text" in _data_error(DataConfig(source="text", paths=[str(blank)]))
-
-
-def test_bad_jsonl_and_parquet(tmp_path):
-    path = tmp_path / "c.jsonl"
-    path.write_text('{"title": "a", "body": "x"}\n')
-    message = _data_error(DataConfig(source="jsonl", paths=[str(path)]))
-    assert message == f"{path} line 1: no column 'text' (set data.text_column); columns: title, body"
-    path.write_text('{"text": "ok"}\n{"text": oops}\n')
-    assert _data_error(DataConfig(source="jsonl", paths=[str(path)])).startswith(f"{path} line 2: not JSON")
-    path.write_text('{"text": 3}\n')
-    assert "holds int" in _data_error(DataConfig(source="jsonl", paths=[str(path)]))
-    path.write_bytes(b'{"text": "ok"}\n{"text": "\xc3("}\n')
-    assert _data_error(DataConfig(source="jsonl", paths=[str(path)])) == \
-        f"{path}: not UTF-8 text (byte 0xc3 at offset 25)"
-
-    pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow as pa
-
-    table = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"body": ["x"], "n": [1]}), table)
-    assert _data_error(DataConfig(source="parquet", paths=[str(table)])) == \
-        f"{table}: no column 'text' (set data.text_column); columns: body, n"
-    assert "holds int64, not text" in _data_error(DataConfig(source="parquet", paths=[str(table)], text_column="n"))
-    fake = tmp_path / "fake.parquet"
-    fake.write_text("not parquet")
-    assert _data_error(DataConfig(source="parquet", paths=[str(fake)])).startswith(
-        f"{fake}: not a readable Parquet file")
-
-
-@pytest.mark.smoke
-def test_hub_source_without_network(monkeypatch):
-    """The hub path with `datasets.load_dataset` replaced by an in-memory dataset (tests never download)."""
-    import datasets
-
-    rows = {"content": ["first", "   ", "second", "third"], "id": [1, 2, 3, 4]}
-    calls = []
-    monkeypatch.setattr(D.datasets, "load_dataset",
-                        lambda *args, **kwargs: calls.append((args, kwargs)) or datasets.Dataset.from_dict(rows))
-    config = DataConfig(source="hub", hub_dataset="someone/corpus", hub_config="en", text_column="content",
-                        max_documents=3)
-    documents = D.load_documents(config)
-    assert calls == [(("someone/corpus", "en"), {"split": "train"})]
-    assert documents.column_names == ["text"] and list(documents["text"]) == ["first", "second"]
-    with pytest.raises(DataError, match="someone/corpus/en: no column 'body' .* columns: content, id"):
-        D.load_documents(dataclasses.replace(config, text_column="body"))
-
-    def offline(*args, **kwargs):
-        raise ConnectionError("no internet\nmore lines")
-
-    monkeypatch.setattr(D.datasets, "load_dataset", offline)
-    with pytest.raises(DataError, match=r"^someone/corpus/en: cannot load split 'train' \(no internet\)$"):
-        D.load_documents(config)
-
-
 # --- held-out split -------------------------------------------------------------------------------
 
 
 def test_split_is_fixed_by_content_and_disjoint(plays_sample):
     split = D.split_documents(plays_sample, eval_fraction=0.1)
-    train, held_out = set(split.train["text"]), set(split.eval["text"])
+    train, held_out = set(split.train), set(split.eval)
     assert not train & held_out
     assert train | held_out == set(plays_sample)
     assert 0.07 < len(split.eval) / len(plays_sample) < 0.13
@@ -169,8 +48,8 @@ def test_split_is_fixed_by_content_and_disjoint(plays_sample):
 
     shuffled = plays_sample[:]
     random.Random(1).shuffle(shuffled)
-    assert set(D.split_documents(shuffled, 0.1).eval["text"]) == held_out  # order does not matter
-    assert set(D.split_documents(plays_sample[:1500], 0.1).eval["text"]) == held_out & set(plays_sample[:1500])
+    assert set(D.split_documents(shuffled, 0.1).eval) == held_out  # order does not matter
+    assert set(D.split_documents(plays_sample[:1500], 0.1).eval) == held_out & set(plays_sample[:1500])
     assert len(D.split_documents(plays_sample, 0.0).eval) == 0
 
 
@@ -233,7 +112,7 @@ def test_train_documents_only(tmp_path, monkeypatch):
         t for batch in texts for t in batch) or seen, *a, **k))
     documents = [f"document number {i} with words" for i in range(200)]
     D.get_tokenizer(make_config(vocab_size=60, eval_fraction=0.2), tmp_path, documents)
-    held_out = set(D.split_documents(documents, 0.2).eval["text"])
+    held_out = set(D.split_documents(documents, 0.2).eval)
     assert held_out and not held_out & set(seen) and len(seen) == 200 - len(held_out)
 
 
@@ -252,7 +131,7 @@ def test_packing_layout_and_token_accounting(plays_sample, tokenizer, tmp_path):
     assert not (blocks[:, 1:-1] == ids.cls).any() and not (blocks == ids.pad).any()
 
     # the block interiors are exactly the prefix of d_1 [SEP] d_2 [SEP] ...; the rest (< T-2 ids) is dropped
-    train_docs = D.split_documents(plays_sample, 0.05).train["text"]
+    train_docs = D.split_documents(plays_sample, 0.05).train
     stream = []
     for encoding in tokenizer.encode_batch(list(train_docs), add_special_tokens=False):
         stream += encoding.ids + [ids.sep]
@@ -297,31 +176,178 @@ def test_vocab_size_must_match_model(plays_sample, tokenizer, tmp_path):
 def test_cache_reused_and_keyed_by_tokenizer_and_length(plays_sample, tokenizer, tmp_path, monkeypatch):
     config = make_config(max_seq_len=32, eval_fraction=0.05)
     first = D.prepare_data(config, tokenizer, tmp_path, plays_sample)
-    tokens_files = sorted(tmp_path.glob("*-tokens-*.arrow"))
+    piece_files = sorted(tmp_path.glob("pieces/*.arrow"))
     blocks_files = sorted(tmp_path.glob("*-blocks-*.arrow"))
-    assert len(tokens_files) == 2 and len(blocks_files) == 2  # train and eval
+    assert len(piece_files) == 1 and len(blocks_files) == 2  # one in-memory piece; train and eval blocks
 
-    def no_tokenising(*args, **kwargs):
-        raise AssertionError("tokenised again despite the cache")
-
-    monkeypatch.setattr(D, "tokenize_documents", no_tokenising)
+    monkeypatch.setattr(D, "tokenize_piece", lambda *a, **k: pytest.fail("tokenised again despite the cache"))
+    monkeypatch.setattr(D, "_pack", lambda *a, **k: pytest.fail("packed again despite the cache"))
     again = D.prepare_data(config, tokenizer, tmp_path, plays_sample)
     assert torch.equal(again.batch("train", range(50)), first.batch("train", range(50)))
     monkeypatch.undo()
 
-    # another max_seq_len re-packs the cached token ids (no new tokens file)
+    # another max_seq_len re-packs the cached token ids (no new piece file)
+    monkeypatch.setattr(D, "tokenize_piece", lambda *a, **k: pytest.fail("tokenised again despite the cache"))
     longer = D.prepare_data(dataclasses.replace(config, data=dataclasses.replace(config.data, max_seq_len=48)),
                             tokenizer, tmp_path, plays_sample)
     assert longer.batch("train", [0]).shape == (1, 48)
-    assert sorted(tmp_path.glob("*-tokens-*.arrow")) == tokens_files
+    assert sorted(tmp_path.glob("pieces/*.arrow")) == piece_files
+    monkeypatch.undo()
 
     # another tokenizer never reads the stale cache
     other = train_tokenizer(plays_sample[::-1][:1000], vocab_size=VOCAB)
     assert other.to_str() != tokenizer.to_str()
     changed = D.prepare_data(config, other, tmp_path, plays_sample)
-    assert len(list(tmp_path.glob("*-tokens-*.arrow"))) == 4
-    expected = other.encode(D.split_documents(plays_sample, 0.05).train[0]["text"], add_special_tokens=False).ids
+    assert len(list(tmp_path.glob("pieces/*.arrow"))) == 2
+    expected = other.encode(D.split_documents(plays_sample, 0.05).train[0], add_special_tokens=False).ids
     assert changed.batch("train", [0])[0, 1:1 + len(expected)].tolist() == expected[:30]
+
+
+def write_files(directory, texts: list[str], files: int) -> str:
+    """`texts` as paragraphs of `files` text files; the glob naming them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    share = -(-len(texts) // files)
+    for i in range(files):
+        (directory / f"part-{i:02d}.txt").write_text("\n\n".join(texts[i * share:(i + 1) * share]) + "\n",
+                                                     encoding="utf-8")
+    return str(directory / "*.txt")
+
+
+def files_config(pattern: str, **data) -> Config:
+    return make_config(**{"source": "text", "paths": [pattern], "max_seq_len": 32, "eval_fraction": 0.05, **data})
+
+
+def plan(config: Config, piece_bytes: int = 20_000) -> Corpus:
+    return Corpus.plan(config.data, piece_bytes)
+
+
+def all_blocks(prepared: D.PretrainingData) -> tuple[torch.Tensor, torch.Tensor]:
+    return prepared.batch("train", range(len(prepared.train))), prepared.batch("eval", range(len(prepared.eval)))
+
+
+def test_files_in_pieces_pack_as_the_documents_in_memory(plays_sample, tokenizer, tmp_path):
+    """Many files, many pieces each: the same blocks as the same documents handed over as one list."""
+    config = files_config(write_files(tmp_path / "corpus", plays_sample, 5))
+    corpus = plan(config)
+    assert len(corpus.pieces) > 10
+    from_files = D.prepare_data(config, tokenizer, tmp_path / "a", corpus)
+    from_memory = D.prepare_data(config, tokenizer, tmp_path / "b", plays_sample)
+    for a, b in zip(all_blocks(from_files), all_blocks(from_memory)):
+        assert len(a) > 0 and torch.equal(a, b)
+
+
+def test_a_second_run_reads_no_text(plays_sample, tokenizer, tmp_path, monkeypatch):
+    config = files_config(write_files(tmp_path / "corpus", plays_sample, 3))
+    first = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    monkeypatch.setattr(Corpus, "read", lambda *a, **k: pytest.fail("read the corpus despite the cache"))
+    monkeypatch.setattr(D, "read_piece", lambda *a, **k: pytest.fail("read the tokens despite the blocks"))
+    again = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    assert all(torch.equal(a, b) for a, b in zip(all_blocks(first), all_blocks(again)))
+
+
+def test_a_changed_added_or_removed_file_reprepares_only_its_pieces(plays_sample, tokenizer, tmp_path, monkeypatch):
+    pattern = write_files(tmp_path / "corpus", plays_sample, 3)
+    config = files_config(pattern)
+    D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    tokenised = []
+    real = D.tokenize_piece
+    monkeypatch.setattr(D, "tokenize_piece", lambda corpus, piece, *a, **k: tokenised.append(piece.name) or
+                        real(corpus, piece, *a, **k))
+
+    def prepared_anew() -> set[str]:
+        """The files whose pieces the next run tokenises; its blocks are checked against a fresh preparation."""
+        tokenised.clear()
+        result = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+        names = {Path(name).name for name in tokenised}
+        fresh = tmp_path / f"fresh-{len(list(tmp_path.glob('fresh-*')))}"
+        reference = D.prepare_data(config, tokenizer, fresh, list(load_documents(config.data)["text"]))
+        assert all(torch.equal(a, b) for a, b in zip(all_blocks(result), all_blocks(reference)))  # nothing stale
+        return names
+
+    changed = tmp_path / "corpus" / "part-01.txt"
+    changed.write_text(changed.read_text() + "\n\nA new last paragraph.\n")
+    assert prepared_anew() == {"part-01.txt"}
+    (tmp_path / "corpus" / "part-03.txt").write_text("An added file.\n\nWith two paragraphs.\n")
+    assert prepared_anew() == {"part-03.txt"}
+    (tmp_path / "corpus" / "part-00.txt").unlink()
+    assert prepared_anew() == set()  # the others' pieces are all cached: only the blocks are packed anew
+
+
+def test_pieces_and_blocks_are_memory_mapped(plays_sample, tokenizer, tmp_path):
+    import pyarrow as pa
+
+    config = files_config(write_files(tmp_path / "corpus", plays_sample, 2))
+    prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    for blocks in (prepared.train, prepared.eval):
+        assert [Path(f["filename"]).parent for f in blocks.cache_files] == [tmp_path / "cache"]
+    allocated = pa.total_allocated_bytes()
+    tables = [D.read_piece(path) for path in sorted((tmp_path / "cache" / "pieces").glob("*.arrow"))]
+    assert sum(t.nbytes for t in tables) > 500_000
+    assert pa.total_allocated_bytes() - allocated < 10_000  # the ids are the file's pages, not copies
+
+
+def test_max_documents_reads_only_the_pieces_it_needs(plays_sample, tokenizer, tmp_path, monkeypatch):
+    config = files_config(write_files(tmp_path / "corpus", plays_sample, 4), max_documents=900)
+    tokenised = []
+    real = D.tokenize_piece
+    monkeypatch.setattr(D, "tokenize_piece", lambda corpus, piece, *a, **k: tokenised.append(piece) or
+                        real(corpus, piece, *a, **k))
+    corpus = plan(config)
+    prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", corpus)
+    assert 0 < len(tokenised) < len(corpus.pieces) / 2
+    reference = D.prepare_data(config, tokenizer, tmp_path / "b", plays_sample[:900])
+    assert all(torch.equal(a, b) for a, b in zip(all_blocks(prepared), all_blocks(reference)))
+
+
+def test_sharded_preparation_makes_the_blocks_of_one_process(plays_sample, tokenizer, tmp_path):
+    """Processes 1 and 0 of 2 (as under torchrun, one after the other here) each tokenise their pieces; process
+    0 packs. Process 1 alone finds no blocks: what it says when data.cache_dir is not shared."""
+    config = files_config(write_files(tmp_path / "corpus", plays_sample, 3))
+    single = D.prepare_data(config, tokenizer, tmp_path / "single", plan(config))
+    with pytest.raises(DataError, match="shared storage"):
+        D.prepare_data(config, tokenizer, tmp_path / "shared", plan(config), DistInfo(rank=1, world_size=2))
+    pieces = sorted((tmp_path / "shared" / "pieces").glob("*.arrow"))
+    assert 0 < len(pieces) < len(plan(config).pieces)  # process 1's share only
+    sharded = D.prepare_data(config, tokenizer, tmp_path / "shared", plan(config), DistInfo(rank=0, world_size=2))
+    assert len(list((tmp_path / "shared" / "pieces").glob("*.arrow"))) == len(plan(config).pieces)
+    for a, b in zip(all_blocks(single), all_blocks(sharded)):
+        assert torch.equal(a, b)
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / "single").glob("*blocks*"))] == \
+        [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / "shared").glob("*blocks*"))]
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_prepared(plays_sample, tokenizer, tmp_path, monkeypatch):
+    config = files_config(write_files(tmp_path / "corpus", plays_sample, 3))
+    real = D.encode
+    calls = []
+
+    def disk_fills(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(D, "encode", disk_fills)
+    with pytest.raises(DataError) as e:
+        D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    assert "no space left on the device" in str(e.value) and "\n" not in str(e.value)
+    written = sorted((tmp_path / "cache" / "pieces").iterdir())
+    assert written and all(not p.name.startswith(".") for p in written)  # whole pieces only, no temporary
+    kept = {p: p.read_bytes() for p in written}
+    monkeypatch.undo()
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(D.ArrowWriter, "write_table", disk_full)  # the pieces fit, the blocks do not
+    with pytest.raises(DataError, match="no space left on the device while writing the train blocks"):
+        D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    assert not list((tmp_path / "cache").glob("*blocks*")) and not list((tmp_path / "cache").glob(".*"))
+    monkeypatch.undo()
+    prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))  # space again: it finishes
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    reference = D.prepare_data(config, tokenizer, tmp_path / "fresh", plan(config))
+    assert all(torch.equal(a, b) for a, b in zip(all_blocks(prepared), all_blocks(reference)))
 
 
 def test_truncating_tokenizer_is_not_truncated(plays_sample, tokenizer, tmp_path):
@@ -332,22 +358,6 @@ def test_truncating_tokenizer_is_not_truncated(plays_sample, tokenizer, tmp_path
     plain = D.prepare_data(config, tokenizer, tmp_path / "b", plays_sample[:300])
     assert len(with_truncation.train) == len(plain.train)
     assert truncating.truncation is not None  # the caller's tokenizer is left as it was
-
-
-def test_auto_num_proc():
-    assert D.auto_num_proc(DataConfig(), 1000) == 1
-    assert 1 <= D.auto_num_proc(DataConfig(), 10**6) <= 4
-    assert D.auto_num_proc(DataConfig(num_proc=3), 1000) == 3
-    assert D.auto_num_proc(DataConfig(num_proc=3), 2) == 2
-
-
-def test_parallel_tokenisation_matches_serial(plays_sample, tokenizer, tmp_path):
-    config = make_config(max_seq_len=32, eval_fraction=0.05)
-    serial = D.prepare_data(config, tokenizer, tmp_path / "a", plays_sample)
-    parallel = D.prepare_data(dataclasses.replace(config, data=dataclasses.replace(config.data, num_proc=2)),
-                              tokenizer, tmp_path / "b", plays_sample)
-    assert torch.equal(serial.batch("train", range(len(serial.train))),
-                       parallel.batch("train", range(len(parallel.train))))
 
 
 @pytest.mark.slow
@@ -393,7 +403,7 @@ def test_preparing_data_never_has_datasets_pickle_a_table(plays_sample, tokenize
         return original(dataset)
 
     monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", refuse_in_memory)
-    documents = D.load_documents(DataConfig(source="embedded", max_documents=40))
+    documents = load_documents(DataConfig(source="embedded", max_documents=40))
     prepared = D.prepare_data(make_config(max_seq_len=24, eval_fraction=0.0), tokenizer, tmp_path, documents)
     assert len(documents) == 40 and len(prepared.train) > 0 and len(prepared.eval) == 0
     assert len(D.prepare_data(make_config(max_seq_len=24), tokenizer, tmp_path / "b", plays_sample).eval) > 0

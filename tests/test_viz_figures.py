@@ -107,7 +107,7 @@ def test_attention_with_and_without_scaling():
 
 
 def test_masking_of_a_line_of_hamlet(vocabulary):
-    from bertmath.data import _embedded_works
+    from bertmath.corpus import _embedded_works
 
     assert " ".join(math_figures.HAMLET.split()[:8]) in " ".join(" ".join(_embedded_works()).split())
     tokenizer = vocabulary.tokenizer

@@ -451,7 +451,7 @@ def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dis
     as many pieces as those documents need."""
     directory = paths.pieces[0].parent
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in stale_temporaries(directory):  # left by a killed preparation
+    for stale in stale_temporaries(directory) + stale_temporaries(paths.root):  # left by a killed preparation
         stale.unlink(missing_ok=True)
     mine = [i for i in range(len(corpus.pieces)) if i % dist.world_size == dist.rank]
     todo = [i for i in mine if not paths.pieces[i].is_file()]

@@ -259,6 +259,7 @@ class Trainer:
         config, train = self.config, self.config.train
         prepared = prepare(config, self.out_dir, dist=self.dist)
         self.tokenizer, self.data = prepared.tokenizer, prepared.data
+        log.info("data: prepared in %.1f s", prepared.seconds)
         self.specials = special_tokens(self.tokenizer)
         if config.data.whole_word_masking:
             self.is_continuation = torch.tensor(continuation_mask(self.tokenizer))

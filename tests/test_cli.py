@@ -111,3 +111,29 @@ def test_main_without_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_prepare_prints_what_it_wrote_and_a_second_run_reads_the_cache(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"paragraph {i}: the king and the queen speak of war and peace" for i in range(300)))
+    args = ["prepare", "configs/small.yaml", "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "data.source=text",
+            "--set", f"data.paths={corpus}", "--set", "model.vocab_size=64"]
+    first = run_main(capsys, *args)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["tokens:", "train:", "eval:", "prepared"]
+    assert str(tmp_path / "run" / "cache" / "pieces") in lines[0]
+    assert "blocks of 128 tokens" in lines[1] and (tmp_path / "run" / "tokenizer.json").is_file()
+    files = sorted(p.name for p in (tmp_path / "run" / "cache").rglob("*.arrow"))
+    again = run_main(capsys, *args)
+    assert again.returncode == 0 and again.stdout.splitlines()[:3] == lines[:3]
+    assert sorted(p.name for p in (tmp_path / "run" / "cache").rglob("*.arrow")) == files
+
+
+def test_prepare_bad_input_is_one_line(tmp_path, capsys):
+    result = run_main(capsys, "prepare", "configs/small.yaml", "--set", f"train.out_dir={tmp_path}",
+                      "--set", "data.source=text", "--set", f"data.paths={tmp_path / 'missing.txt'}")
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"bertmath prepare: error: {tmp_path / 'missing.txt'}: file not found"]
+    result = run_main(capsys, "prepare", "configs/small.yaml", "--set", "data.num_proc=4")
+    assert result.returncode == 2 and "data.num_proc: removed" in result.stderr

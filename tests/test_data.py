@@ -407,3 +407,61 @@ def test_preparing_data_never_has_datasets_pickle_a_table(plays_sample, tokenize
     prepared = D.prepare_data(make_config(max_seq_len=24, eval_fraction=0.0), tokenizer, tmp_path, documents)
     assert len(documents) == 40 and len(prepared.train) > 0 and len(prepared.eval) == 0
     assert len(D.prepare_data(make_config(max_seq_len=24), tokenizer, tmp_path / "b", plays_sample).eval) > 0
+
+
+KILLED_PREPARATION = r'''
+import os, signal, sys
+from bertmath import data as D
+from bertmath.config import Config, DataConfig, ModelConfig
+from bertmath.corpus import Corpus
+from tokenizers import Tokenizer
+
+pattern, tokenizer_path, cache, where = sys.argv[1:5]
+config = Config(model=ModelConfig(vocab_size=400), data=DataConfig(source="text", paths=[pattern], max_seq_len=32,
+                                                                   eval_fraction=0.05))
+calls = []
+
+def kill_on_third(real):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return wrapped
+
+if where == "tokenising":
+    D.encode = kill_on_third(D.encode)
+else:
+    D.ArrowWriter.write_table = kill_on_third(D.ArrowWriter.write_table)
+D.prepare_data(config, Tokenizer.from_file(tokenizer_path), cache, Corpus.plan(config.data, 20_000))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["tokenising", "packing"])
+def test_a_killed_preparation_leaves_nothing_half_written_and_a_later_run_finishes_it(
+        plays_sample, tokenizer, tmp_path, where):
+    import signal
+    import subprocess
+    import sys
+
+    pattern = write_files(tmp_path / "corpus", plays_sample, 3)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    cache = tmp_path / "cache"
+    killed = subprocess.run([sys.executable, "-c", KILLED_PREPARATION, pattern, str(tmp_path / "tokenizer.json"),
+                             str(cache), where], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    pieces = {p.name: p.read_bytes() for p in (cache / "pieces").glob("*.arrow")}
+    temporaries = list(cache.rglob(".*.tmp-*"))
+    assert temporaries, "the kill should have caught a file being written"
+    if where == "tokenising":
+        assert 0 < len(pieces) < len(plan(files_config(pattern)).pieces)
+    assert not list(cache.glob("*-blocks-*.arrow"))
+
+    config = files_config(pattern)
+    finished = D.prepare_data(config, tokenizer, cache, plan(config))
+    fresh = D.prepare_data(config, tokenizer, tmp_path / "fresh", plan(config))
+    assert all(torch.equal(a, b) for a, b in zip(all_blocks(finished), all_blocks(fresh)))
+    for name, content in pieces.items():  # what the killed run had left in view was whole
+        assert (tmp_path / "fresh" / "pieces" / name).read_bytes() == content
+    assert not list(cache.rglob(".*.tmp-*"))  # the killed writer's temporary is cleared away

@@ -41,7 +41,8 @@ def _tree(tmp_path: Path, dropout: bool = False) -> dict:
     return tree
 
 
-def _torchrun(config: Path, out_dir: Path, *args: str, fault: dict | None = None) -> subprocess.CompletedProcess:
+def _torchrun(config: Path, out_dir: Path, *args: str, fault: dict | None = None,
+              command: str = "pretrain") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "TQDM_DISABLE": "1",
            "OMP_NUM_THREADS": "1"}
     entry = ["-m", "bertmath"]
@@ -49,7 +50,7 @@ def _torchrun(config: Path, out_dir: Path, *args: str, fault: dict | None = None
         env.update({f"FAULT_{k.upper()}": str(v) for k, v in fault.items()})
         entry = [str(REPO / "tests" / "fault_injection.py")]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", *entry,
-               "pretrain", str(config), "--set", f"train.out_dir={out_dir}", *args]
+               command, str(config), "--set", f"train.out_dir={out_dir}", *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
@@ -186,3 +187,42 @@ def test_a_hung_process_times_out_instead_of_hanging_the_job(tmp_path):
     assert (f"bertmath pretrain [rank 0/2]: error: another process failed or stopped answering" in run.stderr)
     assert f"last good checkpoint: {out / 'step-0000006'}; run the same command again to resume" in run.stderr
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-0000006"]
+
+
+@pytest.mark.slow
+def test_two_processes_prepare_the_blocks_of_one_and_pretraining_starts_from_them(tmp_path, capsys):
+    """`torchrun -m bertmath prepare`: each process tokenises its share of a 3-file corpus (process 0 says
+    its share), process 0 packs; the block files are byte-identical to one process's, and `pretrain` with the
+    same config trains from them without preparing anything."""
+    from test_trainer import split_corpus
+
+    tree = _tree(tmp_path)
+    tree["data"]["paths"] = [split_corpus(Path(tree["data"]["paths"][0]), files=3)]
+    tree["data"]["cache_dir"] = str(tmp_path / "shared-cache")
+    config = write_config(tmp_path, tree)
+    run = _torchrun(config, tmp_path / "spread", command="prepare")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "tokens: 0 of 2 pieces cached (the share of process 0 of 2)" in run.stderr
+    assert run.stdout.count("train: ") == 1 and "eval: " in run.stdout  # one summary, from process 0
+
+    single = tmp_path / "single-cache"
+    assert cli.main(["prepare", str(config), "--set", f"train.out_dir={tmp_path / 'one'}",
+                     "--set", f"data.cache_dir={single}"]) == 0
+    blocks = lambda d: {p.name: p.read_bytes() for p in sorted(d.glob("*-blocks-*.arrow"))}
+    assert len(blocks(single)) == 2 and blocks(single) == blocks(tmp_path / "shared-cache")
+    assert (tmp_path / "spread" / "tokenizer.json").read_text() == (tmp_path / "one" / "tokenizer.json").read_text()
+
+    capsys.readouterr()
+    import bertmath.data as data_module
+
+    def no_preparation(*args, **kwargs):
+        raise AssertionError("pretrain prepared data that `prepare` had cached")
+
+    original = data_module._tokenize_share, data_module._pack
+    data_module._tokenize_share = data_module._pack = no_preparation
+    try:
+        tree["train"].update(out_dir=str(tmp_path / "spread"), max_steps=2)
+        train(config_from_dict(tree))
+    finally:
+        data_module._tokenize_share, data_module._pack = original
+    assert ckpt.latest_checkpoint(tmp_path / "spread") is not None

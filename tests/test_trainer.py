@@ -49,6 +49,17 @@ def write_corpus(directory: Path, paragraphs: int = 400, seed: int = 0) -> Path:
     return path
 
 
+def split_corpus(path: Path, files: int) -> str:
+    """The paragraphs of the corpus file `path` spread over `files` files beside it (it is removed); their glob."""
+    paragraphs = path.read_text(encoding="utf-8").split("\n\n")
+    share = -(-len(paragraphs) // files)
+    for i in range(files):
+        (path.parent / f"corpus-{i}.txt").write_text("\n\n".join(paragraphs[i * share:(i + 1) * share]),
+                                                     encoding="utf-8")
+    path.unlink()
+    return str(path.parent / "corpus-*.txt")
+
+
 def tiny_config_tree(tmp_path: Path, **train) -> dict:
     corpus = write_corpus(tmp_path)
     return {
@@ -146,8 +157,10 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     """A real process killed with SIGKILL mid-run, then resumed, ends with the very same weights and the
     same per-step losses as a run that never stopped (CPU, fp32, dropout on). Only the killed run needs a
-    process of its own: the uninterrupted and the resumed run train in this one (~2 s of imports saved each)."""
+    process of its own: the uninterrupted and the resumed run train in this one (~2 s of imports saved each).
+    The corpus comes in three files: the order of blocks across files is part of what must resume exactly."""
     tree = tiny_config_tree(tmp_path, max_steps=40, save_every=5, eval_every=10)
+    tree["data"]["paths"] = [split_corpus(Path(tree["data"]["paths"][0]), files=3)]
     config = write_config(tmp_path, tree)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 

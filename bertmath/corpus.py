@@ -402,10 +402,14 @@ def _jsonl_batches(chunks: Iterable[tuple[int, str]], path: str, column: str) ->
 def _jsonl_problem(path: str, offset: int, text: str, number: int, line: str, column: str):
     """Raise the DataError for a bad line, naming it by number (counted from the file's start: slow, once)."""
     where = f"{path} line {_line_number(path, offset) + number}"
-    record = parse_json_object(line, where)
+    fix = "; fix the line or remove the file from data.paths"
+    try:
+        record = parse_json_object(line, where)
+    except DataError as e:
+        raise DataError(f"{e}{fix}") from None
     if column not in record:
         raise DataError(f"{where}: no column '{column}' (set data.text_column); columns: {', '.join(record) or 'none'}")
-    raise DataError(f"{where}: column '{column}' holds {type(record[column]).__name__}, expected a string")
+    raise DataError(f"{where}: column '{column}' holds {type(record[column]).__name__}, expected a string{fix}")
 
 
 def _line_number(path: str, offset: int) -> int:

@@ -30,7 +30,7 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -178,11 +178,15 @@ class TokenizerSample:
     so the sample spreads over the whole corpus (pieces are at most 64 MB) and costs the same at 1 GB and
     at 100 GB. Held out by the same rule as packing, over the sample's own digests."""
 
+    PASSES = ("the held-out rule", "the alphabet", "word counts")  # what each reading of the sample is for
+
     def __init__(self, corpus: Corpus, sample_bytes: int, eval_fraction: float):
         self.corpus = corpus
         total = corpus.total_bytes
         self.quota = None if total <= sample_bytes else \
             {i: max(1, piece.size * sample_bytes // total) for i, piece in enumerate(corpus.pieces)}
+        self.size = total if self.quota is None else sum(self.quota.values())
+        self.passes = 0
         digests = [_digests(batch) for batch in self._batches()]  # 16 bytes a document of the sample
         if not sum(map(len, digests)):
             raise corpus.no_text()
@@ -190,9 +194,15 @@ class TokenizerSample:
         self.documents = 0
 
     def _batches(self) -> Iterator[list[str]]:
+        """The sample's documents in batches of 10,000, with a progress bar of its bytes."""
+        purpose = self.PASSES[min(self.passes, len(self.PASSES) - 1)]
+        self.passes += 1
         texts = self.corpus.documents(self.quota)
-        while batch := list(_take(texts, 10_000)):
-            yield batch
+        with tqdm(total=self.size, unit="B", unit_scale=True, desc=f"tokenizer sample: {purpose}", leave=False,
+                  dynamic_ncols=True) as progress:
+            while batch := list(islice(texts, 10_000)):
+                progress.update(sum(map(len, batch)))
+                yield batch
 
     def __iter__(self) -> Iterator[list[str]]:
         self.documents = 0
@@ -203,17 +213,13 @@ class TokenizerSample:
             yield train
 
 
-def _take(iterator: Iterator[str], n: int) -> Iterator[str]:
-    for _, item in zip(range(n), iterator):
-        yield item
-
-
 def train_corpus_tokenizer(config: Config, documents: Documents | None = None) -> tuple[Tokenizer, int]:
     """(a WordPiece vocabulary of exactly model.vocab_size trained on the train documents of the corpus's
     sample (`TokenizerSample`), the number of those documents); DataError if the corpus gives another size."""
     corpus = as_corpus(documents, config.data)
     sample = TokenizerSample(corpus, config.data.tokenizer_sample_bytes, config.data.eval_fraction)
-    tokenizer = train_tokenizer(sample, config.model.vocab_size, lowercase=config.data.lowercase)
+    tokenizer = train_tokenizer(sample, config.model.vocab_size, lowercase=config.data.lowercase,
+                                show_progress=sample.size > 100_000_000)  # its merges take minutes there
     trained = tokenizer.get_vocab_size()
     if trained < config.model.vocab_size:
         raise DataError(f"the corpus ({sample.documents} train documents) is too small for a {config.model.vocab_size}-"

@@ -58,7 +58,8 @@ def _add_template(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def train_tokenizer(texts: Iterable[str | list[str]], vocab_size: int, lowercase: bool = True) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str | list[str]], vocab_size: int, lowercase: bool = True,
+                    show_progress: bool = False) -> Tokenizer:
     """Train a BERT WordPiece vocabulary of `vocab_size` entries (special tokens first) on `texts`: strings
     or lists of strings, iterated twice (a list, a dataset column, or a re-iterable object; not a generator).
 
@@ -71,7 +72,7 @@ def train_tokenizer(texts: Iterable[str | list[str]], vocab_size: int, lowercase
     pipeline = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
     continuations = [f"##{c}" for c in _alphabet(texts, pipeline.normalizer)]
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + continuations,
-                                        continuing_subword_prefix="##", show_progress=False)
+                                        continuing_subword_prefix="##", show_progress=show_progress)
     pipeline.train_from_iterator(texts, trainer=trainer)
     vocab = pipeline.get_vocab()
     ordered = SPECIAL_TOKENS + sorted(token for token in vocab if token not in SPECIAL_TOKENS)

@@ -251,7 +251,7 @@ def test_bad_jsonl_and_parquet(tmp_path):
     assert "holds int" in _data_error(DataConfig(source="jsonl", paths=[str(path)]))
     path.write_text('[1, 2]\n')
     assert _data_error(DataConfig(source="jsonl", paths=[str(path)])) == \
-        f"{path} line 1: expected a JSON object, got list"
+        f"{path} line 1: expected a JSON object, got list; fix the line or remove the file from data.paths"
     path.write_bytes(b'{"text": "ok"}\n{"text": "\xc3("}\n')
     assert _data_error(DataConfig(source="jsonl", paths=[str(path)])).startswith(
         f"{path}: not UTF-8 text (byte 0xc3 at offset 25)")

@@ -465,3 +465,35 @@ def test_a_killed_preparation_leaves_nothing_half_written_and_a_later_run_finish
     for name, content in pieces.items():  # what the killed run had left in view was whole
         assert (tmp_path / "fresh" / "pieces" / name).read_bytes() == content
     assert not list(cache.rglob(".*.tmp-*"))  # the killed writer's temporary is cleared away
+
+
+def test_the_tokenizer_learns_from_a_bounded_sample_spread_over_the_corpus(plays_sample, tmp_path, monkeypatch):
+    """A corpus larger than data.tokenizer_sample_bytes: the vocabulary is trained on about that many bytes
+    of train documents, drawn from every file; twice the corpus, the same cost; the same vocabulary again."""
+    real = D.train_tokenizer
+    seen: list[str] = []
+
+    def recording(texts, *args, **kwargs):
+        seen.clear()
+        seen.extend(text for batch in texts for text in batch)
+        return real(texts, *args, **kwargs)
+
+    monkeypatch.setattr(D, "train_tokenizer", recording)
+    budget = 60_000
+
+    def sample(files: int, copies: int) -> tuple[list[str], str]:
+        pattern = write_files(tmp_path / f"corpus-{files}", plays_sample * copies, files)
+        config = dataclasses.replace(files_config(pattern, tokenizer_sample_bytes=budget), model=ModelConfig(vocab_size=300))
+        tokenizer, documents = D.train_corpus_tokenizer(config, plan(config, piece_bytes=30_000))
+        assert documents == len(seen)
+        return list(seen), tokenizer.to_str()
+
+    once, vocabulary = sample(4, 1)
+    size = sum(len(t) + 2 for t in once)
+    assert 0.7 * budget < size < 1.3 * budget
+    for i in range(4):  # every file gives its share
+        assert set(once) & set((tmp_path / "corpus-4" / f"part-{i:02d}.txt").read_text().split("\n\n"))
+    assert not any(D.is_eval_document(t, 0.05) for t in once)  # train documents only
+    twice, _ = sample(8, 2)
+    assert 0.7 * size < sum(len(t) + 2 for t in twice) < 1.3 * size  # the same cost from twice the text
+    assert sample(4, 1) == (once, vocabulary)  # deterministic

@@ -441,7 +441,7 @@ def prepare_data(config: Config, tokenizer: Tokenizer, cache_dir: str | Path, do
             _pack(corpus, paths, special_tokens(tokenizer), data)
         distributed.barrier(dist, slow=True)
     blocks = {name: _open_blocks(path) for name, path in splits.items()}
-    return PretrainingData(train=blocks["train"], eval=blocks.get("eval") or _no_blocks(data.max_seq_len),
+    return PretrainingData(train=blocks["train"], eval=blocks["eval"] if "eval" in blocks else _no_blocks(data.max_seq_len),
                            seq_len=data.max_seq_len)
 
 

@@ -230,7 +230,8 @@ class TaskConfig:
     """A fine-tuning task (`bertmath finetune`): labelled examples, the checkpoint to start from, the score.
     The model's shape comes from `init`; `train:` holds the optimisation as for pretraining."""
 
-    init: str = ""  # bertmath run or step directory, or a transformers BERT directory (e.g. MiniLM's)
+    # bertmath run or step directory, or a transformers BERT, RoFormer or ModernBERT directory (e.g. MiniLM's)
+    init: str = ""
     train_file: str | None = None  # .csv, .tsv or .jsonl with a header / keys naming the columns
     eval_file: str | None = None
     hub_dataset: str | None = None  # instead of files (needs internet): e.g. "glue"
@@ -244,10 +245,15 @@ class TaskConfig:
     max_seq_len: int = 128  # tokens per example, [CLS] and [SEP]s included; longer ones are truncated
     epochs: float | None = None  # passes over the training set; sets train.max_steps when given
     fused: bool = True  # torch's fused kernels for the model from init (same math; model.fused)
+    # The classifier's pooler and what it reads (model.pooler, model.pooling); null: the init checkpoint's
+    # (tanh for BERT and bertmath's own runs, act for RoFormer, act_norm for ModernBERT). A rope model fine-tuned
+    # with pooler act exports as transformers' RoFormerForSequenceClassification.
+    pooler: PoolerKind | None = None
+    pooling: Pooling | None = None
 
     def __post_init__(self):
         _require(bool(self.init), "task.init", "needs the checkpoint to fine-tune (a bertmath run or step "
-                 "directory, or a transformers BERT directory)")
+                 "directory, or a transformers BERT, RoFormer or ModernBERT directory)")
         has_files = self.train_file is not None or self.eval_file is not None
         _require(has_files != (self.hub_dataset is not None), "task.train_file",
                  "give task.train_file and task.eval_file, or task.hub_dataset (not both)")

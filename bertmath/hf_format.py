@@ -156,7 +156,8 @@ def hf_to_bertmath_name(name: str, layout: Layout = BERT, kind: str | None = Non
     mapped = _rename(name[len(prefix):], layout.body, source=0)
     if mapped is None:
         return None
-    return tuple("bert." * bool(prefix) + m for m in mapped) if isinstance(mapped, tuple) else "bert." * bool(prefix) + mapped
+    ours = "bert." if prefix else ""
+    return tuple(ours + m for m in mapped) if isinstance(mapped, tuple) else ours + mapped
 
 
 def bertmath_to_hf_name(name: str, layout: Layout = BERT, kind: str | None = None) -> str:

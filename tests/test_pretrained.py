@@ -19,11 +19,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from bertmath import BertForMaskedLM, BertModel, CheckpointError, OutputError  # noqa: E402
-from bertmath.fill_mask import FillMask  # noqa: E402
 from bertmath.pretrained import (export_checkpoint, load_checkpoint_tokenizer, load_hf_checkpoint,  # noqa: E402
                                  resolve_checkpoint)
 
-from helpers import assert_one_line_error, make_bertmath_run, minilm_dir, sentences  # noqa: E402
+from helpers import (assert_one_line_error, assert_pipeline_matches_fill_mask, make_bertmath_run, minilm_dir,  # noqa: E402
+                     sentences)
 
 transformers.logging.set_verbosity_error()
 
@@ -331,15 +331,8 @@ def test_export_pipeline_matches_fill_mask(run_and_export):
     """transformers' fill-mask pipeline on the export = bertmath FillMask: same top-5 tokens, scores within
     1e-4, same token_str and sequence (one mask per text, as the pipeline's strings are then comparable)."""
     run, out = run_and_export
-    pipe = transformers.pipeline("fill-mask", model=str(out), tokenizer=str(out), device="cpu")
-    fill = FillMask.from_pretrained(run)
-    texts = ["The cat sat on the [MASK].", "[MASK] old man found a red door.", "The teacher walked to the city [MASK]"]
-    for text in texts:
-        theirs, ours = pipe(text, top_k=5), fill(text, top_k=5)
-        assert [d["token"] for d in ours] == [d["token"] for d in theirs], text
-        for a, b in zip(ours, theirs):
-            assert abs(a["score"] - b["score"]) < 1e-4
-            assert (a["token_str"], a["sequence"]) == (b["token_str"], b["sequence"])
+    assert_pipeline_matches_fill_mask(run, out, ["The cat sat on the [MASK].", "[MASK] old man found a red door.",
+                                                 "The teacher walked to the city [MASK]"])
 
 
 def test_export_of_a_plain_bertmodel_checkpoint(tmp_path):

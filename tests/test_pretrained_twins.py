@@ -23,7 +23,7 @@ from bertmath.finetune import finetune
 from bertmath.hf_format import config_from_hf
 from bertmath.io import read_safetensors
 from bertmath.pretrained import export_checkpoint, load_checkpoint_tokenizer, resolve_checkpoint
-from helpers import assert_one_line_error, make_bertmath_run, sentences
+from helpers import assert_one_line_error, assert_pipeline_matches_fill_mask, make_bertmath_run, sentences
 
 transformers = pytest.importorskip("transformers")
 
@@ -31,6 +31,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ATOL = 1e-5  # float32 logits of the same weights in two implementations
 TEXTS = ["The cat sat on the [MASK].", "[MASK] old man found a red door.", "The teacher walked to the city [MASK]",
          "A small bird [MASK] over the window yesterday."]
+README_TEXTS = ["to be or not to be, that is the [MASK].", "my [MASK] is king of england."]  # the README's first command
 # A tiny ModernBERT: 3 layers (0 global, 1 and 2 local with a window of 8), no biases, GeGLU, rotary in halves.
 MODERN = dict(type_vocab_size=0, position_encoding="rope", rope_style="half", rope_base=160000.0, norm="pre",
               ffn="glu", bias=False, num_layers=3, local_attention=8, global_every=3, local_rope_base=10000.0,
@@ -54,19 +55,6 @@ def resave_with_transformers(exported: Path, out: Path, cls_name: str) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(exported / name, out / name)
     return out
-
-
-def assert_pipeline_matches_fill_mask(checkpoint, exported):
-    """transformers' fill-mask pipeline on the export = bertmath FillMask on the checkpoint: the same top-5
-    tokens in the same order, scores within 1e-4, the same strings."""
-    pipe = transformers.pipeline("fill-mask", model=str(exported), device="cpu")
-    fill = FillMask.from_pretrained(checkpoint)
-    for text in TEXTS:
-        theirs, ours = pipe(text, top_k=5), fill(text, top_k=5)
-        assert [d["token"] for d in ours] == [d["token"] for d in theirs], text
-        for a, b in zip(ours, theirs):
-            assert abs(a["score"] - b["score"]) < 1e-4
-            assert (a["token_str"], a["sequence"]) == (b["token_str"], b["sequence"])
 
 
 # --- RoFormer: the main job's kind of checkpoint ---------------------------------------------------------
@@ -122,7 +110,7 @@ def test_rope_export_tokenizer_loads_offline_as_bert_wordpiece(rope_run_and_expo
 @pytest.mark.smoke
 def test_rope_export_pipeline_matches_fill_mask(rope_run_and_export):
     run, out = rope_run_and_export
-    assert_pipeline_matches_fill_mask(run, out)
+    assert_pipeline_matches_fill_mask(run, out, TEXTS + README_TEXTS)
 
 
 def test_roformer_directory_is_read_and_exported_back_exactly(rope_run_and_export, tmp_path):
@@ -225,7 +213,7 @@ def test_modern_export_logits_and_pipeline_match(modern_dirs):
     with torch.no_grad():
         assert_close(theirs.eval()(input_ids=ids, attention_mask=mask).logits[real], ours(ids, mask).logits[real],
                      atol=ATOL, rtol=ATOL)
-    assert_pipeline_matches_fill_mask(run, exported)
+    assert_pipeline_matches_fill_mask(run, exported, TEXTS)
 
 
 def test_modernbert_directory_is_read_and_exported_back_exactly(modern_dirs, tmp_path):

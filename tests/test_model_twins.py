@@ -299,8 +299,9 @@ def test_local_layers_see_half_a_window_each_way():
         assert changed == (d <= 4), d
 
 
-@pytest.mark.parametrize("changes", [dict(), dict(bias=True, pooling="mean"), dict(unpad=False)],
-                         ids=["modernbert", "biases_mean", "padded"])
+@pytest.mark.parametrize("changes", [dict(), dict(bias=True, pooling="mean"), dict(unpad=False), dict(fused_qkv=True),
+                                     dict(position_encoding="alibi", rope_style="interleaved", local_rope_base=None)],
+                         ids=["modernbert", "biases_mean", "padded", "fused_qkv_no_bias", "alibi_local"])
 def test_fused_and_from_scratch_paths_agree(changes):
     """Both paths of every new switch, in float64 (rounding only), padded and beyond the window."""
     torch.manual_seed(0)
@@ -330,6 +331,24 @@ def test_padding_changes_no_real_token_with_local_layers():
             for b, n in enumerate(lengths):
                 alone = model(ids[b:b + 1, :n]).last_hidden_state
                 assert_close(padded[b:b + 1, :n], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["rope", "alibi"])
+def test_attention_weights_of_local_layers_stay_in_the_window(positions):
+    """BertModel.attention_weights of a pre-LN model with local layers: a local layer gives no weight to keys
+    beyond w/2, a global one does; no layer gives weight to padding."""
+    torch.manual_seed(0)
+    rope = dict(rope_style="interleaved", local_rope_base=None) if positions == "alibi" else {}
+    model = BertModel(modern_config(position_encoding=positions, **rope), add_pooler=False).double().eval()
+    T, lengths = LENGTHS["beyond_window"]
+    ids, mask = batch(99, T, lengths)
+    with torch.no_grad():
+        weights = model.attention_weights(ids, mask)
+    far = ~bertmath.functional.sliding_window_mask(T, WINDOW)  # (T, T)
+    for layer, w in zip(model.encoder.layers, weights):
+        assert w.shape == (3, 4, T, T)
+        assert bool((w[:, :, far] == 0).all()) == layer.local
+        assert (w[1, :, :23, 23:] == 0).all()  # padding keys get no weight
 
 
 def test_token_type_ids_are_ignored_without_segment_embeddings():

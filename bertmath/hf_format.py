@@ -327,12 +327,15 @@ def _config_from_modernbert(hf: dict, where: str) -> ModelConfig:
 
 
 def _global_every(types: list[str], where: str) -> int | None:
-    """n such that layer i is global ("full_attention") exactly when i % n == 0; None when every layer is."""
+    """n such that layer i is global ("full_attention") exactly when i % n == 0; None when every layer is. When
+    several n fit (one global layer among few), ModelConfig's default, 3, if it is one of them."""
     if all(t == "full_attention" for t in types):
         return None
-    full = [i for i, t in enumerate(types) if t == "full_attention"] + [len(types)]
-    every = full[1] if len(full) > 1 else len(types)
-    if [t == "full_attention" for t in types] != [i % every == 0 for i in range(len(types))]:
+    pattern = [t == "full_attention" for t in types]
+    if pattern == [i % 3 == 0 for i in range(len(types))]:
+        return 3
+    every = pattern.index(True, 1) if True in pattern[1:] else len(types)
+    if pattern != [i % every == 0 for i in range(len(types))]:
         raise CheckpointError(f"{where}: layer_types {types} is not a global layer every n layers from the first "
                               "(bertmath's model.global_every)")
     return every

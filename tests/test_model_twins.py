@@ -248,6 +248,25 @@ def test_roformer_classifier_matches_transformers(num_labels):
         assert not torch.allclose(hf.eval()(input_ids=ids, attention_mask=mask).logits, expected.logits, atol=1e-4)
 
 
+@pytest.mark.parametrize("twin", ["RoFormerModel", "ModernBertModel"])
+def test_bare_encoders_match_transformers(twin):
+    """BertModel without pooler ↔ transformers' bare encoder (names without the "roformer."/"model." prefix);
+    RoFormer's frozen sinusoidal table is the one hf_format.roformer_position_table builds."""
+    cfg = roformer_config() if twin == "RoFormerModel" else modern_config()
+    hf = hf_model(twin, cfg)
+    ours = ours_from(BertModel, cfg, hf, add_pooler=False)
+    theirs = hf_format.state_dict_to_hf(ours.state_dict(), hf_format.family(cfg))
+    if twin == "RoFormerModel":
+        assert torch.equal(hf.state_dict()["encoder.embed_positions.weight"], hf_format.roformer_position_table(cfg))
+        theirs["encoder.embed_positions.weight"] = hf_format.roformer_position_table(cfg)
+    assert theirs.keys() == hf.state_dict().keys()
+    ids, mask = batch(cfg.vocab_size, *LENGTHS["beyond_window"])
+    real = mask.bool()
+    with torch.no_grad():
+        assert_close(ours(ids, mask).last_hidden_state[real], hf(input_ids=ids, attention_mask=mask).last_hidden_state[real],
+                     atol=PARITY_ATOL, rtol=PARITY_RTOL)
+
+
 # --- the switches on their own -----------------------------------------------------------------------------
 
 

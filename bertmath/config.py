@@ -22,6 +22,12 @@ from .errors import ConfigError
 
 Activation = Literal["relu", "gelu", "gelu_tanh"]
 PositionEncoding = Literal["learned", "alibi", "rope"]
+Norm = Literal["post", "pre"]
+FeedForwardKind = Literal["mlp", "glu"]
+RopeStyle = Literal["interleaved", "half"]
+PoolerKind = Literal["tanh", "act", "act_norm"]
+Pooling = Literal["cls", "mean"]
+InitScheme = Literal["bert", "modernbert"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ class ModelConfig:
     num_heads: int = 12  # H attention heads; head size D/H
     intermediate_size: int = 3072  # feed-forward inner width (4D in BERT)
     max_position_embeddings: int = 512  # learned: rows of the position table; alibi/rope: longest input the tools accept
-    type_vocab_size: int = 2  # segment ids (sentence A / B)
+    type_vocab_size: int = 2  # segment ids (sentence A / B); 0: no segment embeddings (ModernBERT), ids ignored
     activation: Activation = "relu"  # feed-forward and MLM-head nonlinearity; BERT's checkpoints use gelu
     hidden_dropout: float = 0.1  # dropout on embeddings and on each residual branch
     attention_dropout: float = 0.1  # dropout on the attention weights
@@ -51,12 +57,36 @@ class ModelConfig:
     # alibi and rope have no parameters, give every head a sense of distance from step 0, and extrapolate
     # to inputs longer than the training length; transformers' BERT (export) knows only "learned".
     position_encoding: PositionEncoding = "learned"
-    rope_base: float = 10000.0  # rope: θ_i = base^(-2i/d_head), the rotation frequencies
+    rope_base: float = 10000.0  # rope: θ_i = base^(-2i/d_head), the rotation frequencies (of the global layers)
+    # rope: which dimensions form the rotated pairs. interleaved: (x_2i, x_2i+1), RoFormer's (Su+21) and
+    # transformers' RoFormer; half: (x_i, x_i+d/2), GPT-NeoX's and ModernBERT's (Warner+24). Same math, permuted.
+    rope_style: RopeStyle = "interleaved"
+    # Where the LayerNorms sit. post: h = LN(x + Attn(x)), BERT's (Devlin+19). pre: h = x + Attn(LN(x)), with one
+    # more LN after the last layer (Xiong+20; ModernBERT, whose first layer reads the embeddings' LN directly).
+    norm: Norm = "post"
+    # The feed-forward. mlp: act(x W₁) W₂ (BERT). glu: (act(x W_in) ⊙ x W_gate) W_out, GeGLU with gelu
+    # (Shazeer 2020; ModernBERT): a third F×D matrix; ModernBERT keeps the parameters level with F ≈ 1.5 D.
+    ffn: FeedForwardKind = "mlp"
+    bias: bool = True  # biases in the linear layers and LayerNorms (false: ModernBERT; the decoder keeps its own)
+    # Sliding-window attention (Beltagy+20; ModernBERT: 128): local layers see only keys with |i - j| <= w/2.
+    # null: every layer global, as BERT. Layer l is global when l % global_every == 0 (ModernBERT: every 3rd).
+    local_attention: int | None = None
+    global_every: int = 3
+    local_rope_base: float | None = None  # rope base of the local layers; null = rope_base (ModernBERT: 10000)
+    # A classifier's pooler u (z = W_c Drop(u) + b_c, BertForSequenceClassification): tanh: tanh(W h_[CLS] + b)
+    # (BERT); act: act(W Drop(h_[CLS]) + b) (transformers' RoFormer); act_norm: LN(act(W h + b)) (ModernBERT).
+    pooler: PoolerKind = "tanh"
+    pooling: Pooling = "cls"  # the h the pooler reads: [CLS]'s, or the mean over real tokens (act_norm only)
+    # bert: N(0, initializer_range²). modernbert: truncated at ±2σ, σ = initializer_range, and σ/√(2·num_layers)
+    # for the layers' output projections and the heads' dense layer (Warner+24, after Megatron's scaled init).
+    init_scheme: InitScheme = "bert"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
+                     "max_position_embeddings"):
             _require(getattr(self, name) > 0, f"model.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(self.type_vocab_size >= 0, "model.type_vocab_size",
+                 f"must be >= 0 (0: no segment embeddings), got {self.type_vocab_size}")
         _require(self.hidden_size % self.num_heads == 0, "model.hidden_size",
                  f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         for name in ("hidden_dropout", "attention_dropout"):
@@ -66,14 +96,34 @@ class ModelConfig:
                  f"must be positive, got {self.initializer_range}")
         _require(0 <= self.pad_token_id < self.vocab_size, "model.pad_token_id",
                  f"must be a token id in [0, {self.vocab_size}), got {self.pad_token_id}")
-        _require(self.position_encoding != "rope" or self.head_size % 2 == 0, "model.position_encoding",
-                 f"rope rotates pairs of dimensions, so the head size must be even; hidden_size/num_heads = "
-                 f"{self.hidden_size}/{self.num_heads} = {self.head_size}")
+        rope = self.position_encoding == "rope"
+        _require(not rope or self.head_size % 2 == 0, "model.rope_style" if self.rope_style == "half" else
+                 "model.position_encoding", f"rope ({self.rope_style}) rotates pairs of dimensions, so the head size "
+                 f"must be even; hidden_size/num_heads = {self.hidden_size}/{self.num_heads} = {self.head_size}")
         _require(self.rope_base > 1, "model.rope_base", f"must be greater than 1, got {self.rope_base}")
+        _require(rope or self.rope_style == "interleaved", "model.rope_style",
+                 f"'{self.rope_style}' applies to rotary positions; model.position_encoding is '{self.position_encoding}'")
+        _require(self.local_rope_base is None or rope, "model.local_rope_base",
+                 f"applies to rotary positions; model.position_encoding is '{self.position_encoding}'")
+        _require(self.local_rope_base is None or self.local_rope_base > 1, "model.local_rope_base",
+                 f"must be greater than 1, got {self.local_rope_base}")
+        _require(self.local_rope_base is None or self.local_attention is not None, "model.local_rope_base",
+                 "is the base of the local layers; set model.local_attention (the window) too")
+        if self.local_attention is not None:
+            _require(2 <= self.local_attention <= self.max_position_embeddings, "model.local_attention",
+                     f"the window must be between 2 and max_position_embeddings ({self.max_position_embeddings}) "
+                     f"tokens, got {self.local_attention}")
+        _require(self.global_every >= 1, "model.global_every", f"must be at least 1, got {self.global_every}")
+        _require(self.pooling == "cls" or self.pooler == "act_norm", "model.pooling",
+                 f"'mean' pooling goes with model.pooler 'act_norm' (ModernBERT's head), not '{self.pooler}'")
 
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def is_local(self, layer: int) -> bool:
+        """Whether layer `layer` (0-based) attends within the sliding window: all but every global_every-th."""
+        return self.local_attention is not None and layer % self.global_every != 0
 
 
 @dataclass(frozen=True)
@@ -182,7 +232,8 @@ class TaskConfig:
     """A fine-tuning task (`bertmath finetune`): labelled examples, the checkpoint to start from, the score.
     The model's shape comes from `init`; `train:` holds the optimisation as for pretraining."""
 
-    init: str = ""  # bertmath run or step directory, or a transformers BERT directory (e.g. MiniLM's)
+    # bertmath run or step directory, or a transformers BERT, RoFormer or ModernBERT directory (e.g. MiniLM's)
+    init: str = ""
     train_file: str | None = None  # .csv, .tsv or .jsonl with a header / keys naming the columns
     eval_file: str | None = None
     hub_dataset: str | None = None  # instead of files (needs internet): e.g. "glue"
@@ -196,10 +247,15 @@ class TaskConfig:
     max_seq_len: int = 128  # tokens per example, [CLS] and [SEP]s included; longer ones are truncated
     epochs: float | None = None  # passes over the training set; sets train.max_steps when given
     fused: bool = True  # torch's fused kernels for the model from init (same math; model.fused)
+    # The classifier's pooler and what it reads (model.pooler, model.pooling); null: the init checkpoint's
+    # (tanh for BERT and bertmath's own runs, act for RoFormer, act_norm for ModernBERT). A rope model fine-tuned
+    # with pooler act exports as transformers' RoFormerForSequenceClassification.
+    pooler: PoolerKind | None = None
+    pooling: Pooling | None = None
 
     def __post_init__(self):
         _require(bool(self.init), "task.init", "needs the checkpoint to fine-tune (a bertmath run or step "
-                 "directory, or a transformers BERT directory)")
+                 "directory, or a transformers BERT, RoFormer or ModernBERT directory)")
         has_files = self.train_file is not None or self.eval_file is not None
         _require(has_files != (self.hub_dataset is not None), "task.train_file",
                  "give task.train_file and task.eval_file, or task.hub_dataset (not both)")

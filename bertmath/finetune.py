@@ -323,13 +323,14 @@ def describe_scores(model_scores: dict, baseline_scores: dict, task: TaskConfig)
 
 def resolve_config(config: Config, init: InitCheckpoint, train_examples: int) -> Config:
     """The config the run records: the model's shape from task.init (fused kernels as task.fused says; no
-    sparse MLM, which only an MLM head has), data.max_seq_len = task.max_seq_len, and train.max_steps from
-    task.epochs when given."""
+    sparse MLM, which only an MLM head has; the pooler and pooling of task.pooler/pooling when given),
+    data.max_seq_len = task.max_seq_len, and train.max_steps from task.epochs when given."""
     task, train = config.task, config.train
     if task.epochs is not None:
         examples_per_step = train.batch_size * train.grad_accum_steps
         train = replace(train, max_steps=max(1, math.ceil(task.epochs * train_examples / examples_per_step)))
-    return replace(config, model=replace(init.model_config, fused=task.fused, sparse_mlm=False),
+    head = {key: getattr(task, key) for key in ("pooler", "pooling") if getattr(task, key) is not None}
+    return replace(config, model=replace(init.model_config, fused=task.fused, sparse_mlm=False, **head),
                    data=DataConfig(max_seq_len=max(8, task.max_seq_len)), train=train)
 
 

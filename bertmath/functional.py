@@ -64,14 +64,15 @@ def log_softmax(x: Tensor, dim: int = -1, fused: bool = False) -> Tensor:
     return shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
 
 
-def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-12, fused: bool = False) -> Tensor:
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float = 1e-12, fused: bool = False) -> Tensor:
     """LN(x) = (x - μ) / √(σ² + ε) · γ + β over the last dim, with μ = mean(x), σ² = mean((x - μ)²)
-    (the biased variance). Ba, Kiros & Hinton 2016."""
+    (the biased variance); no β when `bias` is None (ModernBERT's norms). Ba, Kiros & Hinton 2016."""
     if fused:
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     mean = x.mean(dim=-1, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+    y = (x - mean) / torch.sqrt(var + eps) * weight
+    return y if bias is None else y + bias
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -148,19 +149,46 @@ def alibi_bias(num_heads: int, length: int, device: torch.device | None = None) 
     return -alibi_slopes(num_heads).to(device)[:, None, None] * distance  # (H, T, T)
 
 
+def rotary_angles(length: int, dim: int, base: float, like: Tensor) -> Tensor:
+    """t·θ_i for t = 0..T-1 and θ_i = 1 / base^(2i/d), i = 0..d/2-1: the angle each position turns the i-th
+    pair of a d-wide head by. → (T, d/2) on `like`'s device, in float32 (float64 for a float64 `like`), computed
+    as transformers' rotary embeddings compute it (θ_i first, then one product), so that both round alike:
+    t·θ_i reaches T radians, where every last bit counts (bf16's 8-bit mantissa would be off by whole
+    fractions of a turn)."""
+    precise = torch.promote_types(like.dtype, torch.float32)
+    theta = 1.0 / (base ** (torch.arange(0, dim, 2, device=like.device, dtype=precise) / dim))  # (d/2,)
+    return torch.arange(length, device=like.device, dtype=precise)[:, None] * theta  # (T, d/2)
+
+
 def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
     """RoPE: rotate each pair (x_2i, x_2i+1) of the vector at position t by the angle t·θ_i, θ_i = base^(-2i/d):
         (x_2i, x_2i+1) → (x_2i cos tθ_i − x_2i+1 sin tθ_i,  x_2i sin tθ_i + x_2i+1 cos tθ_i).
-    Applied to q and k, it makes q_s·k_t depend on s − t only (Su et al. 2021, RoFormer, §3.4.2).
-    x: (..., T, d) with d even → (..., T, d), in x's dtype (angles in at least float32: t·θ_i reaches T radians,
-    where bf16's 8-bit mantissa would be off by whole fractions of a turn)."""
-    T, d = x.shape[-2], x.shape[-1]
-    precise = torch.promote_types(x.dtype, torch.float32)
-    theta = base ** (-torch.arange(0, d, 2, device=x.device, dtype=precise) / d)  # (d/2,)
-    angle = torch.arange(T, device=x.device, dtype=precise)[:, None] * theta  # (T, d/2)
+    Applied to q and k, it makes q_s·k_t depend on s − t only (Su et al. 2021, RoFormer, §3.4.2; its pairs are
+    neighbours, "interleaved"). x: (..., T, d) with d even → (..., T, d), in x's dtype (angles: rotary_angles)."""
+    angle = rotary_angles(x.shape[-2], x.shape[-1], base, x)  # (T, d/2)
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2) each
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)  # interleave back
+
+
+def rotary_half(x: Tensor, base: float = 10000.0) -> Tensor:
+    """RoPE on the halves: the pairs are (x_i, x_i+d/2), i = 0..d/2-1, each rotated by t·θ_i as in `rotary`:
+        (x_i, x_i+d/2) → (x_i cos tθ_i − x_i+d/2 sin tθ_i,  x_i sin tθ_i + x_i+d/2 cos tθ_i).
+    The same rotations on a permutation of the dimensions (GPT-NeoX's layout, ModernBERT's: Warner et al. 2024);
+    q_s·k_t again depends on s − t only. x: (..., T, d) with d even → (..., T, d), in x's dtype."""
+    angle = rotary_angles(x.shape[-2], x.shape[-1], base, x)  # (T, d/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    first, second = x.chunk(2, dim=-1)  # (..., T, d/2) each
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
+def sliding_window_mask(length: int, window: int, device: torch.device | None = None) -> Tensor:
+    """W_ij = |i − j| ≤ ⌊w/2⌋: query i sees the keys at most half a window away on either side (w + 1 keys for
+    an even w, fewer at the ends). Local attention as in Longformer (Beltagy et al. 2020) and ModernBERT
+    (Warner et al. 2024), whose `local_attention: 128` means |i − j| ≤ 64 (transformers'
+    sliding_window_bidirectional_overlay with sliding_window = local_attention // 2). → (T, T) bool, True = attend."""
+    positions = torch.arange(length, device=device)
+    return (positions[None, :] - positions[:, None]).abs() <= window // 2  # (T, T)
 
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, fused: bool = False) -> Tensor:

@@ -3,6 +3,11 @@
     Embeddings → N × EncoderLayer(SelfAttention, FeedForward) → MLMHead        Devlin et al. 2019, §3.
                                                                 → Pooler → classifier (fine-tuning, §4)
 
+The same classes build the encoders that followed BERT, each part a config switch picked at construction:
+rotary positions (RoFormer, Su et al. 2021), pre-LN layers with a final norm (Xiong et al. 2020), a gated
+feed-forward (Shazeer 2020), no biases, sliding-window local attention and unpadding (ModernBERT, Warner et
+al. 2024); transformers' RoFormer and ModernBERT are their twins (hf_format.py).
+
 Dims: B batch, T tokens, D hidden_size, H heads, Dh = D/H head size, F intermediate_size, V vocab;
 N real (non-padding) tokens of a padded batch, when `config.unpad` takes the padding out (see `Unpadded`).
 The math lives in `functional.py`; modules hold parameters and call it. No I/O here.
@@ -12,6 +17,7 @@ module keeps the flag and hands it to the functional ops it calls; no global swi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -85,13 +91,18 @@ def dropout(x: Tensor, p: float, training: bool, fused: bool, unpadded: Unpadded
 
 
 class LayerNorm(nn.Module):
-    """LN(x) = (x - μ)/√(σ² + ε) · γ + β over the last dim (D); γ = 1, β = 0 at init."""
+    """LN(x) = (x - μ)/√(σ² + ε) · γ + β over the last dim (D); γ = 1, β = 0 at init; no β with config.bias off."""
 
-    def __init__(self, size: int, eps: float, fused: bool):
+    def __init__(self, size: int, eps: float, fused: bool, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
-        self.bias = nn.Parameter(torch.zeros(size))
+        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
         self.eps, self.fused = eps, fused
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> "LayerNorm":
+        """A D-wide LayerNorm as the config says (ε, fused kernel, bias)."""
+        return cls(config.hidden_size, config.layer_norm_eps, config.fused, config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return BF.layer_norm(x, self.weight, self.bias, self.eps, fused=self.fused)
@@ -99,21 +110,23 @@ class LayerNorm(nn.Module):
 
 class Embeddings(nn.Module):
     """e_t = Drop(LN(E_tok[x_t] + E_pos[t] + E_seg[s_t])). (B, T) ids → (B, T, D).
-    With alibi or rope positions there is no E_pos: order enters in the attention instead."""
+    With alibi or rope positions there is no E_pos: order enters in the attention instead. With
+    type_vocab_size 0 there is no E_seg (ModernBERT: e_t = Drop(LN(E_tok[x_t]))) and segment ids are ignored."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
                                     if config.position_encoding == "learned" else None)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
+                                      if config.type_vocab_size > 0 else None)
+        self.norm = LayerNorm.of(config)
         self.dropout_p, self.fused = config.hidden_dropout, config.fused
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        e = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, D)
+        e = self.word_embeddings(input_ids)  # (B, T, D)
+        if self.token_type_embeddings is not None:
+            e = e + self.token_type_embeddings(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         if self.position_embeddings is not None:
             T = input_ids.shape[1]
             if T > self.position_embeddings.num_embeddings:
@@ -127,18 +140,22 @@ class SelfAttention(nn.Module):
     """MultiHead(X) = Concat(head_1..head_H) W_O + b_O,
     head_h = softmax(Q_h K_hᵀ / √d_k + M) V_h with Q = X W_Q + b_Q, K = X W_K + b_K, V = X W_V + b_V.
     (B, T, D) → (B, T, D), or (N, D) → (N, D) with `unpadded` (the heads are formed in the (B, T) layout).
-    Vaswani et al. 2017, §3.2.
-    With rope positions, Q_h and K_h are rotated by their positions first (functional.rotary); ALiBi's
-    distance bias arrives inside M (BertModel.logit_mask)."""
+    Vaswani et al. 2017, §3.2. No biases b_Q, b_K, b_V, b_O with config.bias off.
+    With rope positions, Q_h and K_h are rotated by their positions first (functional.rotary, or rotary_half
+    for rope_style half), with the local layers' base in a local layer; ALiBi's distance bias and a local
+    layer's window arrive inside M (BertModel.logit_masks)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, local: bool = False):
         super().__init__()
-        D = config.hidden_size
-        self.query, self.key, self.value = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
-        self.output = nn.Linear(D, D)
+        D, bias = config.hidden_size, config.bias
+        self.query, self.key, self.value = nn.Linear(D, D, bias), nn.Linear(D, D, bias), nn.Linear(D, D, bias)
+        self.output = nn.Linear(D, D, bias)
         self.num_heads, self.head_size, self.dropout_p = config.num_heads, config.head_size, config.attention_dropout
         self.fused, self.fused_qkv = config.fused, config.fused_qkv
-        self.rope_base = config.rope_base if config.position_encoding == "rope" else None
+        self.rope_base = None
+        if config.position_encoding == "rope":
+            self.rope_base = config.local_rope_base if local and config.local_rope_base is not None else config.rope_base
+            self.rotate = BF.rotary_half if config.rope_style == "half" else BF.rotary
 
     def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
         q, k, v = self.heads(x, unpadded)
@@ -160,7 +177,7 @@ class SelfAttention(nn.Module):
             # The weights are concatenated on each call so that Q, K and V keep their own parameters (and the
             # names checkpoints and transformers' table use); the copy is 3D² numbers, small beside the matmul.
             w = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3D, D)
-            b = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3D,)
+            b = None if self.query.bias is None else torch.cat([self.query.bias, self.key.bias, self.value.bias])
             q, k, v = BF.linear(x, w, b).split(D, dim=-1)
         else:
             q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, D) or (N, D) each
@@ -169,7 +186,7 @@ class SelfAttention(nn.Module):
         B, T = q.shape[:2]
         q, k, v = (t.view(B, T, self.num_heads, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         if self.rope_base is not None:
-            q, k = BF.rotary(q, self.rope_base), BF.rotary(k, self.rope_base)
+            q, k = self.rotate(q, self.rope_base), self.rotate(k, self.rope_base)
         return q, k, v
 
 
@@ -178,12 +195,26 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size, config.bias)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size, config.bias)
         self.activation, self.fused = config.activation, config.fused
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(activate(self.up(x), self.activation, self.fused))
+
+
+class GatedFeedForward(FeedForward):
+    """FFN(x) = (act(x W_in + b_in) ⊙ (x W_gate + b_gate)) W_out + b_out: one F-wide projection, through the
+    nonlinearity, gates another, elementwise. GeGLU with act = GELU (Shazeer 2020, "GLU Variants Improve
+    Transformer"; ModernBERT, whose `Wi` is [W_in; W_gate] stacked). (..., D) → (..., F) → (..., D).
+    W_in is FeedForward's `up`, W_out its `down`; `gate` is the third matrix."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.gate = nn.Linear(config.hidden_size, config.intermediate_size, config.bias)  # W_gate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(activate(self.up(x), self.activation, self.fused) * self.gate(x))
 
 
 def activate(x: Tensor, activation: str, fused: bool) -> Tensor:
@@ -195,52 +226,126 @@ def activate(x: Tensor, activation: str, fused: bool) -> Tensor:
 
 class EncoderLayer(nn.Module):
     """h = LN(x + Drop(Attn(x))); y = LN(h + Drop(FFN(h))). Post-LN, as BERT.
-    (B, T, D) → (B, T, D), or (N, D) → (N, D) with `unpadded`."""
+    (B, T, D) → (B, T, D), or (N, D) → (N, D) with `unpadded`.
+    FFN is a FeedForward or, with config.ffn glu, a GatedFeedForward. A `local` layer is handed the
+    sliding-window mask by the Encoder (and turns its rotary positions by config.local_rope_base)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, index: int = 0):
         super().__init__()
-        self.attention = SelfAttention(config)
-        self.attention_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
-        self.feed_forward = FeedForward(config)
-        self.output_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
+        self.local = config.is_local(index)
+        self.attention = SelfAttention(config, self.local)
+        self.attention_norm = LayerNorm.of(config)
+        self.feed_forward = GatedFeedForward(config) if config.ffn == "glu" else FeedForward(config)
+        self.output_norm = LayerNorm.of(config)
         self.dropout_p, self.fused = config.hidden_dropout, config.fused
 
     def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
         h = self.attention_norm(x + self._dropout(self.attention(x, mask, unpadded), unpadded))
         return self.output_norm(h + self._dropout(self.feed_forward(h), unpadded))
 
+    def attention_weights(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The weights `forward` averages V with: SelfAttention.weights of what the attention reads."""
+        return self.attention.weights(x, mask)
+
     def _dropout(self, x: Tensor, unpadded: Unpadded | None) -> Tensor:
         return dropout(x, self.dropout_p, self.training, self.fused, unpadded)
 
 
+class PreNormEncoderLayer(EncoderLayer):
+    """h = x + Drop(Attn(LN(x))); y = h + Drop(FFN(LN(h))). Pre-LN (Xiong et al. 2020): the residual stream
+    is never normalised, so gradients reach early layers undamped and training tolerates larger learning rates;
+    Encoder ends with one more LN. The first layer's input is already the embeddings' LN, so that layer skips its
+    attention LN (ModernBERT, Warner et al. 2024: `attn_norm` is the identity in layer 0).
+    `attention_norm` normalises the attention's input, `output_norm` the feed-forward's (the names post-LN gives
+    to the norms of the two outputs)."""
+
+    def __init__(self, config: ModelConfig, index: int = 0):
+        super().__init__(config, index)
+        if index == 0:
+            self.attention_norm = nn.Identity()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
+        h = x + self._dropout(self.attention(self.attention_norm(x), mask, unpadded), unpadded)
+        return h + self._dropout(self.feed_forward(self.output_norm(h)), unpadded)
+
+    def attention_weights(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.attention.weights(self.attention_norm(x), mask)
+
+
 class Encoder(nn.Module):
-    """x_{l+1} = EncoderLayer_l(x_l), l = 0..N-1. With `checkpointing`, each layer's activations are
-    recomputed in the backward pass instead of stored (less memory for long sequences, ~1/3 more compute)."""
+    """x_{l+1} = EncoderLayer_l(x_l, M_l), l = 0..N-1; M_l is the local mask in a local layer, else the global
+    one. Pre-LN: h = LN_final(x_N) (post-LN layers end in a norm already: no final one). With `checkpointing`,
+    each layer's activations are recomputed in the backward pass instead of stored (less memory for long
+    sequences, ~1/3 more compute)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        layer = PreNormEncoderLayer if config.norm == "pre" else EncoderLayer
+        self.layers = nn.ModuleList(layer(config, index) for index in range(config.num_layers))
+        self.final_norm = LayerNorm.of(config) if config.norm == "pre" else None
         self.checkpointing = False
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None,
+                local_mask: Tensor | None = None) -> Tensor:
         for layer in self.layers:
+            m = local_mask if layer.local else mask
             if self.checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, mask, unpadded, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, m, unpadded, use_reentrant=False)
             else:
-                x = layer(x, mask, unpadded)
-        return x
+                x = layer(x, m, unpadded)
+        return x if self.final_norm is None else self.final_norm(x)
 
 
 class Pooler(nn.Module):
-    """pooled = tanh(h_[CLS] W + b). (B, T, D) → (B, D). Used by BERT's next-sentence head; kept so that
-    checkpoints with it load and the parameter count matches BERT's."""
+    """pooled = tanh(h_[CLS] W + b). (B, T, D) → (B, D). BERT's (config.pooler tanh): its next-sentence head's
+    and BertForSequenceClassification's; kept so that checkpoints with it load and the parameter count matches BERT's."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, config.bias)
 
-    def forward(self, hidden: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class ActPooler(Pooler):
+    """pooled = act(Drop(h_[CLS]) W + b), act the model's activation (config.pooler act): transformers'
+    RoFormerClassificationHead up to its output projection (RoBERTa's head, with hidden_act for tanh).
+    (B, T, D) → (B, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.activation, self.dropout_p, self.fused = config.activation, config.hidden_dropout, config.fused
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        cls = dropout(hidden[:, 0], self.dropout_p, self.training, self.fused)  # (B, D)
+        return activate(self.dense(cls), self.activation, self.fused)
+
+
+class ActNormPooler(Pooler):
+    """pooled = LN(act(h̄ W + b)), h̄ = h_[CLS] or, with config.pooling mean, the mean of the real tokens' h
+    (config.pooler act_norm): ModernBERT's classification head up to its classifier (Warner et al. 2024; the
+    same dense, act, LN as its MLM head). (B, T, D) → (B, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.norm = LayerNorm.of(config)
+        self.activation, self.fused, self.mean = config.activation, config.fused, config.pooling == "mean"
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        pooled = masked_mean(hidden, attention_mask) if self.mean else hidden[:, 0]  # (B, D)
+        return self.norm(activate(self.dense(pooled), self.activation, self.fused))
+
+
+def masked_mean(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """h̄_b = Σ_t m_bt h_bt / Σ_t m_bt, the mean over the real tokens (m = 1; all, without a mask). (B, T, D) → (B, D)."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    m = attention_mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1)
+
+
+POOLERS = {"tanh": Pooler, "act": ActPooler, "act_norm": ActNormPooler}
 
 
 class BertModel(nn.Module):
@@ -253,20 +358,20 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
-        self.pooler = Pooler(config) if add_pooler else None
-        self.apply(lambda m: init_weights(m, config.initializer_range))
+        self.pooler = POOLERS[config.pooler](config) if add_pooler else None
+        init_model(self, config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None) -> BertOutput:
         """attention_mask: (B, T), 1 for real tokens, 0 for padding; None = attend everywhere."""
-        mask = self.logit_mask(attention_mask, input_ids.shape[1], input_ids.device)
+        mask, local_mask = self.logit_masks(attention_mask, input_ids.shape[1], input_ids.device)
         h = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         unpadded = Unpadded.of(attention_mask) if self.config.unpad else None
         if unpadded is None:
-            h = self.encoder(h, mask)
+            h = self.encoder(h, mask, None, local_mask)
         else:
-            h = unpadded.unpack(self.encoder(unpadded.pack(h), mask, unpadded))
-        return BertOutput(h, self.pooler(h) if self.pooler is not None else None)
+            h = unpadded.unpack(self.encoder(unpadded.pack(h), mask, unpadded, local_mask))
+        return BertOutput(h, self.pooler(h, attention_mask) if self.pooler is not None else None)
 
     def attention_weights(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                           token_type_ids: Tensor | None = None) -> list[Tensor]:
@@ -274,12 +379,13 @@ class BertModel(nn.Module):
         token t spreads its attention over the keys. The same pass as `forward`: each layer's attention
         is asked for its weights on the layer's input x_l, then the layer maps x_l to x_{l+1}. For looking
         at, not training: the attention runs twice per layer, and `forward` stays free of a weights flag."""
-        mask = self.logit_mask(attention_mask, input_ids.shape[1], input_ids.device)
+        mask, local_mask = self.logit_masks(attention_mask, input_ids.shape[1], input_ids.device)
         x = self.embeddings(input_ids, token_type_ids)
         weights = []
         for layer in self.encoder.layers:
-            weights.append(layer.attention.weights(x, mask))  # (B, H, T, T)
-            x = layer(x, mask)
+            m = local_mask if layer.local else mask
+            weights.append(layer.attention_weights(x, m))  # (B, H, T, T)
+            x = layer(x, m)
         return weights
 
     def num_parameters(self) -> int:
@@ -291,24 +397,39 @@ class BertModel(nn.Module):
         return _from_pretrained(cls, path, device)
 
 
-    def logit_mask(self, attention_mask: Tensor | None, length: int, device: torch.device) -> Tensor | None:
-        """M, the mask every layer's attention adds to its logits; built once per forward.
-        Learned or rope positions: the boolean key mask (B, 1, 1, T), True = real token (None: attend everywhere).
-        alibi: the additive −m_h·|i−j| (1, H, T, T), plus the key mask's large negative at padding (B, H, T, T)."""
-        keys = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+    def logit_masks(self, attention_mask: Tensor | None, length: int,
+                    device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+        """(M, M_local): the masks the global and the local layers' attention add to their logits; built once
+        per forward. M_local is None when the model has no local layer.
+        M allows the real keys: the boolean key mask (B, 1, 1, T), True = real token (None: attend everywhere).
+        M_local allows the real keys within the window, W_ij = |i − j| ≤ w/2 (functional.sliding_window_mask),
+        and always the query itself: a padding query may have no real key within its window, and a row with
+        no key at all would be NaN in torch's fused kernel; a real query sees itself anyway. (B, 1, T, T).
+        alibi: the additive −m_h·|i−j| (1, H, T, T), plus a large negative where the boolean mask is False."""
+        allowed = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        local = None
+        if any(layer.local for layer in self.encoder.layers):
+            window = BF.sliding_window_mask(length, self.config.local_attention, device)  # (T, T)
+            local = window if allowed is None else (allowed & window) | torch.eye(length, dtype=torch.bool,
+                                                                                  device=device)  # (B, 1, T, T)
+        return self._with_position_bias(allowed, length, device), self._with_position_bias(local, length, device)
+
+    def _with_position_bias(self, allowed: Tensor | None, length: int, device: torch.device) -> Tensor | None:
+        """M from a boolean mask: itself, or with alibi the additive −m_h·|i−j| plus a large negative where False."""
         if self.config.position_encoding != "alibi":
-            return keys
+            return allowed
         bias = BF.alibi_bias(self.config.num_heads, length, device)[None]  # (1, H, T, T)
-        return bias if keys is None else bias + BF.attention_bias(keys, bias.dtype)
+        return bias if allowed is None else bias + BF.attention_bias(allowed, bias.dtype)
 
 
 class MLMHead(nn.Module):
-    """logits = LN(act(h W + b)) Eᵀ + b_V; E is the token-embedding matrix when tied. (B, T, D) → (B, T, V)."""
+    """logits = LN(act(h W + b)) Eᵀ + b_V; E is the token-embedding matrix when tied. (B, T, D) → (B, T, V).
+    With config.bias off, no b and no LN β; the decoder keeps b_V (ModernBERT's decoder_bias)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps, config.fused)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, config.bias)
+        self.norm = LayerNorm.of(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         self.activation, self.fused = config.activation, config.fused
 
@@ -352,7 +473,7 @@ class BertForMaskedLM(BertWithHead):
         self.config = config
         self.bert = BertModel(config, add_pooler=False)
         self.mlm_head = MLMHead(config)
-        self.mlm_head.apply(lambda m: init_weights(m, config.initializer_range))
+        init_model(self.mlm_head, config)
         if config.tie_word_embeddings:  # one matrix both embeds tokens and scores them
             self.mlm_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
@@ -380,7 +501,8 @@ class BertForSequenceClassification(BertWithHead):
     (B, T) ids → (B, C) logits. Classification (C ≥ 2): loss = CE(z, y), y ∈ {0..C-1};
     regression (C = 1): loss = MSE(z, y), y real. Sentence pairs arrive as [CLS] a [SEP] b [SEP] with segment
     ids 0 for a and 1 for b. Devlin et al. 2019, §4.1 (GLUE). Weight names are transformers'
-    (bert.*, bert.pooler.dense.*, classifier.*)."""
+    (bert.*, bert.pooler.dense.*, classifier.*). The pooler is config.pooler's: BERT's tanh, or RoFormer's and
+    ModernBERT's heads up to their last linear layer (ActPooler, ActNormPooler)."""
 
     def __init__(self, config: ModelConfig, num_labels: int = 2):
         super().__init__()
@@ -390,6 +512,8 @@ class BertForSequenceClassification(BertWithHead):
         self.bert = BertModel(config, add_pooler=True)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_weights(self.classifier, config.initializer_range)
+        if config.init_scheme == "modernbert":  # ModernBERT's classifier: N(0, 1/D) truncated at ±2σ
+            init_truncated(self.classifier, config.hidden_size ** -0.5)
         self.dropout_p, self.fused = config.hidden_dropout, config.fused
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -413,7 +537,45 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
     if isinstance(module, LayerNorm):
         nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+TRUNCATION = 2.0  # ModernBERT's initializer_cutoff_factor: weights beyond ±2σ are redrawn
+
+
+def init_truncated(module: nn.Module, std: float) -> None:
+    """weights ~ N(0, std²) truncated to [−2·std, 2·std], biases 0 (ModernBERT's init_weight)."""
+    nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-TRUNCATION * std, b=TRUNCATION * std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def init_model(module: nn.Module, config: ModelConfig) -> None:
+    """Initialise every part of `module` by config.init_scheme.
+    bert: init_weights, N(0, σ²) with σ = initializer_range, everywhere.
+    modernbert: N(0, σ²) truncated at ±2σ for the embeddings and the matrices that read the residual stream
+    (Q, K, V, W_in, W_gate), σ/√(2N) for those that write to it (attention output, FFN W_out) and for the heads'
+    dense layer, as transformers' ModernBertPreTrainedModel._init_weights (Warner et al. 2024; the 1/√(2N)
+    keeps the residual stream's variance from growing with depth, Shoeybi et al. 2019). Norms γ = 1, β = 0."""
+    module.apply(lambda m: init_weights(m, config.initializer_range))  # norms, biases; BERT's weights
+    if config.init_scheme == "bert":
+        return
+    std, out_std = config.initializer_range, config.initializer_range / math.sqrt(2.0 * config.num_layers)
+    for m in module.modules():
+        if isinstance(m, Embeddings):
+            init_truncated(m.word_embeddings, std)
+        elif isinstance(m, SelfAttention):
+            for linear in (m.query, m.key, m.value):
+                init_truncated(linear, std)
+            init_truncated(m.output, out_std)
+        elif isinstance(m, FeedForward):  # and GatedFeedForward
+            init_truncated(m.up, std)
+            init_truncated(m.down, out_std)
+            if isinstance(m, GatedFeedForward):
+                init_truncated(m.gate, std)
+        elif isinstance(m, (MLMHead, Pooler)):
+            init_truncated(m.dense, out_std)
 
 
 def count_unique_parameters(module: nn.Module) -> int:
@@ -424,30 +586,41 @@ def count_unique_parameters(module: nn.Module) -> int:
 def parameter_table(config: ModelConfig) -> list[tuple[str, int]]:
     """Parameter counts by part, from the config alone (no model built): rows (name, count).
 
-    Embeddings V·D + P·D + S·D + 2D; per layer 4(D² + D) attention + 2D LN + (DF + F + FD + D) FFN + 2D LN;
-    MLM head D² + D dense + 2D LN + V bias (+ V·D decoder when untied). Pooler D² + D."""
+    Embeddings V·D + P·D + S·D + LN; per layer 4D² (+ 4D biases) attention + LN + FFN + LN, the FFN
+    D·F + F·D (+ F + D) or, gated, 3·D·F (+ 2F + D); a LayerNorm 2D (D without β). Pre-LN: the first layer has no
+    attention LN, the encoder a final one. MLM head D² (+ D) dense + LN + V bias (+ V·D decoder when untied).
+    Pooler D² (+ D), and an LN for act_norm. Biases and β only with config.bias."""
     c = config
-    D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
+    D, F, V, L = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_layers
     P = c.max_position_embeddings if c.position_encoding == "learned" else 0  # alibi and rope have no table
-    attention = 4 * (D * D + D)
-    ffn = D * F + F + F * D + D
-    layer_norm = 2 * D
+    bias = int(c.bias)
+    attention = 4 * (D * D + bias * D)
+    ffn = (3 * D * F + bias * (2 * F + D)) if c.ffn == "glu" else (2 * D * F + bias * (F + D))
+    layer_norm = (1 + bias) * D
+    pre = c.norm == "pre"
     rows = [
         ("embeddings.word", V * D),
         ("embeddings.position", P * D),
         ("embeddings.token_type", c.type_vocab_size * D),
         ("embeddings.layer_norm", layer_norm),
-        (f"encoder.attention (x{c.num_layers})", c.num_layers * attention),
-        (f"encoder.attention_norm (x{c.num_layers})", c.num_layers * layer_norm),
-        (f"encoder.feed_forward (x{c.num_layers})", c.num_layers * ffn),
-        (f"encoder.output_norm (x{c.num_layers})", c.num_layers * layer_norm),
-        ("mlm_head.dense", D * D + D),
+        (f"encoder.attention (x{L})", L * attention),
+        (f"encoder.attention_norm (x{L - 1 if pre else L})", (L - 1 if pre else L) * layer_norm),
+        (f"encoder.feed_forward (x{L})", L * ffn),
+        (f"encoder.output_norm (x{L})", L * layer_norm),
+        ("encoder.final_norm", layer_norm if pre else 0),
+        ("mlm_head.dense", D * D + bias * D),
         ("mlm_head.layer_norm", layer_norm),
         ("mlm_head.decoder.bias", V),
         ("mlm_head.decoder.weight" + (" (tied to embeddings.word)" if c.tie_word_embeddings else ""),
          0 if c.tie_word_embeddings else V * D),
     ]
     return rows
+
+
+def pooler_parameters(config: ModelConfig) -> int:
+    """The pooler's: D² (+ D) dense, and for act_norm its LayerNorm (2D, or D without β)."""
+    D, bias = config.hidden_size, int(config.bias)
+    return D * D + bias * D + ((1 + bias) * D if config.pooler == "act_norm" else 0)
 
 
 def parameter_report(config: ModelConfig) -> str:
@@ -461,7 +634,7 @@ def parameter_report(config: ModelConfig) -> str:
         "bert_for_masked_lm": "BertForMaskedLM (tied decoder counted once)",
         "bert_for_masked_lm_decoder_counted_separately": "BertForMaskedLM (decoder counted separately)",
         "encoder": "encoder alone (BertModel, no pooler)",
-        "encoder_with_pooler": "encoder with BERT's pooler",
+        "encoder_with_pooler": "encoder with its pooler (a classifier's)",
     }
     lines += [f"{label:<48}{totals[key]:>14,}  ({totals[key] / 1e6:.1f}M)" for key, label in labels.items()]
     return "\n".join(lines)
@@ -469,7 +642,7 @@ def parameter_report(config: ModelConfig) -> str:
 
 def parameter_counts(config: ModelConfig) -> dict[str, int]:
     """Totals: the MLM model (tied decoder counted once), the same with the decoder counted separately,
-    the encoder alone (BertModel without pooler) and with BERT's pooler."""
+    the encoder alone (BertModel without pooler) and with its pooler (config.pooler's)."""
     rows = dict(parameter_table(config))
     total = sum(rows.values())
     encoder = sum(v for k, v in rows.items() if not k.startswith("mlm_head"))
@@ -478,7 +651,7 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
         "bert_for_masked_lm": total,
         "bert_for_masked_lm_decoder_counted_separately": total + (config.vocab_size * D if config.tie_word_embeddings else 0),
         "encoder": encoder,
-        "encoder_with_pooler": encoder + D * D + D,
+        "encoder_with_pooler": encoder + pooler_parameters(config),
     }
 
 
@@ -488,14 +661,14 @@ def flops_per_token(config: ModelConfig, seq_len: int, training: bool = True, ml
         forward   F = 2·N_enc + 4·L·T·D + r·2·N_head,   N_enc = L·(4D² + 2DF),  N_head = D² + D·V
         training  3F = 6·N_enc + 12·L·T·D + r·6·N_head  (backward ≈ 2 × forward: grads of inputs and weights)
 
-    N_enc: the encoder's weight matrices per token (Q, K, V, O: 4D²; FFN up and down: 2DF); 4·L·T·D: QKᵀ and
-    AV over T keys (2·T·D each, per layer); N_head: the MLM head's dense D² and vocabulary projection D·V;
+    N_enc: the encoder's weight matrices per token (Q, K, V, O: 4D²; FFN up and down: 2DF, 3DF gated); 4·L·T·D:
+    QKᵀ and AV over T keys (2·T·D each, per layer; local layers too: their window is a mask on the T×T scores); N_head: the MLM head's dense D² and vocabulary projection D·V;
     r = `mlm_fraction`, the share of positions the head runs on (1 for full logits; the masked share for
     sparse MLM or masked-position inference). Not counted: embedding lookups, biases, LayerNorm, softmax,
     GELU, dropout, the loss and the optimizer (elementwise work, well under 1% of BERT-base's FLOPs), nor
     the recomputation that activation checkpointing adds. Kaplan et al. 2020 §2.1; Chowdhery et al. 2022 App. B."""
     L, D, F, V, T = config.num_layers, config.hidden_size, config.intermediate_size, config.vocab_size, seq_len
-    encoder = L * (4 * D * D + 2 * D * F)
+    encoder = L * (4 * D * D + (3 if config.ffn == "glu" else 2) * D * F)  # a gated FFN has a third D×F matrix
     head = D * D + D * V
     forward = 2 * encoder + 4 * L * T * D + mlm_fraction * 2 * head
     return 3 * forward if training else forward

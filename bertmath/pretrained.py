@@ -1,7 +1,8 @@
 """Any checkpoint directory → (config, weights, tokenizer), and export: the one way in and out of bertmath's models.
 
 A path is resolved (resolve_checkpoint) to a bertmath checkpoint (a run directory's latest step, or a step
-directory: config.yaml + model.safetensors) or a transformers BERT directory (config.json + weights), and read
+directory: config.yaml + model.safetensors) or a transformers directory of BERT, RoFormer or ModernBERT
+(config.json + weights), and read
 from one whole step directory even while a run saves there (read_resolved). transformers' names and config
 keys are translated by hf_format; a model is built and loaded by build_from_state. `export_checkpoint` writes
 any of them in transformers' layout. Loading never unpickles (`torch.load(weights_only=True)` for
@@ -25,7 +26,8 @@ from torch import Tensor
 from .checkpoint import CONFIG_FILE, MODEL_FILE, latest_checkpoint, load_state_into, model_state, read_config
 from .config import ModelConfig
 from .errors import BertmathError, CheckpointError, OutputError
-from .hf_format import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
+from .hf_format import (BERT, LAYOUTS, MODERNBERT, ROFORMER, check_classifier, config_from_hf, config_to_hf, family,
+                        layout_of, roformer_position_table, state_dict_from_hf, state_dict_to_hf)
 from .io import atomic_save_safetensors, atomic_write_text, check_output, read_json, read_safetensors
 from .model import BertForMaskedLM, BertForSequenceClassification, BertModel
 from .tokenizer import load_tokenizer, special_tokens
@@ -174,16 +176,18 @@ def read_hf_weights(directory: str | Path) -> dict[str, Tensor]:
 
 
 def load_hf_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """(ModelConfig, state dict in bertmath names) from a transformers BERT directory (config.json +
-    weights). Tensors with no bertmath counterpart (other task heads) are logged and skipped."""
+    """(ModelConfig, state dict in bertmath names) from a transformers BERT, RoFormer or ModernBERT directory
+    (config.json + weights). Tensors with no bertmath counterpart (other task heads) are logged and skipped."""
     directory = Path(directory)
     config_path = directory / HF_CONFIG_FILE
-    config = config_from_hf(read_json(config_path), where=str(config_path))
+    hf_config = read_json(config_path)
+    config = config_from_hf(hf_config, where=str(config_path))
+    layout = layout_of(hf_config)
     hf_state = read_hf_weights(directory)
     unknown: list[str] = []
-    state = state_dict_from_hf(hf_state, unknown)
+    state = state_dict_from_hf(hf_state, unknown, layout)
     if not state:
-        raise CheckpointError(f"{directory}: no BERT tensors in the weights file "
+        raise CheckpointError(f"{directory}: no {layout.model_type} tensors in the weights file "
                               f"(found e.g. {next(iter(hf_state), 'nothing')!r})")
     if unknown:
         log.info("%s: skipping %d tensors bertmath does not use, e.g. %s", directory, len(unknown), unknown[0])
@@ -251,12 +255,11 @@ def classifier_label_names(directory: Path, num_labels: int) -> list[str] | None
 
 
 def classifier_config(directory: Path, num_labels: int) -> dict:
-    """The config.json keys of a BertForSequenceClassification: its architecture, labels and problem type
-    (regression for one output, as transformers infers it from float labels); label names as the checkpoint
-    gives them (classifier_label_names), else LABEL_i, transformers' default."""
+    """The config.json keys of a sequence classifier: its labels and problem type (regression for one output, as
+    transformers infers it from float labels); label names as the checkpoint gives them
+    (classifier_label_names), else LABEL_i, transformers' default."""
     names = classifier_label_names(directory, num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
-    return {"architectures": ["BertForSequenceClassification"],
-            "id2label": {str(i): name for i, name in enumerate(names)},
+    return {"id2label": {str(i): name for i, name in enumerate(names)},
             "label2id": {name: i for i, name in enumerate(names)},
             "problem_type": "regression" if num_labels == 1 else "single_label_classification"}
 
@@ -267,7 +270,8 @@ EXPORT_MARK = {"exported_by": "bertmath"}
 
 def check_export_target(out_dir: str | Path) -> Path:
     """`out_dir` if `export` may write there: it does not exist yet (it is created), it is an empty directory,
-    or it holds a previous export, i.e. a config.json with "model_type": "bert" and "exported_by": "bertmath"
+    or it holds a previous export, i.e. a config.json with a "model_type" export writes (bert, roformer,
+    modernbert) and "exported_by": "bertmath"
     and no "transformers_version" (transformers adds that key whenever it saves a model, e.g. one fine-tuned
     from the export, and then the directory is no longer ours to overwrite). An export replaces only the six
     files it writes there. OutputError otherwise: an existing file, another program's directory."""
@@ -281,7 +285,7 @@ def check_export_target(out_dir: str | Path) -> Path:
         config = read_json(out_dir / HF_CONFIG_FILE)
     except CheckpointError:  # none, or not JSON: not an export
         config = None
-    if (isinstance(config, dict) and config.get("model_type") == "bert" and "transformers_version" not in config
+    if (isinstance(config, dict) and config.get("model_type") in LAYOUTS and "transformers_version" not in config
             and all(config.get(k) == v for k, v in EXPORT_MARK.items())):
         return out_dir
     raise OutputError(f"{out_dir}: not empty and not a previous bertmath export (whose config.json says "
@@ -289,37 +293,52 @@ def check_export_target(out_dir: str | Path) -> Path:
 
 
 def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
-    """Write any checkpoint (bertmath run or step directory, transformers directory) in transformers'
-    layout: out_dir/config.json, model.safetensors (transformers names), tokenizer.json,
-    tokenizer_config.json, special_tokens_map.json, vocab.txt; each file written atomically.
-    `transformers.AutoModelForMaskedLM/AutoTokenizer.from_pretrained(out_dir)` load the result.
-    `out_dir` must be new, empty or a previous export (check_export_target); it is checked, and the whole
-    export prepared, before anything is written.
+    """Write any checkpoint (bertmath run or step directory, transformers directory) in the layout of its
+    transformers twin (hf_format.family: BERT, RoFormer or ModernBERT): out_dir/config.json, model.safetensors
+    (transformers names), tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt; each file
+    written atomically. `transformers.AutoModelForMaskedLM/AutoTokenizer.from_pretrained(out_dir)` and
+    `transformers.pipeline("fill-mask", model=out_dir)` load the result. `out_dir` must be new, empty or a previous
+    export (check_export_target); it is checked, and the whole export prepared, before anything is written.
+    A model no twin can hold (ALiBi positions, a pre-LN model with learned positions, ...) is a one-line
+    CheckpointError naming the setting.
 
-    A checkpoint with an MLM head is exported as BertForMaskedLM, a fine-tuned classifier as
-    BertForSequenceClassification (with its label names), one with neither (a sentence encoder) as BertModel.
-    The tied decoder weight is not stored (transformers re-ties it from `bert.embeddings.word_embeddings.weight`;
-    safetensors cannot store two names for one tensor); an untied one is. The decoder bias is stored under both its names, `cls.predictions.bias` and
-    `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter when the decoder is untied."""
+    A checkpoint with an MLM head is exported as <Twin>ForMaskedLM, a fine-tuned classifier as
+    <Twin>ForSequenceClassification (with its label names; its pooler must be the twin's, model.pooler), one with
+    neither (a sentence encoder) as the bare <Twin>Model.
+    The tied decoder weight is not stored (transformers re-ties it from the word embeddings; safetensors cannot
+    store two names for one tensor); an untied one is. BERT's and RoFormer's decoder bias is stored under both
+    its names, `cls.predictions.bias` and `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter
+    when the decoder is untied. RoFormer's sinusoidal table (`encoder.embed_positions.weight`) is written too."""
     out_dir = check_export_target(out_dir)
     directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
-    hf_config = {**config_to_hf(config), **EXPORT_MARK}  # first: a model transformers cannot represent fails here
+    layout = family(config)  # first: a model transformers cannot represent fails here
+    hf_config = {**config_to_hf(config), **EXPORT_MARK}
     has_head = any(name.startswith("mlm_head.") for name in state)
     is_classifier = "classifier.weight" in state
-    if is_classifier:  # a fine-tuned classifier: BertForSequenceClassification with its label names
+    kind = "classifier" if is_classifier else "mlm" if has_head else "encoder"
+    if is_classifier:  # a fine-tuned classifier: <Twin>ForSequenceClassification with its label names
+        check_classifier(config)
         hf_config.update(classifier_config(directory, classifier_labels_count(state, str(directory))))
+    if kind == "encoder" and layout is not BERT and any(".pooler." in f".{name}" for name in state):
+        raise CheckpointError(f"{directory}: an encoder with a pooler but no classifier; transformers' "
+                              f"{layout.classes['encoder']} has no pooler, so it cannot be exported to its layout")
+    hf_config["architectures"] = [layout.classes[kind]]
     architecture = BertForSequenceClassification if is_classifier else BertForMaskedLM if has_head else BertModel
     model = build_from_state(architecture, config, state, str(directory))  # checks shapes
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
                               f"vocab_size is {config.vocab_size}")
-    hf_state = state_dict_to_hf(model_state(model))  # model_state: the tied decoder weight once, as the embedding
+    # model_state: the tied decoder weight once, as the embedding
+    hf_state = state_dict_to_hf(model_state(model), layout)
     if "cls.predictions.decoder.bias" in hf_state:  # safetensors stores no shared storage: a copy under each name
         hf_state["cls.predictions.decoder.bias"] = hf_state["cls.predictions.decoder.bias"].clone()
-    if not has_head and not is_classifier:
-        hf_config["architectures"] = ["BertModel"]
+    if layout is ROFORMER:
+        prefix = "" if kind == "encoder" else layout.prefix
+        hf_state[f"{prefix}encoder.embed_positions.weight"] = roformer_position_table(config)
 
     ids = special_tokens(tokenizer, where=str(directory))
+    if layout is MODERNBERT:  # its config's defaults are ModernBERT's own vocabulary's ids
+        hf_config.update(cls_token_id=ids.cls, sep_token_id=ids.sep, bos_token_id=ids.cls, eos_token_id=ids.sep)
     names = {k: tokenizer.id_to_token(getattr(ids, k)) for k in ("unk", "sep", "pad", "cls", "mask")}
     special_map = {f"{k}_token": v for k, v in names.items()}
     tokenizer_config = {

@@ -80,7 +80,7 @@ import torch
 from bertmath.config import ModelConfig, load_config
 from bertmath.hardware import AUTOCAST_DTYPES as DTYPES
 from bertmath.hardware import autocast, resolve_precision
-from bertmath.hf_format import config_to_hf, state_dict_from_hf
+from bertmath.hf_format import BERT, config_to_hf, family, state_dict_from_hf
 from bertmath.masking import prediction_slots, slot_count
 from bertmath.model import BertForMaskedLM, flops_per_token
 from bertmath.trainer import parameter_groups
@@ -630,6 +630,9 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     cfg = load_config(args.config)
     config, train_cfg = cfg.model, cfg.train
+    if family(config) is not BERT:  # the transformers side below is BertForMaskedLM
+        raise SystemExit(f"{args.config}: bench.py compares with transformers' BERT; this model's twin is "
+                         f"{family(config).classes['mlm']}")
     args.seq_len = args.seq_len or cfg.data.max_seq_len
     groups = suite_groups(args.suite, args) if args.suite else [single_group(args, config, train_cfg)]
     default_attn = transformers_default_attention(config)

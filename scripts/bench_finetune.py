@@ -35,7 +35,7 @@ from bertmath.classify import collate, predict_logits
 from bertmath.config import TaskConfig
 from bertmath.data import batch_indices
 from bertmath.finetune import encode_split, load_init, read_examples
-from bertmath.hf_format import config_to_hf, state_dict_to_hf
+from bertmath.hf_format import BERT, config_to_hf, family, state_dict_to_hf
 from bertmath.model import BertForSequenceClassification
 from bertmath.trainer import derived_seed, learning_rate, parameter_groups
 
@@ -55,6 +55,7 @@ def build_models(init, seed: int, dropout: bool):
     torch.manual_seed(seed)
     ours = BertForSequenceClassification(config, num_labels=1)
     load_state_into(ours, init.state, str(init.directory))
+    assert family(config) is BERT, "the side-by-side runs transformers' BertForSequenceClassification"
     hf_config = transformers.BertConfig(**config_to_hf(config), num_labels=1, problem_type="regression")
     theirs = transformers.BertForSequenceClassification(hf_config)
     missing, unexpected = theirs.load_state_dict(state_dict_to_hf(model_state(ours)), strict=False)

@@ -134,3 +134,19 @@ def _fit(model: BertForMaskedLM, tokenizer, texts: list[str], steps: int, seed: 
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+def assert_pipeline_matches_fill_mask(checkpoint, exported, texts: list[str]) -> None:
+    """transformers' fill-mask pipeline on the export = bertmath FillMask on the checkpoint: the same top-5 tokens
+    in the same order, scores within 1e-4, the same token_str and sequence (one mask per text, so that the
+    pipeline's strings are comparable)."""
+    transformers = pytest.importorskip("transformers")
+    from bertmath.fill_mask import FillMask
+    pipe = transformers.pipeline("fill-mask", model=str(exported), tokenizer=str(exported), device="cpu")
+    fill = FillMask.from_pretrained(checkpoint)
+    for text in texts:
+        theirs, ours = pipe(text, top_k=5), fill(text, top_k=5)
+        assert [d["token"] for d in ours] == [d["token"] for d in theirs], text
+        for a, b in zip(ours, theirs):
+            assert abs(a["score"] - b["score"]) < 1e-4
+            assert (a["token_str"], a["sequence"]) == (b["token_str"], b["sequence"])

@@ -16,7 +16,7 @@ def _small_yaml() -> dict:
     return yaml.safe_load((ROOT / "configs/small.yaml").read_text())
 
 
-SHIPPED = ["configs/small.yaml", "configs/base.yaml", "configs/large.yaml"]
+SHIPPED = ["configs/small.yaml", "configs/base.yaml", "configs/large.yaml", "configs/modernbert_base.yaml"]
 
 
 def write(tmp_path, text, name="config.yaml"):
@@ -53,13 +53,23 @@ def test_shipped_config_loads_every_value_from_the_file(name):
 
 
 def test_shipped_sizes():
-    small, base, large = (load_config(ROOT / n).model for n in SHIPPED)
+    small, base, large, modern = (load_config(ROOT / n).model for n in SHIPPED)
     assert (base.num_layers, base.hidden_size, base.num_heads, base.intermediate_size) == (12, 768, 12, 3072)
     assert (large.num_layers, large.hidden_size, large.num_heads, large.intermediate_size) == (24, 1024, 16, 4096)
     assert base.vocab_size == large.vocab_size == 30522
     assert base.activation == large.activation == "gelu"
     assert small.hidden_size == _small_yaml()["model"]["hidden_size"] and small.num_layers == 4 and small.activation == "relu"
     assert isinstance(load_config(ROOT / "configs/base.yaml").train.lr, float)
+    assert (modern.num_layers, modern.hidden_size, modern.intermediate_size, modern.local_attention) == (22, 768, 1152, 128)
+
+
+@pytest.mark.parametrize("name", ["configs/base.yaml", "configs/large.yaml"])
+def test_bert_configs_are_exactly_bert(name):
+    """base.yaml and large.yaml stay BERT: every switch that came after it is at its default, BERT's."""
+    m = load_config(ROOT / name).model
+    assert (m.norm, m.ffn, m.bias, m.position_encoding, m.rope_style, m.local_attention, m.pooler, m.pooling,
+            m.init_scheme, m.type_vocab_size) == ("post", "mlp", True, "learned", "interleaved", None, "tanh", "cls",
+                                                  "bert", 2)
 
 
 def test_defaults():
@@ -186,6 +196,22 @@ ERRORS = {
     "rope_odd_head_size": ("model:\n  position_encoding: rope\n  hidden_size: 15\n  num_heads: 5\n",
                            ["model.position_encoding", "even", "15/5 = 3"]),
     "time_horizon_without_budget": ("train:\n  schedule_horizon: time\n", ["train.schedule_horizon", "max_time_minutes"]),
+    # the switches of issue 23 (ModernBERT's parts)
+    "rope_half_odd_head_size": ("model:\n  position_encoding: rope\n  rope_style: half\n  hidden_size: 15\n"
+                                "  num_heads: 5\n", ["model.rope_style", "half", "even", "15/5 = 3"]),
+    "rope_style_without_rope": ("model:\n  rope_style: half\n", ["model.rope_style", "rotary", "learned"]),
+    "window_beyond_positions": ("model:\n  local_attention: 1024\n", ["model.local_attention", "max_position_embeddings",
+                                                                       "512", "1024"]),
+    "window_too_small": ("model:\n  local_attention: 1\n", ["model.local_attention", "between 2"]),
+    "global_every_zero": ("model:\n  local_attention: 128\n  global_every: 0\n", ["model.global_every", "at least 1"]),
+    "local_base_without_window": ("model:\n  position_encoding: rope\n  local_rope_base: 10000\n",
+                                  ["model.local_rope_base", "model.local_attention"]),
+    "local_base_without_rope": ("model:\n  local_attention: 128\n  local_rope_base: 10000\n",
+                                ["model.local_rope_base", "rotary"]),
+    "unknown_norm": ("model:\n  norm: sandwich\n", ["model.norm", "post", "pre"]),
+    "unknown_ffn": ("model:\n  ffn: swiglu\n", ["model.ffn", "mlp", "glu"]),
+    "mean_pooling_with_tanh": ("model:\n  pooling: mean\n", ["model.pooling", "act_norm", "tanh"]),
+    "negative_type_vocab": ("model:\n  type_vocab_size: -1\n", ["model.type_vocab_size", ">= 0"]),
 }
 
 

@@ -102,6 +102,16 @@ def test_layer_norm_matches_torch(eps, fused, dtype):
                            lambda x, w, b: F.layer_norm(x, (24,), w, b, eps), [x, w, b], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_layer_norm_without_bias_matches_torch(fused, dtype):
+    """ModernBERT's norms have no β (norm_bias: false): LN(x) = (x - μ)/√(σ² + ε) · γ."""
+    x = randn(3, 7, 24, dtype=dtype, scale=2.0, seed=2) + 0.5
+    w = randn(24, dtype=dtype, seed=3) + 1.0
+    check_values_and_grads(lambda x, w: BF.layer_norm(x, w, None, 1e-5, fused=fused),
+                           lambda x, w: F.layer_norm(x, (24,), w, None, 1e-5), [x, w], dtype)
+
+
 def test_layer_norm_default_eps_is_berts():
     x, w, b = randn(2, 8, seed=5), torch.ones(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64)
     assert_close(BF.layer_norm(x, w, b), F.layer_norm(x, (8,), w, b, 1e-12), atol=ATOL_F64, rtol=RTOL_F64)
@@ -613,17 +623,89 @@ def test_rotary_equals_complex_multiplication(dtype, base):
                  rtol=1e-5 if dtype == torch.float32 else 1e-10)
 
 
-def test_rotary_makes_dot_products_depend_only_on_the_offset():
+def _rotary_half_loop(x: torch.Tensor, base: float) -> torch.Tensor:
+    """RoPE on the halves, written out with one float64 2x2 rotation matrix per position and pair (x_i, x_i+d/2)."""
+    T, d = x.shape[-2:]
+    out = torch.empty(x.shape, dtype=torch.float64)
+    xd = x.double()
+    for t in range(T):
+        for i in range(d // 2):
+            angle = t * base ** (-2 * i / d)
+            rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
+                                    dtype=torch.float64)
+            pair = torch.stack([xd[..., t, i], xd[..., t, i + d // 2]], dim=-1)  # (..., 2)
+            turned = pair @ rotation.T
+            out[..., t, i], out[..., t, i + d // 2] = turned[..., 0], turned[..., 1]
+    return out.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("base", [10000.0, 160000.0])
+def test_rotary_half_equals_a_rotation_of_each_pair_of_halves(dtype, base):
+    x = torch.randn(2, 3, 11, 8, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    assert_close(BF.rotary_half(x, base), _rotary_half_loop(x, base), atol=1e-6 if dtype == torch.float32 else 1e-12,
+                 rtol=1e-5 if dtype == torch.float32 else 1e-10)
+
+
+def test_rotary_half_is_rotary_on_permuted_dimensions():
+    """The halves layout pairs (x_i, x_i+d/2) where the interleaved one pairs (x_2i, x_2i+1): the same rotations
+    after the permutation that interleaves the halves."""
+    x = torch.randn(3, 10, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    interleave = torch.stack([torch.arange(4), torch.arange(4) + 4], dim=-1).flatten()  # [0, 4, 1, 5, 2, 6, 3, 7]
+    assert_close(BF.rotary_half(x)[..., interleave], BF.rotary(x[..., interleave]), atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("rotate", [BF.rotary, BF.rotary_half], ids=["interleaved", "half"])
+def test_rotary_makes_dot_products_depend_only_on_the_offset(rotate):
     """q_s·k_t after rotation is a function of s − t: shifting both positions by the same amount changes nothing."""
     g = torch.Generator().manual_seed(1)
     q, k = torch.randn(16, dtype=torch.float64, generator=g), torch.randn(16, dtype=torch.float64, generator=g)
     T = 12
-    rq, rk = BF.rotary(q.expand(T, 16).clone()), BF.rotary(k.expand(T, 16).clone())  # the same vector at every position
-    scores = rq @ rk.T  # (T, T): score of query at s with key at t
+    # the same vector at every position; scores (T, T): score of the query at s with the key at t
+    scores = rotate(q.expand(T, 16).clone(), 500.0) @ rotate(k.expand(T, 16).clone(), 500.0).T
     for offset in range(-T + 1, T):
         diagonal = torch.diagonal(scores, offset)
         assert_close(diagonal, diagonal[:1].expand_as(diagonal), atol=1e-10, rtol=1e-10)
     assert not torch.allclose(torch.diagonal(scores, 0)[:1], torch.diagonal(scores, 3)[:1])  # but the offset matters
+
+
+def test_rotary_angles_are_transformers_float32_angles():
+    """t·θ_i rounded as transformers' ModernBERT computes it: inv_freq = 1/base^(2i/d) in float32, then the
+    float32 product with t (bit for bit: at t ~ 500 one ulp of the angle is ~3e-5 radians)."""
+    T, d, base = 600, 16, 160000.0
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    expected = torch.arange(T).float()[:, None] * inv_freq
+    assert torch.equal(BF.rotary_angles(T, d, base, torch.empty(0)), expected)
+    assert BF.rotary_angles(T, d, base, torch.empty(0, dtype=torch.float64)).dtype == torch.float64
+
+
+def _window_loop(T: int, window: int) -> torch.Tensor:
+    """The local-attention mask by its definition, one (i, j) at a time in float64: 0 where key j is within half
+    a window of query i, -inf elsewhere (transformers: abs(q_idx - kv_idx) <= local_attention // 2)."""
+    half = window / 2.0
+    out = torch.zeros(T, T, dtype=torch.float64)
+    for i in range(T):
+        for j in range(T):
+            if abs(float(i) - float(j)) > math.floor(half):
+                out[i, j] = -math.inf
+    return out
+
+
+@pytest.mark.parametrize("T,window", [(1, 2), (7, 2), (9, 4), (12, 5), (20, 128), (150, 128), (300, 64)])
+def test_sliding_window_mask_equals_a_float64_loop(T, window):
+    mask = BF.sliding_window_mask(T, window)
+    assert mask.shape == (T, T) and mask.dtype == torch.bool
+    assert torch.equal(BF.attention_bias(mask, torch.float64).masked_fill(~mask, -math.inf), _window_loop(T, window))
+    assert mask.diagonal().all() and torch.equal(mask, mask.T)  # every query sees itself; symmetric
+    assert int(mask[T // 2].sum()) == min(T, T // 2 + 1 + window // 2) - max(0, T // 2 - window // 2)
+
+
+def test_sliding_window_mask_equals_transformers_definition():
+    masking_utils = pytest.importorskip("transformers.masking_utils")
+    T, window = 40, 10
+    inner = masking_utils.sliding_window_bidirectional_overlay(window // 2)
+    expected = torch.tensor([[bool(inner(0, 0, i, j)) for j in range(T)] for i in range(T)])
+    assert torch.equal(BF.sliding_window_mask(T, window), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

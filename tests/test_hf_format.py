@@ -1,13 +1,14 @@
 """bertmath.hf_format: the one name mapping between bertmath and transformers, and the config translation."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from bertmath import BertForMaskedLM, BertModel, CheckpointError, ModelConfig
-from bertmath.hf_format import (bertmath_to_hf_name, config_from_hf, config_to_hf, hf_to_bertmath_name,
+from bertmath import BertForMaskedLM, BertModel, CheckpointError, ModelConfig, load_config
+from bertmath.hf_format import (MODERNBERT, bertmath_to_hf_name, config_from_hf, config_to_hf, hf_to_bertmath_name,
                                 state_dict_from_hf, state_dict_to_hf)
 
 transformers = pytest.importorskip("transformers")
@@ -195,3 +196,84 @@ def test_config_from_hf_errors(tiny_config, change, drop, word):
     with pytest.raises(CheckpointError, match=word) as info:
         config_from_hf(hf, where="some/config.json")
     assert "some/config.json" in str(info.value)
+
+
+# --- RoFormer and ModernBERT --------------------------------------------------------------------------------
+
+# answerdotai/ModernBERT-base's config.json as transformers 4.47 wrote it (the keys of the Hub's file): the
+# legacy global_attn_every_n_layers, global_rope_theta and local_rope_theta instead of layer_types and
+# rope_parameters, and a position_embedding_type that ModernBERT ignores.
+MODERNBERT_BASE_HUB = {
+    "architectures": ["ModernBertForMaskedLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 50281, "classifier_activation": "gelu", "classifier_bias": False, "classifier_dropout": 0.0,
+    "classifier_pooling": "mean", "cls_token_id": 50281, "decoder_bias": True, "deterministic_flash_attn": False,
+    "embedding_dropout": 0.0, "eos_token_id": 50282, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
+    "gradient_checkpointing": False, "hidden_activation": "gelu", "hidden_size": 768, "initializer_cutoff_factor": 2.0,
+    "initializer_range": 0.02, "intermediate_size": 1152, "layer_norm_eps": 1e-05, "local_attention": 128,
+    "local_rope_theta": 10000.0, "max_position_embeddings": 8192, "mlp_bias": False, "mlp_dropout": 0.0,
+    "model_type": "modernbert", "norm_bias": False, "norm_eps": 1e-05, "num_attention_heads": 12,
+    "num_hidden_layers": 22, "pad_token_id": 50283, "position_embedding_type": "absolute", "sep_token_id": 50282,
+    "tie_word_embeddings": True, "torch_dtype": "float32", "transformers_version": "4.47.0.dev0", "vocab_size": 50368,
+}
+
+
+def test_modernbert_base_hub_config_is_configs_modernbert_base():
+    """The Hub's ModernBERT-base config reads as configs/modernbert_base.yaml's model (its pooling, mean, and its
+    pad id aside), and transformers reads the same layer pattern and rotary bases from it."""
+    ours = config_from_hf(MODERNBERT_BASE_HUB)
+    shipped = load_config(Path(__file__).resolve().parents[1] / "configs/modernbert_base.yaml").model
+    assert ours == dataclasses.replace(shipped, pooling="mean", pad_token_id=50283, fused=False)
+    theirs = transformers.ModernBertConfig(**MODERNBERT_BASE_HUB)
+    assert theirs.layer_types == ["sliding_attention" if ours.is_local(i) else "full_attention" for i in range(22)]
+    assert theirs.rope_parameters["full_attention"]["rope_theta"] == ours.rope_base
+    assert theirs.rope_parameters["sliding_attention"]["rope_theta"] == ours.local_rope_base
+    assert theirs.sliding_window == ours.local_attention // 2
+
+
+@pytest.mark.parametrize("changes", [
+    dict(position_encoding="rope", pooler="act", max_position_embeddings=1536),
+    dict(position_encoding="rope", rope_style="half", rope_base=160000.0, norm="pre", ffn="glu", bias=False,
+         type_vocab_size=0, local_attention=16, global_every=3, local_rope_base=10000.0, pooler="act_norm",
+         pooling="mean", init_scheme="modernbert", hidden_dropout=0.0, attention_dropout=0.0, layer_norm_eps=1e-5),
+    dict(position_encoding="rope", rope_style="half", norm="pre", ffn="glu", type_vocab_size=0, pooler="act_norm",
+         init_scheme="modernbert"),
+], ids=["roformer", "modernbert", "modernbert_biases_all_global"])
+def test_twin_config_round_trip(tiny_config, changes):
+    """config_from_hf(config_to_hf(c)) == c for RoFormer and ModernBERT configs, also through transformers' own
+    config class (its to_dict is what save_pretrained writes)."""
+    cfg = tiny_config(**changes)
+    hf = config_to_hf(cfg)
+    assert config_from_hf(hf) == cfg
+    cls = transformers.RoFormerConfig if hf["model_type"] == "roformer" else transformers.ModernBertConfig
+    extra = {} if hf["model_type"] == "roformer" else dict(bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    assert config_from_hf(cls(**hf, **extra).to_dict()) == cfg
+
+
+@pytest.mark.parametrize("hf,ours", [
+    ("model.layers.3.attn.Wqkv.weight", ("bert.encoder.layers.3.attention.query.weight",
+                                         "bert.encoder.layers.3.attention.key.weight",
+                                         "bert.encoder.layers.3.attention.value.weight")),
+    ("model.layers.0.mlp.Wi.bias", ("bert.encoder.layers.0.feed_forward.up.bias",
+                                    "bert.encoder.layers.0.feed_forward.gate.bias")),
+    ("model.layers.2.mlp_norm.weight", "bert.encoder.layers.2.output_norm.weight"),
+    ("model.final_norm.weight", "bert.encoder.final_norm.weight"),
+    ("layers.1.attn.Wo.weight", "encoder.layers.1.attention.output.weight"),  # a bare ModernBertModel
+    ("model.embeddings.tok_embeddings.weight", "bert.embeddings.word_embeddings.weight"),
+    ("decoder.bias", "mlm_head.decoder.bias"),
+    ("head.norm.weight", "mlm_head.norm.weight"),
+])
+def test_modernbert_names_by_hand(hf, ours):
+    assert hf_to_bertmath_name(hf, MODERNBERT) == ours
+    first = ours[0] if isinstance(ours, tuple) else ours
+    assert bertmath_to_hf_name(first, MODERNBERT) == hf
+
+
+def test_modernbert_head_names_depend_on_the_head():
+    """ModernBERT names both heads' dense + LN `head`: the MLM head's transform, or a classifier's pooler."""
+    assert hf_to_bertmath_name("head.dense.weight", MODERNBERT, "mlm") == "mlm_head.dense.weight"
+    assert hf_to_bertmath_name("head.dense.weight", MODERNBERT, "classifier") == "bert.pooler.dense.weight"
+    state = {"model.final_norm.weight": torch.ones(2), "head.dense.weight": torch.eye(2),
+             "classifier.weight": torch.zeros(3, 2), "classifier.bias": torch.zeros(3)}
+    assert set(state_dict_from_hf(state, layout=MODERNBERT)) == {"bert.encoder.final_norm.weight",
+                                                                 "bert.pooler.dense.weight", "classifier.weight",
+                                                                 "classifier.bias"}

@@ -481,6 +481,7 @@ TABLE_ROWS = [
     ("encoder.attention_norm ", r"encoder\.layers\.\d+\.attention_norm\."),
     ("encoder.feed_forward ", r"encoder\.layers\.\d+\.feed_forward\."),
     ("encoder.output_norm ", r"encoder\.layers\.\d+\.output_norm\."),
+    ("encoder.final_norm", r"encoder\.final_norm\."),
     ("mlm_head.dense", r"mlm_head\.dense\."),
     ("mlm_head.layer_norm", r"mlm_head\.norm\."),
     ("mlm_head.decoder.bias", r"mlm_head\.decoder\.bias$"),
@@ -607,7 +608,7 @@ def test_attention_weights_are_softmax_of_scaled_scores(tiny_config, fused, posi
     with torch.no_grad():
         weights = model.attention_weights(ids, attention_mask)
         x = model.embeddings(ids)
-        mask = model.logit_mask(attention_mask, 7, ids.device)
+        mask, _ = model.logit_masks(attention_mask, 7, ids.device)
         assert len(weights) == len(model.encoder.layers)
         for layer, w in zip(model.encoder.layers, weights):
             assert w.shape == (2, 4, 7, 7)

@@ -275,7 +275,7 @@ def cpu_flags() -> str:
 
 
 def table(report: dict) -> str:
-    lines = ["| text | files | cold: wall | cold: prepare MB/s | cold: peak anon / with files | warm: wall | "
+    lines = ["| text | files | cold: wall | cold: prepare MB/s | cold: peak anon / with files | warm: wall (data ready) | "
              "warm: peak anon / with files | tokenizers alone MB/s (encode_batch / _fast) | ratio |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
@@ -283,7 +283,8 @@ def table(report: dict) -> str:
         lines.append(
             f"| {r['text_mb'] / 1000:.2f} GB | {r['files']} | {cold['wall_s']:.0f} s | "
             f"{cold['prepare_mb_per_s'] or 0:.2f} | {cold['peak_anon_gb']:.2f} / {cold['peak_pss_gb']:.2f} GB | "
-            + (f"{warm['wall_s']:.1f} s | {warm['peak_anon_gb']:.2f} / {warm['peak_pss_gb']:.2f} GB | " if warm else "– | – | ")
+            + (f"{warm['wall_s']:.1f} s ({warm['prepare_s']:.1f} s) | {warm['peak_anon_gb']:.2f} / "
+               f"{warm['peak_pss_gb']:.2f} GB | " if warm else "– | – | ")
             + (f"{alone['encode_batch']:.2f} / {alone['encode_batch_fast']:.2f} | "
                f"{r['ratio_to_encode_batch']:.2f} / {r['ratio_to_encode_batch_fast']:.2f} |" if alone else "– | – |"))
     for r in report["rows"]:

@@ -38,11 +38,12 @@ def test_the_log_line_it_reads_and_the_table_it_writes():
     assert bench.prepared_seconds("nothing") is None
     row = {"text_mb": 400.0, "files": 8, "cold": {"wall_s": 90.0, "prepare_mb_per_s": 5.0, "peak_anon_gb": 1.1,
                                                   "peak_pss_gb": 1.5},
-           "warm": {"wall_s": 12.0, "peak_anon_gb": 0.9, "peak_pss_gb": 1.0},
+           "warm": {"wall_s": 12.0, "peak_anon_gb": 0.9, "peak_pss_gb": 1.0, "prepare_s": 0.02},
            "tokenizers_alone": {"encode_batch": 5.5, "encode_batch_fast": 6.0},
            "ratio_to_encode_batch": 5 / 5.5, "ratio_to_encode_batch_fast": 5 / 6}
     text = bench.table({"rows": [row]})
-    assert "| 0.40 GB | 8 | 90 s | 5.00 | 1.10 / 1.50 GB | 12.0 s | 0.90 / 1.00 GB | 5.50 / 6.00 | 0.91 / 0.83 |" in text
+    assert "| 0.40 GB | 8 | 90 s | 5.00 | 1.10 / 1.50 GB | 12.0 s (0.0 s) | 0.90 / 1.00 GB | 5.50 / 6.00 | 0.91 / 0.83 |" \
+        in text
 
 
 @pytest.mark.slow

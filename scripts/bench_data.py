@@ -194,12 +194,14 @@ def tokenizers_alone(tokenizer_path: Path, files: list[Path], limit_bytes: int) 
     return rates
 
 
-def pretrain_command(files_glob: str, tokenizer_path: Path, out_dir: Path, cache_dir: Path, steps: int) -> list[str]:
+def pretrain_command(files_glob: str, tokenizer_path: Path, out_dir: Path, cache_dir: Path, steps: int,
+                     extra: list[str] = ()) -> list[str]:
     sets = {"data.source": "text", "data.paths": files_glob, "data.tokenizer": str(tokenizer_path),
             "data.cache_dir": str(cache_dir), "train.out_dir": str(out_dir), "train.max_steps": steps,
             "train.plot": "false"}
     return [sys.executable, "-m", "bertmath", "pretrain", str(REPO / "configs" / "small.yaml")] + \
-        [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+        [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")] + \
+        [arg for setting in extra for arg in ("--set", setting)]
 
 
 def prepared_seconds(stderr: str) -> float | None:
@@ -234,14 +236,15 @@ def measure_size(gigabytes: float, args, tokenizer_path: Path) -> dict:
     files_glob = str(files[0].parent / "part-*.txt")
     runs = Path(tempfile.mkdtemp(prefix=f"runs-{gigabytes:g}gb-", dir=args.work))
     row = {"gigabytes": gigabytes, "text_mb": size_mb, "files": len(files)}
-    cold = run_measured(pretrain_command(files_glob, tokenizer_path, runs / "cold", runs / "cache", args.steps))
+    cold = run_measured(pretrain_command(files_glob, tokenizer_path, runs / "cold", runs / "cache", args.steps, args.set))
     if cold["returncode"]:
         raise SystemExit(f"cold run failed:\n{cold['stderr'][-3000:]}")
     seconds = prepared_seconds(cold["stderr"])
     row["cold"] = {k: cold[k] for k in ("wall_s", "peak_anon_gb", "peak_pss_gb")} | {
         "prepare_s": seconds, "prepare_mb_per_s": size_mb / seconds if seconds else None}
     if args.warm:
-        warm = run_measured(pretrain_command(files_glob, tokenizer_path, runs / "warm", runs / "cache", args.steps))
+        warm = run_measured(pretrain_command(files_glob, tokenizer_path, runs / "warm", runs / "cache", args.steps,
+                                             args.set))
         if warm["returncode"]:
             raise SystemExit(f"warm run failed:\n{warm['stderr'][-3000:]}")
         row["warm"] = {k: warm[k] for k in ("wall_s", "peak_anon_gb", "peak_pss_gb")} | {
@@ -302,6 +305,8 @@ def main(argv=None) -> dict:
     p.add_argument("--file-mb", type=float, default=50.0, help="size of each corpus file (MB)")
     p.add_argument("--work", type=Path, default=Path("data/bench_data"), help="where corpora and runs go")
     p.add_argument("--steps", type=int, default=2, help="train.max_steps of each pretrain run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another --set for each pretrain run (repeatable), e.g. train.eval_batches=1")
     p.add_argument("--baseline-mb", type=float, default=400.0, help="text the tokenizers-alone rate reads (MB)")
     p.add_argument("--no-warm", dest="warm", action="store_false", help="skip the warm run")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip tokenizers alone")

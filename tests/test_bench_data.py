@@ -49,8 +49,10 @@ def test_the_log_line_it_reads_and_the_table_it_writes():
 @pytest.mark.slow
 def test_a_tiny_run_end_to_end(tmp_path):
     out = tmp_path / "report.json"
+    tiny = [arg for setting in ("model.num_layers=1", "model.hidden_size=32", "model.intermediate_size=64",
+                                "train.eval_batches=1", "train.batch_size=4") for arg in ("--set", setting)]
     done = subprocess.run([sys.executable, "scripts/bench_data.py", "--sizes", "0.002", "--file-mb", "1",
-                           "--baseline-mb", "1", "--no-warm", "--work", str(tmp_path / "w"), "--out", str(out)],
+                           "--baseline-mb", "1", "--no-warm", "--work", str(tmp_path / "w"), "--out", str(out), *tiny],
                           capture_output=True, text=True, cwd=load_script("bench_data").REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     import json

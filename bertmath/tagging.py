@@ -1,0 +1,327 @@
+"""Token tagging (named entities): tagged sentences → WordPieces labelled on each word's first piece → a tag per
+token; entity-level scores as CoNLL defines them; a text's entities grouped as transformers' pipeline groups them.
+
+    word w_i → pieces p_i1 … p_ik     label y_i on p_i1; −100 (no loss) on p_i2 … p_ik, [CLS] and [SEP]
+    L = mean over labelled pieces of CE(z(p_i1), y_i)                 (model.BertForTokenClassification)
+    predicted tag of w_i = argmax_l z(p_i1)_l                         (transformers' run_ner.py, label_all_tokens off)
+
+    entity = a chunk of consecutive words (type, first word, end) by the conlleval rules: B- starts a chunk, I-
+             continues one of its type (and starts one after O or another type: IOB1), O ends it
+    P = |pred ∩ true| / |pred|,   R = |pred ∩ true| / |true|,   F1 = 2PR / (P + R)    (micro: every type pooled)
+
+Tjong Kim Sang & De Meulder 2003 (CoNLL-2003, conlleval); equal to `seqeval`'s default mode, 1e-12
+(tests/test_tagging.py). Task files: CoNLL columns (token first, tag last, a blank line between sentences,
+`-DOCSTART-` lines skipped) or .jsonl objects with `tokens` and `tags` lists; bad lines stop the run with one
+line naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from tokenizers import Encoding, Tokenizer
+
+from .errors import TaskDataError
+from .io import parse_json_object
+from .tokenizer import special_tokens
+
+log = logging.getLogger(__name__)
+
+OUTSIDE = "O"  # the tag of words in no entity; the baseline predicts it for every word
+IGNORE = -100  # the label of pieces that carry no loss (cross_entropy's ignore_index)
+
+
+# --- task files -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaggedSplit:
+    """A split's sentences: words and their tags (names in label_names), and the file they came from."""
+
+    words: list[list[str]]
+    tags: list[list[str]]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line; a line that is not UTF-8 is a TaskDataError naming it."""
+    try:
+        handle = open(path, "rb")
+    except OSError as e:
+        raise TaskDataError(f"{path}: cannot read task file ({e.strerror or e})") from None
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskDataError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of the "
+                                    f"line); save the file as UTF-8") from None
+
+
+def _check_tag(tag, label_names: Sequence[str], where: str) -> str:
+    """A tag's name: a name in label_names, or (jsonl) its index."""
+    if isinstance(tag, str) and tag in label_names:
+        return tag
+    if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < len(label_names):
+        return label_names[tag]
+    raise TaskDataError(f"{where}: tag {tag!r} is not in task.label_names ({', '.join(label_names)}); "
+                        f"add it there or fix the tag")
+
+
+def _conll_sentences(path: Path, label_names: Sequence[str]) -> Iterator[tuple[list[str], list[str]]]:
+    words: list[str] = []
+    tags: list[str] = []
+    for number, line in _lines(path):
+        columns = line.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            if words:
+                yield words, tags
+            words, tags = [], []
+            continue
+        if len(columns) < 2:
+            raise TaskDataError(f"{path}:{number}: no tag after the token {columns[0]!r} (a line holds a token "
+                                f"and its tag, separated by whitespace, e.g. 'Hamlet B-PER')")
+        words.append(columns[0])
+        tags.append(_check_tag(columns[-1], label_names, f"{path}:{number}"))
+    if words:
+        yield words, tags
+
+
+def _jsonl_sentences(path: Path, label_names: Sequence[str]) -> Iterator[tuple[list[str], list[str]]]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        row = parse_json_object(line, where, TaskDataError)
+        for key in ("tokens", "tags"):
+            if key not in row:
+                raise TaskDataError(f"{where}: no key '{key}' (this line has: {', '.join(row) or 'nothing'}; "
+                                    f"expected lists 'tokens' and 'tags')")
+            if not isinstance(row[key], list):
+                raise TaskDataError(f"{where}: '{key}' holds {type(row[key]).__name__}, not a list")
+        words, tags = row["tokens"], row["tags"]
+        if len(words) != len(tags):
+            raise TaskDataError(f"{where}: {len(words)} tokens but {len(tags)} tags (one tag per token)")
+        for word in words:
+            if not isinstance(word, str) or not word.strip():
+                raise TaskDataError(f"{where}: token {word!r} is not a word (tokens are non-empty strings)")
+        if words:
+            yield list(words), [_check_tag(tag, label_names, where) for tag in tags]
+
+
+def read_tagged(path: str | Path, label_names: Sequence[str]) -> TaggedSplit:
+    """The tagged sentences of one task file: .jsonl (objects with `tokens` and `tags`, tags as names or
+    indices into label_names), else CoNLL columns. Sentences with no words are skipped."""
+    path = Path(path)
+    read = _jsonl_sentences if path.suffix.lower() == ".jsonl" else _conll_sentences
+    split = TaggedSplit([], [], str(path))
+    for words, tags in read(path, label_names):
+        split.words.append(words)
+        split.tags.append(tags)
+    if not split.words:
+        raise TaskDataError(f"{path}: no tagged sentences (an empty split)")
+    return split
+
+
+# --- WordPieces and labels ------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedTags:
+    """Sentences as model inputs: [CLS] pieces [SEP] ids, the label of each position (IGNORE but on first
+    pieces), and for each word the position of its first piece (−1: the word has no piece, or was cut off)."""
+
+    ids: list[list[int]]
+    labels: list[list[int]]
+    first_pieces: list[list[int]]
+    truncated: int = 0  # sentences cut to max_seq_len
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_tagged(tokenizer: Tokenizer, split: TaggedSplit, label_names: Sequence[str],
+                  max_seq_len: int) -> EncodedTags:
+    """WordPieces of every sentence (its words as given, each split by the tokenizer's pre-tokenizer and
+    WordPiece), cut to max_seq_len with [CLS] and [SEP]; how many were cut is said once, here."""
+    specials = special_tokens(tokenizer)
+    index = {name: i for i, name in enumerate(label_names)}
+    budget = max_seq_len - 2
+    out = EncodedTags([], [], [])
+    pieces = tokenizer.encode_batch(split.words, is_pretokenized=True, add_special_tokens=False) if split.words else []
+    for encoding, tags in zip(pieces, split.tags):
+        word_ids = encoding.word_ids[:budget]
+        out.truncated += len(encoding.ids) > budget
+        labels = [IGNORE] * (len(word_ids) + 2)
+        first = [-1] * len(tags)
+        for position, word in enumerate(word_ids, 1):
+            if word is not None and first[word] < 0:
+                first[word] = position
+                labels[position] = index[tags[word]]
+        out.ids.append([specials.cls, *encoding.ids[:budget], specials.sep])
+        out.labels.append(labels)
+        out.first_pieces.append(first)
+    if out.truncated:
+        lost = sum(p < 0 for first in out.first_pieces for p in first)
+        log.warning("%s: %d of %d sentences are longer than task.max_seq_len (%d tokens) and were truncated; "
+                    "%d words without a piece are scored as %s", split.source, out.truncated, len(out),
+                    max_seq_len, lost, OUTSIDE)
+    return out
+
+
+def word_tags(first_pieces: Sequence[int], predicted: Sequence[int], label_names: Sequence[str]) -> list[str]:
+    """Each word's tag: the label predicted at its first piece, OUTSIDE for a word without a piece."""
+    return [label_names[predicted[p]] if p >= 0 else OUTSIDE for p in first_pieces]
+
+
+# --- scores ---------------------------------------------------------------------------------------------------
+
+
+def _prefix_and_type(tag: str) -> tuple[str, str]:
+    """'B-PER' → ('B', 'PER'); 'O' → ('O', '_'): the first character, and what follows the first '-'."""
+    return tag[0], tag[1:].split("-", 1)[-1] or "_"
+
+
+def _chunk_ends(prev: str, prev_type: str, tag: str, type_: str) -> bool:
+    """conlleval's endOfChunk: a chunk ends between the previous word and this one."""
+    return (prev in ("E", "S") or (prev in ("B", "I") and tag in ("B", "S", "O"))
+            or (prev not in ("O", ".") and prev_type != type_))
+
+
+def _chunk_starts(prev: str, prev_type: str, tag: str, type_: str) -> bool:
+    """conlleval's startOfChunk: a chunk starts at this word (an I- after O or another type starts one)."""
+    return (tag in ("B", "S") or (prev in ("E", "S", "O") and tag in ("E", "I"))
+            or (tag not in ("O", ".") and prev_type != type_))
+
+
+def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """The chunks (type, start, end) of a tag sequence, end exclusive: conlleval's rules (IOB1, IOB2/BIO and
+    IOBES tags), which seqeval's default mode follows."""
+    chunks = []
+    prev, prev_type, begin = "O", "", 0
+    for i, tag in enumerate([*tags, OUTSIDE]):
+        tag, type_ = _prefix_and_type(tag)
+        if _chunk_ends(prev, prev_type, tag, type_):
+            chunks.append((prev_type, begin, i))
+        if _chunk_starts(prev, prev_type, tag, type_):
+            begin = i
+        prev, prev_type = tag, type_
+    return chunks
+
+
+def entity_scores(true_tags: Sequence[Sequence[str]], predicted_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Micro-averaged entity precision, recall, F1 and the share of words tagged right ("accuracy"). The
+    sentences are read as one stream with an O between them, as conlleval and seqeval read them; a score with
+    a zero denominator is 0 (no predicted entity: precision 0)."""
+    if len(true_tags) != len(predicted_tags) or any(len(a) != len(b) for a, b in zip(true_tags, predicted_tags)):
+        raise ValueError("entity_scores: the true and predicted tags differ in shape")
+    true = set(entities([t for sentence in true_tags for t in [*sentence, OUTSIDE]]))
+    predicted = set(entities([t for sentence in predicted_tags for t in [*sentence, OUTSIDE]]))
+    hits = len(true & predicted)
+    precision = hits / len(predicted) if predicted else 0.0
+    recall = hits / len(true) if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    words = sum(len(sentence) for sentence in true_tags)
+    right = sum(a == b for x, y in zip(true_tags, predicted_tags) for a, b in zip(x, y))
+    return {"f1": f1, "precision": precision, "recall": recall, "accuracy": right / words if words else 0.0}
+
+
+def baseline_tags(tags: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The trivial baseline: every word tagged OUTSIDE (no entity at all)."""
+    return [[OUTSIDE] * len(sentence) for sentence in tags]
+
+
+# --- a text's words and entities ------------------------------------------------------------------------------
+
+
+@dataclass
+class Entity:
+    """An entity of a text: its type (the label without B-/I-), the decoded pieces, the characters
+    text[start:end] it spans, and the mean probability of its pieces' labels."""
+
+    label: str
+    word: str
+    start: int
+    end: int
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "word": self.word, "start": self.start, "end": self.end, "score": self.score}
+
+
+@dataclass
+class TaggedWord:
+    """A word of a text (as the tokenizer's pre-tokenizer splits it) with the label of its first piece."""
+
+    word: str
+    start: int
+    end: int
+    label: str
+    score: float
+
+
+def _bio(label: str) -> tuple[str, str]:
+    """transformers' get_tag: 'B-PER' → ('B', 'PER'), 'I-PER' → ('I', 'PER'), any other label → ('I', label)."""
+    if label.startswith(("B-", "I-")):
+        return label[0], label[2:]
+    return "I", label
+
+
+def group_entities(tokenizer: Tokenizer, text: str, encoding: Encoding, probabilities: torch.Tensor,
+                   label_names: Sequence[str]) -> list[Entity]:
+    """The entities of `text` as transformers' TokenClassificationPipeline(aggregation_strategy="simple")
+    finds them: every piece (special tokens skipped) takes its argmax label; consecutive pieces of one type
+    merge unless the later one is B-; a group's label is its first label without the B-/I- prefix, its word
+    the pieces decoded ([UNK] shown as its characters), its score the mean probability; O groups are dropped.
+    `probabilities`: (T, L) softmax of the logits at the encoding's T positions."""
+    unk = tokenizer.token_to_id("[UNK]")
+    best, where = probabilities.float().max(dim=-1)
+    pieces = []  # (label, score, piece, start, end)
+    for i, (token_id, special) in enumerate(zip(encoding.ids, encoding.special_tokens_mask)):
+        if special:
+            continue
+        start, end = encoding.offsets[i]
+        piece = text[start:end] if token_id == unk else tokenizer.id_to_token(token_id)
+        pieces.append((label_names[int(where[i])], float(best[i]), piece, start, end))
+    groups: list[list[tuple]] = []
+    for piece in pieces:
+        bi, type_ = _bio(piece[0])
+        if groups and bi != "B" and type_ == _bio(groups[-1][-1][0])[1]:
+            groups[-1].append(piece)
+        else:
+            groups.append([piece])
+    out = []
+    for group in groups:
+        label = group[0][0].split("-", 1)[-1]
+        if label == OUTSIDE:
+            continue
+        tokens = [p[2] for p in group]
+        word = tokenizer.decoder.decode(tokens) if tokenizer.decoder is not None else " ".join(tokens)
+        out.append(Entity(label, word, group[0][3], group[-1][4], sum(p[1] for p in group) / len(group)))
+    return out
+
+
+def tagged_words(text: str, encoding: Encoding, probabilities: torch.Tensor,
+                 label_names: Sequence[str]) -> list[TaggedWord]:
+    """Each word of `text` (the tokenizer's pre-tokenizer words) with the most probable label of its first
+    piece and that probability; its characters run from its first piece's start to its last piece's end."""
+    best, where = probabilities.float().max(dim=-1)
+    words: dict[int, TaggedWord] = {}
+    for i, word in enumerate(encoding.word_ids):
+        if word is None or encoding.special_tokens_mask[i]:
+            continue
+        start, end = encoding.offsets[i]
+        if word not in words:
+            words[word] = TaggedWord("", start, end, label_names[int(where[i])], float(best[i]))
+        words[word].end = end
+    for word in words.values():
+        word.word = text[word.start:word.end]
+    return list(words.values())
+

@@ -163,6 +163,19 @@ def cmd_fill_mask(args) -> int:
     return 0
 
 
+def cmd_tag(args) -> int:
+    from .errors import DataError
+    from .tagging import Tagger
+
+    texts = _read_texts(args.texts, args.files)
+    if not texts:
+        raise DataError("no input text: give TEXT, '-' for stdin or --file (stdin and the files were empty)")
+    tagger = Tagger.from_pretrained(args.checkpoint, device=args.device)
+    for n, tagged in enumerate(tagger(texts)):
+        print(json.dumps(tagged.to_dict(), ensure_ascii=False) if args.json else ("\n" if n else "") + tagged.to_text())
+    return 0
+
+
 def cmd_export(args) -> int:
     from .pretrained import export_checkpoint
 
@@ -250,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--json", action="store_true", help="print one JSON object per example, one per line")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("tag", help="each word's tag and the entities of texts, from a fine-tuned token classifier")
+    p.add_argument("checkpoint", help="bertmath tagging run or step directory (task.kind: tokens), or a transformers "
+                                      "BertForTokenClassification directory")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="text to tag; '-' reads one text per line from stdin")
+    p.add_argument("--file", dest="files", action="append", default=[], metavar="FILE",
+                   help="read one text per line from FILE (UTF-8; blank lines skipped; '-': stdin); repeatable. Many "
+                        "texts are batched by length, and the results come in input order")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per text, one per line: its entities ({label, word, start, end, "
+                        "score}, as transformers' token-classification pipeline with aggregation_strategy simple "
+                        "gives them) and its words")
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("fill-mask", help="predict the words behind [MASK] with a checkpoint")
     p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")

@@ -17,16 +17,25 @@ line naming the file and the line.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tokenizers import Encoding, Tokenizer
+from torch import Tensor, nn
 
-from .errors import TaskDataError
+from .batching import MAX_BATCH, MAX_TOKENS, length_batches
+from .classify import Encoded, collate
+from .config import ModelConfig, TaskConfig
+from .errors import ConfigError, InputError, TaskDataError
+from .hardware import resolve_device
 from .io import parse_json_object
+from .model import BertForTokenClassification, token_head_parameters
+from .pretrained import build_from_state, classifier_label_names, read_with_tokenizer
+from .tasks import TaskShape
 from .tokenizer import special_tokens
 
 log = logging.getLogger(__name__)
@@ -325,3 +334,157 @@ def tagged_words(text: str, encoding: Encoding, probabilities: torch.Tensor,
         word.word = text[word.start:word.end]
     return list(words.values())
 
+
+
+# --- fine-tuning ----------------------------------------------------------------------------------------------
+
+
+def pad_labels(rows: Sequence[Sequence[int]], T: int) -> Tensor:
+    """(B, T) labels, IGNORE after each row's end."""
+    out = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+@torch.no_grad()
+def token_logits(model: nn.Module, ids: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+                 device: torch.device | str = "cpu", autocast: Callable | None = None,
+                 max_tokens: int = MAX_TOKENS) -> list[Tensor]:
+    """Each sequence's (T_n, L) float32 logits, in input order; computed in batches of similar length
+    (batching.length_batches), each padded to its longest with an attention mask (padding changes nothing)."""
+    was_training = model.training
+    model.eval()
+    encoded = Encoded([list(row) for row in ids], [[0] * len(row) for row in ids])
+    out: list[Tensor | None] = [None] * len(ids)
+    for batch in length_batches([len(row) for row in ids], max_tokens, batch_size):
+        inputs = collate(encoded, batch, pad_id)
+        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()  # (B, T, L)
+        for row, n in enumerate(batch):
+            out[n] = logits[row, :len(ids[n])]
+    model.train(was_training)
+    return out
+
+
+class TaggingShape(TaskShape):
+    """A sentence → a tag per word: BertForTokenClassification on CoNLL or jsonl files, scored by entity-level
+    F1 (precision, recall, and word accuracy beside it) next to the all-O baseline."""
+
+    def __init__(self, task: TaskConfig):
+        super().__init__(task)
+        if task.hub_dataset is not None:
+            raise ConfigError("task.hub_dataset: a tagging task reads task files (task.train_file, task.eval_file)")
+        if OUTSIDE not in task.label_names:
+            raise ConfigError(f"task.label_names: a tagging task needs the tag {OUTSIDE} (words in no entity) "
+                              f"among its tags, got {task.label_names}")
+        self.splits = {"train": read_tagged(task.train_file, task.label_names),
+                       "eval": read_tagged(task.eval_file, task.label_names)}
+        self.encoded: dict[str, EncodedTags] = {}
+        self.pad_id: int | None = None
+
+    def model(self, config: ModelConfig) -> nn.Module:
+        return BertForTokenClassification(config, self.task.num_labels)
+
+    def head_parameters(self, config: ModelConfig) -> int:
+        return token_head_parameters(config, self.task.num_labels)
+
+    def encode(self, tokenizer: Tokenizer) -> None:
+        self.pad_id = special_tokens(tokenizer).pad
+        self.encoded = {name: encode_tagged(tokenizer, split, self.task.label_names, self.task.max_seq_len)
+                        for name, split in self.splits.items()}
+
+    def examples(self, split: str) -> int:
+        return len(self.encoded[split])
+
+    def micro_batch(self, indices: list[int]) -> tuple[dict[str, Tensor], int]:
+        """input_ids, attention_mask, token_type_ids and labels (IGNORE on padding), and the labelled tokens."""
+        train = self.encoded["train"]
+        inputs = collate(Encoded(train.ids, [[0] * len(row) for row in train.ids]), indices, self.pad_id)
+        labels = pad_labels([train.labels[i] for i in indices], inputs["input_ids"].shape[1])
+        return {**inputs, "labels": labels}, int((labels != IGNORE).sum())
+
+    def tokens(self, index: int) -> int:
+        return len(self.encoded["train"].ids[index])
+
+    def evaluate(self, model, batch_size, device, autocast) -> tuple[dict, dict, int]:
+        """Entity F1/precision/recall and word accuracy of the words' predicted tags (their first pieces'), and
+        the mean CE over the labelled pieces ("loss"); the baseline's scores are those of tagging every word O."""
+        encoded, split = self.encoded["eval"], self.splits["eval"]
+        logits = token_logits(model, encoded.ids, batch_size, self.pad_id, device, autocast)
+        predicted = [word_tags(first, z.argmax(-1).tolist(), self.task.label_names)
+                     for first, z in zip(encoded.first_pieces, logits)]
+        loss = torch.nn.functional.cross_entropy(torch.cat(logits), torch.tensor([y for row in encoded.labels
+                                                                                  for y in row]), ignore_index=IGNORE)
+        model_scores = {**entity_scores(split.tags, predicted), "loss": float(loss)}
+        return model_scores, entity_scores(split.tags, baseline_tags(split.tags)), len(split)
+
+
+# --- tagging texts with a fine-tuned model --------------------------------------------------------------------
+
+
+@dataclass
+class TaggedText:
+    """A text's words with their labels, and its entities (as transformers' pipeline with aggregation "simple")."""
+
+    text: str
+    words: list[TaggedWord] = field(default_factory=list)
+    entities: list[Entity] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "entities": [e.to_dict() for e in self.entities],
+                "words": [dataclasses.asdict(w) for w in self.words]}
+
+    def to_text(self) -> str:
+        """One line per word (word, label, probability), then the entities: "PER Hamlet 0:6 0.981"."""
+        lines = [f"{w.word}\t{w.label}\t{w.score:.4f}" for w in self.words]
+        lines.append("entities: " + ("; ".join(f"{e.label} {self.text[e.start:e.end]!r} {e.start}:{e.end} "
+                                               f"{e.score:.3f}" for e in self.entities) or "none"))
+        return "\n".join(lines)
+
+
+class Tagger:
+    """A fine-tuned BertForTokenClassification with its tokenizer and tag names.
+
+        tagger = Tagger.from_pretrained("runs/ner")
+        tagger(["Hamlet sails from Elsinore to England."])[0].entities
+        # [Entity(label='PER', word='hamlet', start=0, end=6, ...), Entity(label='LOC', word='elsinore', ...), ...]
+
+    Texts are cut to the model's max_position_embeddings tokens, [CLS] and [SEP] included, as transformers'
+    tokenizer cuts them in its pipeline (truncation=True); how many were cut is said once."""
+
+    def __init__(self, model: BertForTokenClassification, tokenizer: Tokenizer, label_names: list[str],
+                 device: torch.device | str = "cpu"):
+        self.model, self.device = model.eval(), torch.device(device)
+        self.label_names = label_names or [f"LABEL_{i}" for i in range(model.num_labels)]
+        self.max_tokens = model.config.max_position_embeddings
+        self.pad_id = special_tokens(tokenizer).pad
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy that truncates, leaving the caller's alone
+        self.tokenizer.enable_truncation(self.max_tokens)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Tagger":
+        """A bertmath tagging run or step directory, or a transformers BertForTokenClassification directory
+        (tag names from config.json's id2label). The model runs torch's fused kernels (model.fused)."""
+        device = resolve_device(device)
+        directory, config, state, tokenizer = read_with_tokenizer(path)
+        model = build_from_state(BertForTokenClassification, dataclasses.replace(config, fused=True), state,
+                                 str(directory))
+        names = classifier_label_names(directory, model.num_labels) or []
+        return cls(model.to(device), tokenizer, names, device)
+
+    def __call__(self, texts: Sequence[str], batch_size: int = MAX_BATCH) -> list[TaggedText]:
+        if not texts:
+            raise InputError("no input text")
+        encodings = self.tokenizer.encode_batch(list(texts))
+        cut = sum(bool(e.overflowing) for e in encodings)
+        if cut:
+            log.warning("%d of %d inputs were longer than %d tokens and were truncated (their end is not tagged)",
+                        cut, len(encodings), self.max_tokens)
+        logits = token_logits(self.model, [e.ids for e in encodings], batch_size, self.pad_id, self.device)
+        out = []
+        for text, encoding, z in zip(texts, encodings, logits):
+            probabilities = torch.softmax(z, dim=-1)
+            out.append(TaggedText(text, tagged_words(text, encoding, probabilities, self.label_names),
+                                  group_entities(self.tokenizer, text, encoding, probabilities, self.label_names)))
+        return out

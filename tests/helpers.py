@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
+import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from bertmath.checkpoint import model_files, save_checkpoint
 from bertmath.config import Config, ModelConfig
@@ -150,3 +153,41 @@ def assert_pipeline_matches_fill_mask(checkpoint, exported, texts: list[str]) ->
         for a, b in zip(ours, theirs):
             assert abs(a["score"] - b["score"]) < 1e-4
             assert (a["token_str"], a["sequence"]) == (b["token_str"], b["sequence"])
+
+
+def assert_finetune_resumes_exactly(config: Path, run: Path, last: str = "step-0000006") -> None:
+    """`bertmath finetune CONFIG` stopped after its next-to-last checkpoint (the last one removed, as if killed
+    before it was saved) and resumed ends with the weights and metrics (timing aside) of the run that never
+    stopped: batches are a pure function of (seed, step), dropout's RNG is in the checkpoint."""
+    from bertmath.cli import main
+    from safetensors.torch import load_file
+
+    assert main(["finetune", str(config)]) == 0
+    straight = load_file(run / last / "model.safetensors")
+    straight_metrics = (run / "metrics.jsonl").read_text().splitlines()
+    shutil.rmtree(run / last)
+    assert main(["finetune", str(config), "--resume"]) == 0
+    resumed = load_file(run / last / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    timing = ("elapsed_s", "tokens_per_s")
+    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+    assert strip((run / "metrics.jsonl").read_text().splitlines()) == strip(straight_metrics)
+
+
+
+def write_finetune_config(tmp_path: Path, init, task: dict, name: str = "finetune.yaml", **train) -> Path:
+    """A fine-tuning config at tmp_path/name: `task` (max_seq_len 48 unless it says) from checkpoint `init`, 6 fp32
+    steps of 8 examples into tmp_path/run, evaluated and saved every 3; `train` overrides the train: keys."""
+    tree = {"task": {"init": str(init), "max_seq_len": 48, **task},
+            "train": {"out_dir": str(tmp_path / "run"), "max_steps": 6, "batch_size": 8, "eval_every": 3,
+                      "save_every": 3, "warmup_steps": 1, "lr": 1e-3, "precision": "fp32", "plot": False, **train}}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def eval_records(run_dir) -> list[dict]:
+    """The evaluation records of a fine-tuning run's metrics.jsonl (those naming the metric)."""
+    return [r for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()) if "metric" in r]

@@ -5,12 +5,10 @@ fine-tuned for a few steps on the fixtures in tests/fixtures/ (samples of STS-B 
 import importlib.util
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from bertmath import checkpoint as ckpt
@@ -22,7 +20,8 @@ from bertmath.errors import ConfigError
 from bertmath.finetune import TaskDataError, baseline_predictions, read_examples
 from bertmath.io import read_safetensors
 from bertmath.pretrained import load_checkpoint_tokenizer
-from helpers import assert_one_line_error, assert_png, make_bertmath_run
+from helpers import assert_finetune_resumes_exactly, assert_one_line_error, assert_png, make_bertmath_run
+from helpers import eval_records, write_finetune_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STSB = dict(train_file=str(FIXTURES / "stsb_train.jsonl"), eval_file=str(FIXTURES / "stsb_dev.jsonl"),
@@ -38,17 +37,7 @@ def init_run(tmp_path_factory):
     return make_bertmath_run(tmp_path_factory.mktemp("init"), hidden_dropout=0.1, attention_dropout=0.1)
 
 
-def write_config(tmp_path, init, task, name="finetune.yaml", **train):
-    tree = {"task": {"init": str(init), "max_seq_len": 48, **task},
-            "train": {"out_dir": str(tmp_path / "run"), "max_steps": 6, "batch_size": 8, "eval_every": 3,
-                      "save_every": 3, "warmup_steps": 1, "lr": 1e-3, "precision": "fp32", "plot": False, **train}}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
-def eval_records(run_dir):
-    return [r for r in map(json.loads, (Path(run_dir) / "metrics.jsonl").read_text().splitlines()) if "metric" in r]
+write_config = write_finetune_config
 
 
 # --- task files ---------------------------------------------------------------------------------------------
@@ -192,20 +181,7 @@ def test_epochs_set_max_steps(tmp_path, init_run):
 def test_killed_run_resumes_exactly(tmp_path, init_run):
     """A run stopped after its step-3 checkpoint and resumed ends with the same weights and metrics as one
     that never stopped (batches are a pure function of (seed, step); dropout's RNG is in the checkpoint)."""
-    config = write_config(tmp_path, init_run, STSB)
-    assert main(["finetune", str(config)]) == 0
-    run = tmp_path / "run"
-    straight = load_file(run / "step-0000006" / "model.safetensors")
-    straight_metrics = (run / "metrics.jsonl").read_text().splitlines()
-    shutil.rmtree(run / "step-0000006")  # as if killed before the last save
-    assert main(["finetune", str(config), "--resume"]) == 0
-    resumed = load_file(run / "step-0000006" / "model.safetensors")
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
-    timing = ("elapsed_s", "tokens_per_s")
-    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
-    assert strip((run / "metrics.jsonl").read_text().splitlines()) == strip(straight_metrics)
+    assert_finetune_resumes_exactly(write_config(tmp_path, init_run, STSB), tmp_path / "run")
 
 
 def test_fine_tuning_trains_the_encoder_too(tmp_path, init_run):

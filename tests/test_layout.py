@@ -136,11 +136,11 @@ def reachable(found, start: str) -> set[str]:
 
 
 def test_inference_and_scores_stand_on_no_training_code():
-    """scores.py is pure math on tensors; `bertmath classify` and `bertmath fill-mask` load no corpus code
+    """scores.py is pure math on tensors; `bertmath classify`, `bertmath fill-mask` and `bertmath tag` load no corpus code
     (data.py, which imports `datasets`) and no trainer; fine-tuning stands on the trainer, not the other way."""
     found = imports(module_sources())
     assert not reachable(found, "bertmath.scores")
-    for inference in ("bertmath.classify", "bertmath.fill_mask"):
+    for inference in ("bertmath.classify", "bertmath.fill_mask", "bertmath.tagging"):
         assert "bertmath.pretrained" in reachable(found, inference)  # the walk follows imports
         assert not reachable(found, inference) & {"bertmath.data", "bertmath.trainer", "bertmath.finetune"}
     assert {"bertmath.trainer", "bertmath.classify", "bertmath.scores"} <= reachable(found, "bertmath.finetune")

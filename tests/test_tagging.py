@@ -2,18 +2,29 @@
 run_ner.py labels them, entity scores equal to `seqeval`'s, and a text's entities grouped as transformers'
 token-classification pipeline (aggregation_strategy="simple") groups them."""
 
+import io
+import json
 import logging
+import math
 import random
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from bertmath import checkpoint as ckpt
+from bertmath.cli import main
+from bertmath.config import TaskConfig
 from bertmath.errors import TaskDataError
-from bertmath.tagging import (IGNORE, OUTSIDE, TaggedSplit, baseline_tags, encode_tagged, entities, entity_scores,
-                              group_entities, read_tagged, tagged_words, word_tags)
+from bertmath.model import BertForTokenClassification
+from bertmath.pretrained import load_checkpoint_tokenizer, load_model_and_tokenizer
+from bertmath.tagging import (IGNORE, OUTSIDE, TaggedSplit, Tagger, TaggingShape, baseline_tags, encode_tagged,
+                              entities, entity_scores, group_entities, read_tagged, tagged_words, word_tags)
 from bertmath.tokenizer import load_tokenizer
-from helpers import minilm_dir
+from helpers import (assert_finetune_resumes_exactly, assert_one_line_error, eval_records, make_bertmath_run,
+                     minilm_dir, write_finetune_config)
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -262,3 +273,198 @@ def test_grouping_merges_i_after_b_and_splits_at_b_type_changes_and_o(tokenizer)
                                                   ("went", "O"), ("to", "O"), ("Elsinore", "I-LOC"),
                                                   ("castle", "B-PER")]
     assert [text[w.start:w.end] for w in words] == text.split()
+
+
+# --- fine-tuning (bertmath finetune, task.kind tokens) ---------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TASK = dict(kind="tokens", train_file=str(FIXTURES / "tagging_train.conll"),
+            eval_file=str(FIXTURES / "tagging_dev.conll"), label_names=LABELS)
+
+
+@pytest.fixture(scope="module")
+def init_run(tmp_path_factory):
+    """Dropout on, so that an exact resume needs the dropout RNG restored too."""
+    return make_bertmath_run(tmp_path_factory.mktemp("init"), hidden_dropout=0.1, attention_dropout=0.1)
+
+
+def write_config(tmp_path, init, task=TASK, **train):
+    return write_finetune_config(tmp_path, init, task, "tagging.yaml", **train)
+
+
+@pytest.fixture(scope="module")
+def tag_run(tmp_path_factory, init_run):
+    """A tagging run: the tiny model fine-tuned 6 steps on the fixtures (its run directory)."""
+    base = tmp_path_factory.mktemp("tag_run")
+    assert main(["finetune", str(write_config(base, init_run))]) == 0
+    return base / "run"
+
+
+def test_finetune_reports_entity_scores_next_to_the_all_o_baseline(tag_run, tmp_path, init_run, capsys):
+    records = eval_records(tag_run)
+    assert [r["step"] for r in records] == [3, 6] and records[-1]["metric"] == "f1"
+    last = records[-1]
+    assert {"eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_loss"} <= set(last)
+    dev = read_tagged(FIXTURES / "tagging_dev.conll", LABELS)
+    outside = sum(t == "O" for sentence in dev.tags for t in sentence) / sum(map(len, dev.tags))
+    assert last["baseline_f1"] == 0.0 and last["baseline_accuracy"] == pytest.approx(outside)
+    assert last["eval_examples"] == 160 and math.isfinite(last["eval_loss"])
+    saved = ckpt.read_config(tag_run)
+    assert saved.task.kind == "tokens" and saved.task.num_labels == 5
+    assert load_file(tag_run / "model.safetensors")["classifier.weight"].shape == (5, 32)
+    summary = json.loads((tag_run / "summary.json").read_text())
+    assert summary["baseline"]["f1"] == 0.0 and summary["metric"] == "f1"
+
+
+def test_the_cli_line_names_the_baseline(tmp_path, init_run, capsys):
+    assert main(["finetune", str(write_config(tmp_path, init_run, max_steps=1, eval_every=1))]) == 0
+    out = capsys.readouterr().out
+    assert "done: 1 steps" in out and "f1 " in out and "(baseline 0.000, every word O)" in out, out
+
+
+def test_evaluation_equals_seqeval_on_sentences_tagged_one_at_a_time(tag_run):
+    """The run's last eval scores = seqeval's on the words' tags predicted sentence by sentence (no batching, no
+    padding), each word's tag its first piece's argmax."""
+    metrics = pytest.importorskip("seqeval.metrics")
+    model, tokenizer = load_model_and_tokenizer(BertForTokenClassification, tag_run)
+    dev = read_tagged(FIXTURES / "tagging_dev.conll", LABELS)
+    predicted = []
+    for words in dev.words:
+        encoding = tokenizer.encode(words, is_pretokenized=True)
+        with torch.no_grad():
+            z = model(torch.tensor([encoding.ids[:48]])).logits[0]
+        first = {}
+        for position, word in enumerate(encoding.word_ids[:47]):
+            if word is not None:
+                first.setdefault(word, position)
+        predicted.append([LABELS[int(z[first[w]].argmax())] if w in first else "O" for w in range(len(words))])
+    last = eval_records(tag_run)[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert last["eval_f1"] == pytest.approx(metrics.f1_score(dev.tags, predicted), abs=1e-12)
+        assert last["eval_precision"] == pytest.approx(metrics.precision_score(dev.tags, predicted), abs=1e-12)
+        assert last["eval_accuracy"] == pytest.approx(metrics.accuracy_score(dev.tags, predicted), abs=1e-12)
+    assert any(t != "O" for sentence in predicted for t in sentence)  # the model does tag entities
+
+
+def test_micro_batches_pad_labels_with_ignore_and_count_the_labelled_pieces(init_run):
+    shape = TaggingShape(TaskConfig(init="x", max_seq_len=48, **TASK))
+    shape.encode(load_checkpoint_tokenizer(init_run))
+    inputs, terms = shape.micro_batch([0, 5, 7])
+    assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    labels, mask = inputs["labels"], inputs["attention_mask"]
+    assert labels.shape == inputs["input_ids"].shape and bool((labels[mask == 0] == IGNORE).all())
+    assert terms == int((labels != IGNORE).sum()) == sum(p >= 0 for i in (0, 5, 7)
+                                                         for p in shape.encoded["train"].first_pieces[i])
+    assert shape.examples("train") == 480 and shape.examples("eval") == 160
+
+
+def test_killed_run_resumes_exactly(tmp_path, init_run):
+    assert_finetune_resumes_exactly(write_config(tmp_path, init_run), tmp_path / "run")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("Hamlet B-PER\nsails\n", ":2: no tag after the token 'sails'"),
+    ("Hamlet B-PER\n\nYorick B-MISC\n", ":3: tag 'B-MISC' is not in task.label_names"),
+])
+def test_bad_tag_file_stops_finetune_with_one_line(tmp_path, capsys, init_run, content, message):
+    bad = tmp_path / "bad.conll"
+    bad.write_text(content)
+    assert main(["finetune", str(write_config(tmp_path, init_run, {**TASK, "train_file": str(bad)}))]) == 2
+    assert_one_line_error(capsys, "finetune", f"{bad}{message}")
+
+
+def test_a_tag_set_without_o_is_a_config_error(tmp_path, capsys, init_run):
+    config = write_config(tmp_path, init_run, {**TASK, "label_names": ["B-PER", "I-PER"]})
+    assert main(["finetune", str(config)]) == 2
+    assert_one_line_error(capsys, "finetune", "task.label_names", "needs the tag O")
+
+
+# --- bertmath tag --------------------------------------------------------------------------------------------
+
+TAG_TEXTS = TEXTS + [" ".join(words) for words in read_tagged(FIXTURES / "tagging_dev.conll", LABELS).words[:30]]
+
+
+def assert_tags_match_pipeline(checkpoint, transformers_dir, texts):
+    """Tagger on `checkpoint` = transformers' pipeline("token-classification", aggregation_strategy="simple") on
+    `transformers_dir`: the same entities (label, word, start, end) in order, scores within 1e-5. Returns the
+    entities' count."""
+    transformers = pytest.importorskip("transformers")
+    pipe = transformers.pipeline("token-classification", model=str(transformers_dir), tokenizer=str(transformers_dir),
+                                 aggregation_strategy="simple", device="cpu")
+    ours = Tagger.from_pretrained(checkpoint)(texts)
+    found = 0
+    for text, tagged, theirs in zip(texts, ours, pipe(texts)):
+        assert [(e.label, e.word, e.start, e.end) for e in tagged.entities] == \
+               [(e["entity_group"], e["word"], e["start"], e["end"]) for e in theirs], text
+        for a, b in zip(tagged.entities, theirs):
+            assert abs(a.score - float(b["score"])) < 1e-5
+        found += len(theirs)
+    return found
+
+
+def test_tag_json_equals_the_pipeline_on_the_export(tag_run, tmp_path, capsys, monkeypatch):
+    assert main(["export", str(tag_run), str(tmp_path / "hf")]) == 0
+    capsys.readouterr()
+    assert assert_tags_match_pipeline(tag_run, tmp_path / "hf", TAG_TEXTS) > 20
+    # the command: stdin '-' and TEXT arguments, one JSON object per text in input order
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(TAG_TEXTS[:5]) + "\n\n"))
+    assert main(["tag", str(tag_run), "-", TAG_TEXTS[5], "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    expected = Tagger.from_pretrained(tag_run)(TAG_TEXTS[:6])
+    for line, tagged in zip(lines, expected):
+        record = json.loads(line)
+        assert record["text"] == tagged.text
+        assert record["entities"] == [e.to_dict() for e in tagged.entities]
+        assert all(set(e) == {"label", "word", "start", "end", "score"} for e in record["entities"])
+
+
+def test_tag_reads_a_transformers_token_classifier(tag_run, tmp_path):
+    """A directory transformers saved (BertForTokenClassification with id2label, a new random head) tags the same
+    through bertmath as through the pipeline."""
+    transformers = pytest.importorskip("transformers")
+    assert main(["export", str(tag_run), str(tmp_path / "hf")]) == 0
+    model = transformers.BertForTokenClassification.from_pretrained(str(tmp_path / "hf"))
+    assert model.config.id2label == dict(enumerate(LABELS))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+    model.save_pretrained(str(tmp_path / "saved"))
+    transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf")).save_pretrained(str(tmp_path / "saved"))
+    assert assert_tags_match_pipeline(tmp_path / "saved", tmp_path / "saved", TAG_TEXTS) > 20
+
+
+def test_tag_text_output_lists_words_and_entities(tag_run, tmp_path, capsys):
+    (tmp_path / "texts.txt").write_text("Hamlet sails to Elsinore.\n\nGood morrow, Romeo!\n")
+    assert main(["tag", str(tag_run), "--file", str(tmp_path / "texts.txt")]) == 0
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    assert len(blocks) == 2
+    first = blocks[0].splitlines()
+    assert [line.split("\t")[0] for line in first[:-1]] == ["Hamlet", "sails", "to", "Elsinore", "."]
+    assert all(line.split("\t")[1] in LABELS for line in first[:-1]) and first[-1].startswith("entities: ")
+
+
+def test_tag_truncates_long_texts_once_with_a_warning(tag_run, caplog):
+    tagger = Tagger.from_pretrained(tag_run)
+    long = " ".join(["Hamlet"] * 200)
+    with caplog.at_level(logging.WARNING, logger="bertmath"):
+        tagged = tagger([long, "Hamlet"])
+    assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == \
+        ["1 of 2 inputs were longer than 64 tokens and were truncated (their end is not tagged)"]
+    pieces = len(tagger.tokenizer.encode("Hamlet", add_special_tokens=False).ids)
+    assert len(tagged[0].words) == math.ceil(62 / pieces) and len(tagged[1].words) == 1  # 62 pieces and 2 specials
+
+
+@pytest.mark.parametrize("args,words", [
+    ([], ["no input text"]),
+    (["--file", "{tmp}/nowhere.txt"], ["nowhere.txt"]),
+])
+def test_tag_bad_input_is_one_line(tag_run, tmp_path, capsys, args, words):
+    assert main(["tag", str(tag_run), *[a.format(tmp=tmp_path) for a in args]]) != 0
+    assert_one_line_error(capsys, "tag", *words)
+
+
+def test_tag_refuses_a_checkpoint_without_a_token_head_in_one_line(init_run, capsys):
+    assert main(["tag", str(init_run), "Hamlet"]) == 1
+    assert_one_line_error(capsys, "tag", "not a fine-tuned token classifier", "task.kind: tokens")

@@ -407,17 +407,25 @@ class TaggingShape(TaskShape):
     def tokens(self, index: int) -> int:
         return len(self.encoded["train"].ids[index])
 
-    def evaluate(self, model, batch_size, device, autocast) -> tuple[dict, dict, int]:
-        """Entity F1/precision/recall and word accuracy of the words' predicted tags (their first pieces'), and
-        the mean CE over the labelled pieces ("loss"); the baseline's scores are those of tagging every word O."""
-        encoded, split = self.encoded["eval"], self.splits["eval"]
+    def predict(self, model, batch_size: int, device, autocast=None) -> tuple[list[Tensor], list[list[str]]]:
+        """Each eval sentence's (T, L) logits and its words' predicted tags (their first pieces' argmax)."""
+        encoded = self.encoded["eval"]
         logits = token_logits(model, encoded.ids, batch_size, self.pad_id, device, autocast)
-        predicted = [word_tags(first, z.argmax(-1).tolist(), self.task.label_names)
-                     for first, z in zip(encoded.first_pieces, logits)]
-        loss = torch.nn.functional.cross_entropy(torch.cat(logits), torch.tensor([y for row in encoded.labels
-                                                                                  for y in row]), ignore_index=IGNORE)
-        model_scores = {**entity_scores(split.tags, predicted), "loss": float(loss)}
-        return model_scores, entity_scores(split.tags, baseline_tags(split.tags)), len(split)
+        return logits, [word_tags(first, z.argmax(-1).tolist(), self.task.label_names)
+                        for first, z in zip(encoded.first_pieces, logits)]
+
+    def scores(self, logits: list[Tensor], predicted: list[list[str]]) -> dict[str, float]:
+        """Entity F1/precision/recall and word accuracy of the predicted tags, and the mean CE over the eval
+        split's labelled pieces ("loss")."""
+        labels = torch.tensor([y for row in self.encoded["eval"].labels for y in row])
+        loss = torch.nn.functional.cross_entropy(torch.cat(logits), labels, ignore_index=IGNORE)
+        return {**entity_scores(self.splits["eval"].tags, predicted), "loss": float(loss)}
+
+    def evaluate(self, model, batch_size, device, autocast) -> tuple[dict, dict, int]:
+        """The model's scores; the baseline's are those of tagging every word O."""
+        tags = self.splits["eval"].tags
+        return self.scores(*self.predict(model, batch_size, device, autocast)), \
+            entity_scores(tags, baseline_tags(tags)), len(tags)
 
 
 # --- tagging texts with a fine-tuned model --------------------------------------------------------------------

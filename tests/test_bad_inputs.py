@@ -154,6 +154,12 @@ CASES = [
          ("step-0000000", "no tokenizer.json"), lambda tmp: (latest(tmp / "run") / ckpt.TOKENIZER_FILE).unlink()),
     Case("fill-mask: latest weights of integer type", ("fill-mask", "{run}", "the [MASK]"),
          ("dtype torch.int64",), lambda tmp: integer_weights(latest(tmp / "run"))),
+    # tag: input and a checkpoint without a token head
+    Case("tag: missing checkpoint", ("tag", "{tmp}/nope", "Hamlet"), ("nope", "not found")),
+    Case("tag: empty stdin", ("tag", "{run}", "-"), ("no input text",), stdin=""),
+    Case("tag: no text at all", ("tag", "{run}"), ("no input text", "--file")),
+    Case("tag: missing --file", ("tag", "{run}", "--file", "{tmp}/nope.txt"), ("nope.txt", "cannot read")),
+    Case("tag: no token head", ("tag", "{run}", "Hamlet"), ("not a fine-tuned token classifier", "task.kind: tokens")),
     # export: what OUT may be, and damaged sources
     Case("export: OUT is a file", ("export", "{run}", "{tmp}/taken.txt"), ("taken.txt", "is a file"),
          lambda tmp: write(tmp / "taken.txt", "mine")),

@@ -454,17 +454,3 @@ def test_tag_truncates_long_texts_once_with_a_warning(tag_run, caplog):
         ["1 of 2 inputs were longer than 64 tokens and were truncated (their end is not tagged)"]
     pieces = len(tagger.tokenizer.encode("Hamlet", add_special_tokens=False).ids)
     assert len(tagged[0].words) == math.ceil(62 / pieces) and len(tagged[1].words) == 1  # 62 pieces and 2 specials
-
-
-@pytest.mark.parametrize("args,words", [
-    ([], ["no input text"]),
-    (["--file", "{tmp}/nowhere.txt"], ["nowhere.txt"]),
-])
-def test_tag_bad_input_is_one_line(tag_run, tmp_path, capsys, args, words):
-    assert main(["tag", str(tag_run), *[a.format(tmp=tmp_path) for a in args]]) != 0
-    assert_one_line_error(capsys, "tag", *words)
-
-
-def test_tag_refuses_a_checkpoint_without_a_token_head_in_one_line(init_run, capsys):
-    assert main(["tag", str(init_run), "Hamlet"]) == 1
-    assert_one_line_error(capsys, "tag", "not a fine-tuned token classifier", "task.kind: tokens")

@@ -21,6 +21,13 @@ class DataError(BertmathError):
     """A corpus or tokenizer that cannot be used."""
 
 
+class TaskDataError(DataError):
+    """A fine-tuning task file that cannot be used (missing column, bad label or tag, empty split): exit status
+    2, as bad config."""
+
+    exit_code = 2
+
+
 class InputError(BertmathError):
     """A text or word a command cannot use: empty, longer than the model's positions, not in the vocabulary."""
 

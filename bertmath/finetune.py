@@ -34,7 +34,7 @@ from .checkpoint import load_state_into
 from .classify import Encoded, collate, encode, predict_logits
 from .config import Config, DataConfig, TaskConfig
 from .data import batch_indices
-from .errors import BertmathError, DataError
+from .errors import BertmathError, TaskDataError  # TaskDataError: finetune's name for it too
 from .io import atomic_write_text, parse_json_object
 from .model import BertForSequenceClassification, parameter_counts
 from .pretrained import read_with_tokenizer
@@ -42,12 +42,6 @@ from .tokenizer import special_tokens
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-class TaskDataError(DataError):
-    """A task file that cannot be used (missing column, bad label, empty split): exit status 2, as bad config."""
-
-    exit_code = 2
 
 
 @dataclass

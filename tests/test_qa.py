@@ -6,6 +6,7 @@ hand-worked cases, the first-sentence baseline."""
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from bertmath.pretrained import load_checkpoint_tokenizer
 from bertmath.qa import (Question, Tokens, Window, Features, answer_positions, best_spans, exact_match,
                          first_sentence, gold_answers, json_position, make_features, normalize_answer, null_logit,
                          predict_answers, read_squad, squad_scores, token_f1, window_ranges)
-from helpers import minilm_dir
+from helpers import load_script, minilm_dir
 
 CONTEXT = "Romeo and Juliet is a tragedy. It was written by William Shakespeare early in his career."
 
@@ -370,3 +371,34 @@ def test_first_sentence():
     assert first_sentence("ROMEO.\nBut soft!") == "ROMEO."
     assert first_sentence("no end at all") == "no end at all"
     assert first_sentence("3.5 is a number! ok") == "3.5 is a number!"
+
+
+# --- the fixtures -------------------------------------------------------------------------------------------
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_fixtures_are_what_the_script_writes(tmp_path):
+    script = load_script("make_task_fixtures")
+    written = script.write_qa_fixtures(tmp_path)
+    assert [p.name for p in written] == ["qa_train.json", "qa_dev.json"]
+    for path in written:
+        assert path.read_bytes() == (FIXTURES / path.name).read_bytes(), path.name
+
+
+def test_fixtures_are_squad_v2_with_long_passages(tokenizers):
+    tokenizer, _ = tokenizers
+    train, dev = read_squad(FIXTURES / "qa_train.json"), read_squad(FIXTURES / "qa_dev.json")
+    assert train.version_2 and dev.version_2
+    assert 250 <= len(train) and 80 <= len(dev) and sum(p.stat().st_size for p in FIXTURES.glob("qa_*.json")) < 300_000
+    for split in (train, dev):
+        assert sum(q.is_impossible for q in split.questions) >= 5
+        assert len({q.question.split()[0] for q in split.questions}) == 2  # Who says / What follows
+    assert not {q.context for q in train.questions} & {q.context for q in dev.questions}
+    features = make_features(tokenizer, dev.questions, 128, 32, 64)
+    windows = features.by_example()
+    assert sum(len(w) > 1 for w in windows.values()) >= 10  # passages longer than one 128-token window
+    # every answer lies wholly inside some window, so that every answerable question trains its span
+    for n, q in enumerate(dev.questions):
+        assert q.is_impossible or any(features.windows[w].start_position > 0 for w in windows[n]), q.id

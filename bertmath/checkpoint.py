@@ -137,7 +137,8 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str
     missing = [k for k in expected if k not in state and k not in tied]
     missing_head = [k for k in missing if k.startswith("mlm_head.")]
     missing_pooler = [k for k in missing if k.startswith("pooler.") or k.startswith("bert.pooler.")]
-    missing_classifier = [k for k in missing if k.startswith("classifier.")]  # a new task head: fine-tuning trains it
+    # a new task head (a classifier, a span head, ModernBERT's per-token transform): fine-tuning trains it
+    missing_classifier = [k for k in missing if k.startswith(("classifier.", "qa_outputs.", "head."))]
     missing_body = [k for k in missing if k not in missing_head + missing_pooler + missing_classifier]
     if missing_body:
         raise CheckpointError(f"{where}: missing {len(missing_body)} tensors, e.g. '{missing_body[0]}'")
@@ -146,7 +147,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], where: str
     if missing_pooler:
         log.warning("%s has no pooler; these tensors keep their random init: %s", where, ", ".join(missing_pooler))
     if missing_classifier:
-        log.info("%s has no classification head: a new one starts from BERT's init (%s)", where,
+        log.info("%s has no head for this task: a new one starts from its init (%s)", where,
                  ", ".join(missing_classifier))
     unexpected = [k for k in state if k not in expected]
     if unexpected:

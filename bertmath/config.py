@@ -224,13 +224,23 @@ class TrainConfig:
                  "'time' needs train.max_time_minutes, the budget the schedule runs on")
 
 
-TaskMetric = Literal["accuracy", "f1", "matthews", "pearson", "spearman"]
+TaskKind = Literal["sequence", "tokens", "span"]
+TaskMetric = Literal["accuracy", "f1", "matthews", "pearson", "spearman", "precision", "recall", "exact_match"]
+# The scores each kind of task reports (its task.metric picks one); the first is the default.
+TASK_METRICS = {"classification": ("accuracy", "f1", "matthews"), "regression": ("pearson", "spearman"),
+                "tokens": ("f1", "precision", "recall", "accuracy"), "span": ("f1", "exact_match")}
 
 
 @dataclass(frozen=True)
 class TaskConfig:
     """A fine-tuning task (`bertmath finetune`): labelled examples, the checkpoint to start from, the score.
-    The model's shape comes from `init`; `train:` holds the optimisation as for pretraining."""
+    The model's shape comes from `init`; `train:` holds the optimisation as for pretraining. BERT's four task
+    shapes (Devlin et al. 2019, Figure 4) are three kinds: a sentence or a pair classified or scored (sequence),
+    a label per token (tokens), an answer span in a passage (span)."""
+
+    # sequence: one label (or score) per text or pair (.csv/.tsv/.jsonl); tokens: a tag per word (CoNLL column
+    # files, or .jsonl with `tokens` and `tags`); span: the answer's start and end in a passage (SQuAD JSON)
+    kind: TaskKind = "sequence"
 
     # bertmath run or step directory, or a transformers BERT, RoFormer or ModernBERT directory (e.g. MiniLM's)
     init: str = ""
@@ -241,10 +251,20 @@ class TaskConfig:
     hub_splits: list[str] = field(default_factory=lambda: ["train", "validation"])  # train split, eval split
     text_columns: list[str] = field(default_factory=lambda: ["sentence"])  # one column, or two for sentence pairs
     label_column: str = "label"
-    num_labels: int = 2  # classes; 1 = regression (a real-valued score, mean-squared error)
-    label_names: list[str] = field(default_factory=list)  # names of labels 0..num_labels-1; files may use them
-    metric: TaskMetric = "accuracy"  # the score that picks the best step and leads the report
-    max_seq_len: int = 128  # tokens per example, [CLS] and [SEP]s included; longer ones are truncated
+    # sequence: classes (1 = regression, a real-valued score, mean-squared error); null = len(label_names) or 2.
+    # tokens: the tags, len(label_names); span: 2 (a start and an end logit per token)
+    num_labels: int | None = None
+    # names of labels 0..num_labels-1; files may use them. tokens: the tag set, e.g. [O, B-PER, I-PER]
+    label_names: list[str] = field(default_factory=list)
+    # the score that picks the best step and leads the report; null: accuracy (classification), pearson
+    # (regression), f1 (tokens: entity-level, CoNLL's; span: SQuAD's token F1)
+    metric: TaskMetric | None = None
+    max_seq_len: int = 128  # tokens per example (span: per window), [CLS] and [SEP]s included; longer are truncated
+    # span: tokens of passage two windows share, when a passage needs several (run_qa.py's stride); null: 128,
+    # or half a window when the window is shorter than 256 tokens
+    doc_stride: int | None = None
+    max_question_tokens: int = 64  # span: a longer question is cut to this many tokens
+    max_answer_tokens: int = 30  # span: the longest answer predicted, in tokens
     epochs: float | None = None  # passes over the training set; sets train.max_steps when given
     fused: bool = True  # torch's fused kernels for the model from init (same math; model.fused)
     # The classifier's pooler and what it reads (model.pooler, model.pooling); null: the init checkpoint's
@@ -264,16 +284,51 @@ class TaskConfig:
         _require(len(self.hub_splits) == 2, "task.hub_splits", f"expected [train, eval], got {self.hub_splits}")
         _require(len(self.text_columns) in (1, 2), "task.text_columns",
                  f"expected one column (single sentences) or two (pairs), got {self.text_columns}")
+        # num_labels and metric left out (null) are resolved here, once: the recorded config says what ran
+        if self.kind == "tokens":
+            _require(len(self.label_names) >= 2, "task.label_names",
+                     f"a tagging task needs its tag set, e.g. [O, B-PER, I-PER], got {self.label_names}")
+            _require(self.num_labels in (None, len(self.label_names)), "task.num_labels",
+                     f"is {self.num_labels}, but task.label_names has {len(self.label_names)} tags (leave it out)")
+            object.__setattr__(self, "num_labels", len(self.label_names))
+        elif self.kind == "span":
+            _require(self.num_labels in (None, 2), "task.num_labels",
+                     f"a span task has 2 outputs per token (start, end), got {self.num_labels} (leave it out)")
+            _require(not self.label_names, "task.label_names", "a span task has no labels (leave it out)")
+            object.__setattr__(self, "num_labels", 2)
+        elif self.num_labels is None:
+            object.__setattr__(self, "num_labels", len(self.label_names) or 2)
         _require(self.num_labels >= 1, "task.num_labels", f"must be at least 1 (1 = regression), got {self.num_labels}")
         _require(not self.label_names or len(self.label_names) == self.num_labels, "task.label_names",
                  f"has {len(self.label_names)} names for {self.num_labels} labels")
-        regression = self.num_labels == 1
-        _require(regression == (self.metric in ("pearson", "spearman")), "task.metric",
-                 f"'{self.metric}' does not score {'regression' if regression else 'classification'} "
-                 f"(num_labels {self.num_labels}): use " + ("pearson or spearman" if regression
-                                                            else "accuracy, f1 or matthews"))
+        scoring = self.scoring
+        if self.metric is None:
+            object.__setattr__(self, "metric", TASK_METRICS[scoring][0])
+        _require(self.metric in TASK_METRICS[scoring], "task.metric",
+                 f"'{self.metric}' does not score {scoring}" +
+                 (f" (num_labels {self.num_labels})" if self.kind == "sequence" else "") +
+                 f": use {', '.join(TASK_METRICS[scoring][:-1])} or {TASK_METRICS[scoring][-1]}")
         _require(self.max_seq_len >= 4, "task.max_seq_len", f"must be at least 4, got {self.max_seq_len}")
+        if self.doc_stride is None:
+            object.__setattr__(self, "doc_stride", max(1, min(128, (self.max_seq_len - self.max_question_tokens - 3) // 2)))
+        for name in ("doc_stride", "max_question_tokens", "max_answer_tokens"):
+            _require(getattr(self, name) >= 1, f"task.{name}", f"must be positive, got {getattr(self, name)}")
+        if self.kind == "span":
+            _require(self.max_question_tokens + 3 < self.max_seq_len, "task.max_question_tokens",
+                     f"{self.max_question_tokens} question tokens leave no room for the passage in "
+                     f"task.max_seq_len ({self.max_seq_len}) tokens")
+            _require(self.doc_stride < self.max_seq_len - self.max_question_tokens - 3, "task.doc_stride",
+                     f"windows of at most {self.max_seq_len - self.max_question_tokens - 3} passage tokens cannot "
+                     f"overlap by {self.doc_stride}: lower task.doc_stride or raise task.max_seq_len")
         _require(self.epochs is None or self.epochs > 0, "task.epochs", "must be positive")
+
+
+    @property
+    def scoring(self) -> str:
+        """Which scores apply: classification, regression (sequence tasks), tokens or span."""
+        if self.kind != "sequence":
+            return self.kind
+        return "regression" if self.num_labels == 1 else "classification"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ class DataError(BertmathError):
 
 
 class TaskDataError(DataError):
-    """A fine-tuning task file that cannot be used (missing column, bad label or tag, empty split): exit status
-    2, as bad config."""
+    """A fine-tuning task file that cannot be used (missing column, bad label or tag, an answer not in its
+    passage, an empty split): exit status 2, as bad config."""
 
     exit_code = 2
 

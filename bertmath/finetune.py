@@ -32,12 +32,15 @@ from tokenizers import Tokenizer
 from . import scores
 from .checkpoint import load_state_into
 from .classify import Encoded, collate, encode, predict_logits
-from .config import Config, DataConfig, TaskConfig
+from torch import nn
+
+from .config import Config, DataConfig, ModelConfig, TaskConfig
 from .data import batch_indices
-from .errors import BertmathError, TaskDataError  # TaskDataError: finetune's name for it too
+from .errors import BertmathError, ConfigError, TaskDataError
 from .io import atomic_write_text, parse_json_object
-from .model import BertForSequenceClassification, parameter_counts
+from .model import BertForSequenceClassification, parameter_counts, pooler_parameters
 from .pretrained import read_with_tokenizer
+from .tasks import BASELINES, TaskShape
 from .tokenizer import special_tokens
 from .trainer import Trainer
 
@@ -201,73 +204,118 @@ def load_init(path: str) -> InitCheckpoint:
     return InitCheckpoint(directory, model_config, state, tokenizer)
 
 
+class SequenceShape(TaskShape):
+    """A text or a pair → one of C labels, or a score (C = 1): BertForSequenceClassification, the examples of
+    task files (or a hub dataset), scored by accuracy/F1/MCC or Pearson/Spearman next to the majority class or
+    the mean score."""
+
+    def __init__(self, task: TaskConfig):
+        super().__init__(task)
+        self.train_set, self.eval_set = load_task(task)
+        self.pad_id: int | None = None
+        self.encoded: dict[str, Encoded] = {}
+        # what a model that saw only the training labels predicts for the eval examples
+        self.baseline = baseline_predictions(self.train_set.labels, len(self.eval_set.labels), task.num_labels)
+
+    def model(self, config: ModelConfig) -> nn.Module:
+        return BertForSequenceClassification(config, self.task.num_labels)
+
+    def head_parameters(self, config: ModelConfig) -> int:
+        """The pooler and the classifier's C·D + C."""
+        C = self.task.num_labels
+        return pooler_parameters(config) + C * config.hidden_size + C
+
+    def encode(self, tokenizer: Tokenizer) -> None:
+        self.pad_id = special_tokens(tokenizer).pad
+        self.encoded = {name: encode_split(tokenizer, split, self.task.max_seq_len)
+                        for name, split in (("train", self.train_set), ("eval", self.eval_set))}
+
+    def examples(self, split: str) -> int:
+        return len(self.encoded[split])
+
+    def micro_batch(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], int]:
+        return {**collate(self.encoded["train"], indices, self.pad_id), "labels": self.train_set.labels[indices]}, \
+            len(indices)
+
+    def tokens(self, index: int) -> int:
+        return len(self.encoded["train"].ids[index])
+
+    def evaluate(self, model, batch_size, device, autocast) -> tuple[dict, dict, int]:
+        logits = predict_logits(model, self.encoded["eval"], batch_size, self.pad_id, device, autocast)
+        labels = self.eval_set.labels
+        model_scores, baseline_scores = evaluation_scores(logits, labels, self.baseline, self.task.num_labels)
+        return model_scores, baseline_scores, len(labels)
+
+
+def load_task_shape(task: TaskConfig) -> TaskShape:
+    """The task's examples, read and checked, behind the interface of its kind (task.kind)."""
+    shapes = {"sequence": SequenceShape}
+    if task.kind not in shapes:
+        raise ConfigError(f"task.kind: '{task.kind}' cannot be fine-tuned yet")
+    return shapes[task.kind](task)
+
+
 class FinetuneTrainer(Trainer):
-    """trainer.Trainer with a classifier, task examples and task scores instead of masked blocks."""
+    """trainer.Trainer with a task model, task examples and task scores instead of masked blocks; what depends
+    on the kind of task is the shape's (tasks.TaskShape)."""
 
     progress_name = "finetune"
 
-    def __init__(self, config: Config, init: InitCheckpoint, train_set: Examples, eval_set: Examples):
+    def __init__(self, config: Config, init: InitCheckpoint, shape: TaskShape):
+        """shape: the task's examples, encoded with init's tokenizer (TaskShape.encode)."""
         super().__init__(config)
-        self.init, self.train_set, self.eval_set = init, train_set, eval_set
-        # Built by _prepare when the run starts, as the pretraining data is.
-        self.pad_id: int | None = None
-        self.encoded_train: Encoded | None = None
-        self.encoded_eval: Encoded | None = None
-        self.baseline: torch.Tensor | None = None  # what the training labels alone predict for the eval examples
+        self.init, self.shape = init, shape
         self.final_scores: tuple[dict, dict, int] | None = None  # (model's, baseline's, eval examples), by _evaluate
 
     def _prepare(self) -> None:
-        c, t, task = self.config, self.config.train, self.config.task
-        self.tokenizer = self.init.tokenizer
-        self.pad_id = special_tokens(self.tokenizer).pad
-        self.encoded_train = encode_split(self.tokenizer, self.train_set, task.max_seq_len)
-        self.encoded_eval = encode_split(self.tokenizer, self.eval_set, task.max_seq_len)
-        self.data = types.SimpleNamespace(train=self.encoded_train, eval=self.encoded_eval)  # for _batch_indices
+        c, t = self.config, self.config.train
+        self.tokenizer = self.init.tokenizer  # the shape's rows are encoded with it already (finetune)
+        # _batch_indices samples from range(len(data.train)), as for pretraining
+        self.data = types.SimpleNamespace(train=range(self.shape.examples("train")),
+                                          eval=range(self.shape.examples("eval")))
         torch.manual_seed(t.seed)  # the new head's init
-        model = BertForSequenceClassification(c.model, task.num_labels)
+        model = self.shape.model(c.model)
         load_state_into(model, self.init.state, str(self.init.directory))
         self._setup_training(model)
-        self.baseline = baseline_predictions(self.train_set.labels, len(self.eval_set.labels), task.num_labels)
 
     def _parameter_report(self) -> str:
-        """BertForSequenceClassification: the encoder with its pooler, and the C·D + C of the classifier."""
-        c, C = self.config.model, self.config.task.num_labels
-        encoder = parameter_counts(c)["encoder_with_pooler"]
-        head = C * c.hidden_size + C
-        return (f"encoder with pooler {encoder:,} + classifier {head:,} = {encoder + head:,} "
+        """The encoder (with the pooler a sequence classifier has) and the task's head."""
+        head = self.shape.head_parameters(self.config.model)
+        encoder = parameter_counts(self.config.model)["encoder"]
+        return (f"encoder {encoder:,} + {self.config.task.kind} head {head:,} = {encoder + head:,} "
                 f"({(encoder + head) / 1e6:.1f}M), from {self.init.directory}")
 
     def _log_setup(self) -> None:
         t, task = self.config.train, self.config.task
-        log.info("task: %d train examples, %d eval examples of at most %d tokens; %d examples per step; device %s, "
-                 "%s; %d process(es)", len(self.encoded_train), len(self.encoded_eval), task.max_seq_len,
-                 t.batch_size * t.grad_accum_steps, self.device, self.precision, self.dist.world_size)
+        log.info("task (%s): %d train rows, %d eval rows of at most %d tokens; %d rows per step; device %s, "
+                 "%s; %d process(es)", task.kind, self.shape.examples("train"), self.shape.examples("eval"),
+                 task.max_seq_len, t.batch_size * t.grad_accum_steps, self.device, self.precision,
+                 self.dist.world_size)
 
-    def _micro_batch(self, m: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """This process's share of global micro-batch m: the padded inputs and the labels of its examples."""
-        indices = self._batch_indices(m)
-        return collate(self.encoded_train, indices, self.pad_id), self.train_set.labels[indices]
+    def _micro_batch(self, m: int) -> tuple[dict[str, torch.Tensor], int]:
+        """This process's share of global micro-batch m: the padded inputs with the targets of its rows, and the
+        terms its loss averages."""
+        return self.shape.micro_batch([int(i) for i in self._batch_indices(m)])
 
     def _tokens_in_step(self, step: int) -> int:
-        """The real tokens (padding not counted) of the examples optimizer step `step` reads, all processes
-        together: a pure function of (seed, step), as the examples are."""
+        """The real tokens (padding not counted) of the rows optimizer step `step` reads, all processes
+        together: a pure function of (seed, step), as the rows are."""
         t = self.config.train
         micro_batches = range(step * t.grad_accum_steps, (step + 1) * t.grad_accum_steps)
-        return sum(len(self.encoded_train.ids[int(i)]) for m in micro_batches
-                   for i in batch_indices(len(self.encoded_train), t.batch_size, m, t.seed))
+        return sum(self.shape.tokens(int(i)) for m in micro_batches
+                   for i in batch_indices(self.shape.examples("train"), t.batch_size, m, t.seed))
 
     def _evaluate(self, pbar) -> dict:
         """Every score of the eval split (task.metric first) and the loss, next to the baseline's."""
         task, t, s = self.config.task, self.config.train, self.state
-        logits = predict_logits(self.model, self.encoded_eval, t.batch_size, self.pad_id, self.device, self._autocast)
-        labels = self.eval_set.labels
-        model_scores, baseline_scores = evaluation_scores(logits, labels, self.baseline, task.num_labels)
+        model_scores, baseline_scores, examples = self.shape.evaluate(self.model, t.batch_size, self.device,
+                                                                      self._autocast)
         # eval_loss and eval_accuracy (classification) keep their pretraining meaning: `bertmath plot` draws them
         result = {"step": s.step, "metric": task.metric, **{f"eval_{k}": v for k, v in model_scores.items()},
-                  **{f"baseline_{k}": v for k, v in baseline_scores.items()}, "eval_examples": len(labels)}
+                  **{f"baseline_{k}": v for k, v in baseline_scores.items()}, "eval_examples": examples}
         if s.best_eval_accuracy is None or model_scores[task.metric] > s.best_eval_accuracy:
             s.best_eval_accuracy, s.best_eval_step = model_scores[task.metric], s.step  # the best task.metric
-        self.final_scores = (model_scores, baseline_scores, len(labels))
+        self.final_scores = (model_scores, baseline_scores, examples)
         if self.dist.is_main:
             self._log_metrics(result)
             pbar.write(f"step {s.step:>6}: {describe_scores(model_scores, baseline_scores, task)}")
@@ -305,7 +353,7 @@ def evaluation_scores(logits: torch.Tensor, labels: torch.Tensor, baseline: torc
 
 def describe_scores(model_scores: dict, baseline_scores: dict, task: TaskConfig) -> str:
     """"pearson 0.871 (baseline 0.000, the mean score); spearman 0.868 (0.000); mse 0.532 (2.301)"."""
-    baseline_name = "the mean score" if task.num_labels == 1 else "the majority class"
+    baseline_name = BASELINES[task.scoring]
     names = [task.metric] + [k for k in model_scores if k != task.metric]
     parts = []
     for n, name in enumerate(names):
@@ -318,7 +366,8 @@ def describe_scores(model_scores: dict, baseline_scores: dict, task: TaskConfig)
 def resolve_config(config: Config, init: InitCheckpoint, train_examples: int) -> Config:
     """The config the run records: the model's shape from task.init (fused kernels as task.fused says; no
     sparse MLM, which only an MLM head has; the pooler and pooling of task.pooler/pooling when given),
-    data.max_seq_len = task.max_seq_len, and train.max_steps from task.epochs when given."""
+    data.max_seq_len = task.max_seq_len, and train.max_steps from task.epochs when given (an epoch: every
+    training row once; a span task's rows are its passages' windows)."""
     task, train = config.task, config.train
     if task.epochs is not None:
         examples_per_step = train.batch_size * train.grad_accum_steps
@@ -329,13 +378,15 @@ def resolve_config(config: Config, init: InitCheckpoint, train_examples: int) ->
 
 
 def finetune(config: Config) -> dict:
-    """Fine-tune BertForSequenceClassification as `config.task` and `config.train` say; returns the summary
-    (also in train.out_dir/summary.json)."""
+    """Fine-tune the model of `config.task.kind` (BertForSequenceClassification, BertForTokenClassification or
+    BertForQuestionAnswering) as `config.task` and `config.train` say; returns the summary (also in
+    train.out_dir/summary.json)."""
     if config.task is None:
         raise BertmathError("the config has no task: section (what to fine-tune on; see configs/finetune_*.yaml)")
     init = load_init(config.task.init)
-    train_set, eval_set = load_task(config.task)
-    trainer = FinetuneTrainer(resolve_config(config, init, len(train_set.labels)), init, train_set, eval_set)
+    shape = load_task_shape(config.task)
+    shape.encode(init.tokenizer)
+    trainer = FinetuneTrainer(resolve_config(config, init, shape.examples("train")), init, shape)
     try:
         return trainer.run()
     finally:

@@ -27,7 +27,8 @@ from .errors import CheckpointError
 # A bertmath side that is a tuple names the parts of one transformers tensor stacked along its first dimension
 # (ModernBERT's Wqkv = [W_Q; W_K; W_V], Wi = [W_in; W_gate]).
 # BODY pairs are the encoder's, after the architecture's prefix ("bert." on both sides; none in a bare encoder);
-# HEAD pairs are whole names, by the kind of head a state dict has ("mlm", "classifier" or "encoder").
+# HEAD pairs are whole names, by the kind of head a state dict has: "mlm", "classifier" (a sequence
+# classifier), "tokens" (a token classifier), "span" (question answering) or "encoder" (none).
 _BERT_BODY = [
     ("embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight"),
     ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
@@ -76,21 +77,31 @@ class Layout:
     classes: dict = field(default_factory=dict)  # head kind → transformers class name
 
 
+_BERT_TOKEN_HEADS = {"tokens": [("classifier.{p}", "classifier.{p}")], "span": [("qa_outputs.{p}", "qa_outputs.{p}")]}
+_MODERNBERT_TRANSFORM = [("head.dense.{p}", "head.dense.{p}"), ("head.norm.{p}", "head.norm.{p}")]
+
+
+def _task_classes(twin: str) -> dict:
+    return {"classifier": f"{twin}ForSequenceClassification", "tokens": f"{twin}ForTokenClassification",
+            "span": f"{twin}ForQuestionAnswering"}
+
+
 BERT = Layout(
     "bert", "bert.", _BERT_BODY + [("pooler.dense.{p}", "pooler.dense.{p}")],
-    heads={"mlm": _BERT_MLM_HEAD, "classifier": [("classifier.{p}", "classifier.{p}")], "encoder": []},
+    heads={"mlm": _BERT_MLM_HEAD, "classifier": [("classifier.{p}", "classifier.{p}")], "encoder": [],
+           **_BERT_TOKEN_HEADS},
     # buffers, the next-sentence head, and the second name of the tied decoder bias
     ignored=re.compile(r"(^|\.)position_ids$|^cls\.seq_relationship\.|^cls\.predictions\.decoder\.bias$"),
-    classes={"mlm": "BertForMaskedLM", "classifier": "BertForSequenceClassification", "encoder": "BertModel"})
+    classes={"mlm": "BertForMaskedLM", "encoder": "BertModel", **_task_classes("Bert")})
 ROFORMER = Layout(
     "roformer", "roformer.", _BERT_BODY,
     # RoFormerClassificationHead: dense (bertmath's ActPooler) and out_proj (the classifier)
     heads={"mlm": _BERT_MLM_HEAD, "encoder": [],
-           "classifier": [("classifier.dense.{p}", "bert.pooler.dense.{p}"), ("classifier.out_proj.{p}", "classifier.{p}")]},
+           "classifier": [("classifier.dense.{p}", "bert.pooler.dense.{p}"), ("classifier.out_proj.{p}", "classifier.{p}")],
+           **_BERT_TOKEN_HEADS},
     # the sinusoidal table rotary positions are read from (a frozen buffer: functional.rotary computes it)
     ignored=re.compile(r"(^|\.)encoder\.embed_positions\.weight$|^cls\.predictions\.decoder\.bias$"),
-    classes={"mlm": "RoFormerForMaskedLM", "classifier": "RoFormerForSequenceClassification",
-             "encoder": "RoFormerModel"})
+    classes={"mlm": "RoFormerForMaskedLM", "encoder": "RoFormerModel", **_task_classes("RoFormer")})
 MODERNBERT = Layout(
     "modernbert", "model.", _MODERNBERT_BODY,
     # ModernBERT calls both heads' dense + act + LN `head`: the MLM head's transform, or the classifier's pooler
@@ -98,9 +109,11 @@ MODERNBERT = Layout(
                    ("decoder.weight", "mlm_head.decoder.weight"), ("decoder.bias", "mlm_head.decoder.bias")],
            "classifier": [("head.dense.{p}", "bert.pooler.dense.{p}"), ("head.norm.{p}", "bert.pooler.norm.{p}"),
                           ("classifier.{p}", "classifier.{p}")],
+           # the token and span heads: the same `head` per token (bertmath's TokenTransform), then a classifier
+           "tokens": _MODERNBERT_TRANSFORM + [("classifier.{p}", "classifier.{p}")],
+           "span": _MODERNBERT_TRANSFORM + [("classifier.{p}", "qa_outputs.{p}")],
            "encoder": []},
-    classes={"mlm": "ModernBertForMaskedLM", "classifier": "ModernBertForSequenceClassification",
-             "encoder": "ModernBertModel"})
+    classes={"mlm": "ModernBertForMaskedLM", "encoder": "ModernBertModel", **_task_classes("ModernBert")})
 LAYOUTS = {layout.model_type: layout for layout in (BERT, ROFORMER, MODERNBERT)}
 
 
@@ -128,12 +141,32 @@ def _rename(name: str, pairs: list, source: int):
     return None
 
 
-def _head_kind(names, source: int) -> str:
-    """Which head a state dict's names hold: "classifier", "mlm" or "encoder" (none)."""
+def head_kind(names, source: int, layout: "Layout" = None) -> str:
+    """Which head a state dict's names hold (source 0: transformers', 1: bertmath's): "span", "tokens",
+    "classifier", "mlm" or "encoder" (none). A sequence classifier has a pooler (bertmath's, BERT's) or a
+    two-layer head (RoFormer's); a token classifier neither. ModernBERT's three task heads have the same names:
+    its files say which in config.json's architectures (`kind_of_architectures`); by names alone, "classifier"."""
+    names = list(names)
+    if any(n.startswith("qa_outputs.") for n in names):
+        return "span"
     if any(n.startswith("classifier.") for n in names):
-        return "classifier"
+        if source == 1:
+            return "classifier" if any(n.startswith("bert.pooler.") for n in names) else "tokens"
+        pooled = ("classifier.out_proj.", "head.", *(f"{l.prefix}pooler." for l in LAYOUTS.values()))
+        return "classifier" if any(n.startswith(pooled) for n in names) else "tokens"
     mlm = ("cls.predictions.", "decoder.", "head.") if source == 0 else ("mlm_head.",)
     return "mlm" if any(n.startswith(mlm) for n in names) else "encoder"
+
+
+def kind_of_architectures(hf_config: dict) -> str | None:
+    """The head kind a transformers config.json's `architectures` names (e.g. BertForTokenClassification →
+    "tokens"); None when it names none bertmath knows."""
+    for architecture in hf_config.get("architectures") or []:
+        for layout in LAYOUTS.values():
+            for kind, name in layout.classes.items():
+                if architecture == name:
+                    return kind
+    return None
 
 
 def _head_pairs(layout: Layout, kind: str | None) -> list:
@@ -174,10 +207,11 @@ def bertmath_to_hf_name(name: str, layout: Layout = BERT, kind: str | None = Non
 
 
 def state_dict_from_hf(hf_state: dict[str, Tensor], unknown: list[str] | None = None,
-                       layout: Layout = BERT) -> dict[str, Tensor]:
+                       layout: Layout = BERT, kind: str | None = None) -> dict[str, Tensor]:
     """Rename a transformers state dict of `layout`'s architecture to bertmath names, splitting stacked tensors.
-    Names with no counterpart are skipped, and appended to `unknown` when a list is given."""
-    kind = _head_kind(hf_state, source=0)
+    Names with no counterpart are skipped, and appended to `unknown` when a list is given. kind: the head's
+    (head_kind), told by config.json's architectures; None: from the names."""
+    kind = kind or head_kind(hf_state, source=0)
     out = {}
     for name, tensor in hf_state.items():
         mapped = hf_to_bertmath_name(name, layout, kind)
@@ -200,7 +234,7 @@ def state_dict_to_hf(state: dict[str, Tensor], layout: Layout = BERT) -> dict[st
     """Rename a bertmath state dict to `layout`'s transformers names, stacking what transformers keeps as one
     tensor (in the order its pair lists the parts). For BERT and RoFormer `cls.predictions.decoder.bias` is added
     as the second name of the decoder bias, as transformers writes it."""
-    kind = _head_kind(state, source=1)
+    kind = head_kind(state, source=1)
     out, stacks = {}, {}
     for name, tensor in state.items():
         hf_name = bertmath_to_hf_name(name, layout, kind)
@@ -384,14 +418,22 @@ def family(config: ModelConfig) -> Layout:
 _POOLERS = {"bert": "tanh", "roformer": "act", "modernbert": "act_norm"}
 
 
-def check_classifier(config: ModelConfig) -> None:
-    """A CheckpointError naming model.pooler when the twin's sequence classifier has another head."""
+def check_head(config: ModelConfig, kind: str) -> None:
+    """A CheckpointError naming model.pooler when the twin's `kind` head has another shape: a sequence
+    classifier's pooler must be the twin's; the token and span heads start with ModernBERT's `head`
+    (TokenTransform, model.pooler act_norm) exactly when the twin is ModernBERT."""
     layout = family(config)
-    if config.pooler != _POOLERS[layout.model_type]:
+    expected = _POOLERS[layout.model_type]
+    if kind == "classifier" and config.pooler != expected:
         raise CheckpointError(f"model.pooler is '{config.pooler}', but {layout.classes['classifier']} pools with "
-                              f"'{_POOLERS[layout.model_type]}', so this classifier cannot be exported to its layout")
-    if layout is not MODERNBERT and config.pooling != "cls":
+                              f"'{expected}', so this classifier cannot be exported to its layout")
+    if kind == "classifier" and layout is not MODERNBERT and config.pooling != "cls":
         raise CheckpointError(f"model.pooling is '{config.pooling}': {layout.classes['classifier']} reads [CLS]")
+    if kind in ("tokens", "span") and (config.pooler == "act_norm") != (layout is MODERNBERT):
+        raise CheckpointError(f"model.pooler is '{config.pooler}', but {layout.classes[kind]} "
+                              + ("starts with ModernBERT's head (pooler act_norm)" if layout is MODERNBERT else
+                                 "reads the hidden states directly (no act_norm head)")
+                              + ", so this model cannot be exported to its layout")
 
 
 def config_to_hf(config: ModelConfig) -> dict:

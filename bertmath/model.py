@@ -2,6 +2,7 @@
 
     Embeddings → N × EncoderLayer(SelfAttention, FeedForward) → MLMHead        Devlin et al. 2019, §3.
                                                                 → Pooler → classifier (fine-tuning, §4)
+                                                                → classifier per token; start/end per token
 
 The same classes build the encoders that followed BERT, each part a config switch picked at construction:
 rotary positions (RoFormer, Su et al. 2021), pre-LN layers with a final norm (Xiong et al. 2020), a gated
@@ -46,6 +47,19 @@ class MaskedLMOutput:
 class SequenceClassifierOutput:
     logits: Tensor  # (B, C) class scores, or (B, 1) predicted values for regression (C = num_labels = 1)
     loss: Tensor | None = None  # mean cross-entropy over the batch, or mean squared error for regression
+
+
+@dataclass
+class TokenClassifierOutput:
+    logits: Tensor  # (B, T, L) label scores of every token
+    loss: Tensor | None = None  # mean cross-entropy over tokens whose label is not -100
+
+
+@dataclass
+class SpanOutput:
+    start_logits: Tensor  # (B, T): how likely each token starts the answer
+    end_logits: Tensor  # (B, T): how likely each token ends it
+    loss: Tensor | None = None  # (CE(start) + CE(end)) / 2
 
 
 @dataclass(frozen=True)
@@ -529,6 +543,111 @@ class BertForSequenceClassification(BertWithHead):
         return SequenceClassifierOutput(logits, loss)
 
 
+class TokenTransform(nn.Module):
+    """u_t = LN(act(h_t W + b)), every token: ModernBERT's `head` before its token and span classifiers (the
+    dense, act, LN of ActNormPooler, per token). The token heads have it when config.pooler is act_norm, as
+    ModernBERT's; BERT's and RoFormer's read h directly. (B, T, D) → (B, T, D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, config.bias)
+        self.norm = LayerNorm.of(config)
+        self.activation, self.fused = config.activation, config.fused
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.norm(activate(self.dense(h), self.activation, self.fused))
+
+
+class BertWithTokenHead(BertWithHead):
+    """A BertModel (no pooler) whose head reads every token: u = h, or TokenTransform(h) (ModernBERT's)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooler=False)
+        self.head = TokenTransform(config) if config.pooler == "act_norm" else None
+        self.dropout_p, self.fused = config.hidden_dropout, config.fused
+
+    def token_states(self, input_ids: Tensor, attention_mask: Tensor | None,
+                     token_type_ids: Tensor | None) -> Tensor:
+        """u = h or TokenTransform(h), h the last hidden states. (B, T) → (B, T, D)."""
+        h = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
+        return h if self.head is None else self.head(h)
+
+    def _init_head(self, linear: nn.Linear) -> None:
+        """BERT's init for the new layer, and the transform's; ModernBERT's classifier: N(0, 1/D) truncated at ±2σ."""
+        init_weights(linear, self.config.initializer_range)
+        if self.head is not None:
+            init_model(self.head, self.config)
+        if self.config.init_scheme == "modernbert":
+            init_truncated(linear, self.config.hidden_size ** -0.5)
+
+
+class BertForTokenClassification(BertWithTokenHead):
+    """z_t = W Drop(u_t) + b, u_t = h_t (ModernBERT: TokenTransform(h_t)): L label scores for every token.
+    (B, T) ids → (B, T, L) logits. loss = CE over the tokens whose label is not -100 (word pieces after a word's
+    first, [CLS], [SEP], padding). Devlin et al. 2019, §5.3 (CoNLL-2003 NER). Weight names are transformers'
+    (bert.*, classifier.*; ModernBERT's head.*)."""
+
+    def __init__(self, config: ModelConfig, num_labels: int = 2):
+        super().__init__(config)
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be at least 1, got {num_labels}")
+        self.num_labels = num_labels
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self._init_head(self.classifier)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None) -> TokenClassifierOutput:
+        u = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+        logits = self.classifier(dropout(u, self.dropout_p, self.training, self.fused))  # (B, T, L)
+        if labels is None:
+            return TokenClassifierOutput(logits)
+        return TokenClassifierOutput(logits, BF.cross_entropy(logits.float(), labels, fused=self.fused))
+
+
+class BertForQuestionAnswering(BertWithTokenHead):
+    """[s_t, e_t] = u_t W + b, W (D, 2): every token's score as the answer's start and as its end; the answer is
+    the span s ≤ e maximising s_s + e_e. loss = (CE(s, start) + CE(e, end)) / 2 over the batch, each softmax over
+    the real tokens; a position outside the window (≥ T) is ignored, as transformers clamps it to T and ignores T.
+    Devlin et al. 2019, §4.2 (SQuAD). BERT's and RoFormer's heads read h (no dropout); ModernBERT's
+    u = Drop(TokenTransform(h)). Weight names are transformers' (bert.*, qa_outputs.*; ModernBERT's head.* and
+    classifier.*, see hf_format).
+    transformers' softmax also spans the padding positions of a padded batch, so its loss for an example changes
+    with the batch it is padded in; here padding gets probability 0, and a padded batch's loss is its examples'
+    (equal to transformers' on a batch without padding, tests/test_task_heads.py)."""
+
+    num_labels = 2
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self._init_head(self.qa_outputs)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                start_positions: Tensor | None = None, end_positions: Tensor | None = None) -> SpanOutput:
+        u = self.token_states(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+        if self.head is not None:  # ModernBERT drops out its head's output; BERT's span head has no dropout
+            u = dropout(u, self.dropout_p, self.training, self.fused)
+        start, end = self.qa_outputs(u).float().unbind(dim=-1)  # (B, T) each
+        if start_positions is None or end_positions is None:
+            return SpanOutput(start, end)
+        loss = (span_cross_entropy(start, start_positions, attention_mask, self.fused) +
+                span_cross_entropy(end, end_positions, attention_mask, self.fused)) / 2
+        return SpanOutput(start, end, loss)
+
+
+def span_cross_entropy(logits: Tensor, positions: Tensor, attention_mask: Tensor | None, fused: bool) -> Tensor:
+    """CE(z, p) over the batch, z_t = −∞ at padding (probability 0: the most negative float, which exp takes to
+    0 as it does −∞, with no inf to turn a zero gradient into NaN); p ≥ T (outside the window) ignored.
+    (B, T) with (B,) → ()."""
+    T = logits.shape[1]
+    if attention_mask is not None:
+        logits = logits.masked_fill(attention_mask == 0, torch.finfo(logits.dtype).min)
+    positions = torch.where(positions >= T, torch.full_like(positions, -100), positions.clamp(min=0))
+    return BF.cross_entropy(logits, positions, fused=fused)
+
+
 def init_weights(module: nn.Module, std: float) -> None:
     """BERT's init: weights ~ N(0, std²), biases 0, LayerNorm γ = 1, β = 0."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -574,7 +693,7 @@ def init_model(module: nn.Module, config: ModelConfig) -> None:
             init_truncated(m.down, out_std)
             if isinstance(m, GatedFeedForward):
                 init_truncated(m.gate, std)
-        elif isinstance(m, (MLMHead, Pooler)):
+        elif isinstance(m, (MLMHead, Pooler, TokenTransform)):
             init_truncated(m.dense, out_std)
 
 
@@ -621,6 +740,13 @@ def pooler_parameters(config: ModelConfig) -> int:
     """The pooler's: D² (+ D) dense, and for act_norm its LayerNorm (2D, or D without β)."""
     D, bias = config.hidden_size, int(config.bias)
     return D * D + bias * D + ((1 + bias) * D if config.pooler == "act_norm" else 0)
+
+
+def token_head_parameters(config: ModelConfig, outputs: int) -> int:
+    """A token or span head: ModernBERT's per-token transform (as many as its pooler; with model.pooler
+    act_norm), then a linear layer to `outputs` per token, L·D + L."""
+    transform = pooler_parameters(config) if config.pooler == "act_norm" else 0
+    return transform + outputs * config.hidden_size + outputs
 
 
 def parameter_report(config: ModelConfig) -> str:

@@ -26,10 +26,12 @@ from torch import Tensor
 from .checkpoint import CONFIG_FILE, MODEL_FILE, latest_checkpoint, load_state_into, model_state, read_config
 from .config import ModelConfig
 from .errors import BertmathError, CheckpointError, OutputError
-from .hf_format import (BERT, LAYOUTS, MODERNBERT, ROFORMER, check_classifier, config_from_hf, config_to_hf, family,
-                        layout_of, roformer_position_table, state_dict_from_hf, state_dict_to_hf)
+from .hf_format import (BERT, LAYOUTS, MODERNBERT, ROFORMER, check_head, config_from_hf, config_to_hf, family,
+                        head_kind, kind_of_architectures, layout_of, roformer_position_table, state_dict_from_hf,
+                        state_dict_to_hf)
 from .io import atomic_save_safetensors, atomic_write_text, check_output, read_json, read_safetensors
-from .model import BertForMaskedLM, BertForSequenceClassification, BertModel
+from .model import (BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
+                    BertForTokenClassification, BertModel)
 from .tokenizer import load_tokenizer, special_tokens
 
 T = TypeVar("T")
@@ -113,23 +115,40 @@ def _identity(directory: Path) -> tuple[int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
+# The model class of each kind of head (hf_format.head_kind), and the kind of each class.
+HEAD_CLASSES = {"mlm": BertForMaskedLM, "classifier": BertForSequenceClassification,
+                "tokens": BertForTokenClassification, "span": BertForQuestionAnswering, "encoder": BertModel}
+
+
 def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
-    """Build `cls` (BertModel, BertForMaskedLM or BertForSequenceClassification) from a bertmath or transformers checkpoint, in eval mode."""
+    """Build `cls` (BertModel, BertForMaskedLM, or a task model: BertForSequenceClassification,
+    BertForTokenClassification, BertForQuestionAnswering) from a bertmath or transformers checkpoint, in eval mode."""
     directory, config, state = read_checkpoint(path)
     return build_from_state(cls, config, state, str(directory)).to(device).eval()
 
 
 def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str):
     """`cls(config)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has one,
-    a BertForSequenceClassification as many labels as the state's classifier has rows."""
+    a sequence or token classifier as many labels as the state's classifier has rows. A task model from a
+    checkpoint with another task's head is a CheckpointError: its head would be new, untrained weights."""
+    kind = next((k for k, c in HEAD_CLASSES.items() if c is cls), None)
+    if kind in ("classifier", "tokens", "span") and head_kind(state, source=1) != kind:
+        raise CheckpointError(f"{where}: not a fine-tuned {_TASK_NAMES[kind]} (it has {_HEAD_NAMES[head_kind(state, 1)]});"
+                              f" fine-tune it first with `bertmath finetune` (task.kind: {_TASK_KINDS[kind]})")
     if cls is BertModel and not any(".pooler." in f".{k}" for k in state):
         model = BertModel(config, add_pooler=False)  # an MLM checkpoint has no pooler: do not invent one
-    elif cls is BertForSequenceClassification:
-        model = BertForSequenceClassification(config, num_labels=classifier_labels_count(state, where))
+    elif cls in (BertForSequenceClassification, BertForTokenClassification):
+        model = cls(config, num_labels=classifier_labels_count(state, where))
     else:
         model = cls(config)
     load_state_into(model, state, where)
     return model
+
+
+_HEAD_NAMES = {"mlm": "an MLM head", "classifier": "a sequence classifier", "tokens": "a token classifier",
+               "span": "a question-answering head", "encoder": "no task head"}
+_TASK_KINDS = {"classifier": "sequence", "tokens": "tokens", "span": "span"}
+_TASK_NAMES = {"classifier": "classifier", "tokens": "token classifier", "span": "question-answering model"}
 
 
 # --- reading and writing transformers' directory layout --------------------------------------------------
@@ -185,7 +204,7 @@ def load_hf_checkpoint(directory: str | Path) -> tuple[ModelConfig, dict[str, Te
     layout = layout_of(hf_config)
     hf_state = read_hf_weights(directory)
     unknown: list[str] = []
-    state = state_dict_from_hf(hf_state, unknown, layout)
+    state = state_dict_from_hf(hf_state, unknown, layout, kind_of_architectures(hf_config))
     if not state:
         raise CheckpointError(f"{directory}: no {layout.model_type} tensors in the weights file "
                               f"(found e.g. {next(iter(hf_state), 'nothing')!r})")
@@ -254,14 +273,16 @@ def classifier_label_names(directory: Path, num_labels: int) -> list[str] | None
     return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(num_labels)] if id2label else None
 
 
-def classifier_config(directory: Path, num_labels: int) -> dict:
-    """The config.json keys of a sequence classifier: its labels and problem type (regression for one output, as
-    transformers infers it from float labels); label names as the checkpoint gives them
-    (classifier_label_names), else LABEL_i, transformers' default."""
+def classifier_config(directory: Path, num_labels: int, regression_possible: bool = True) -> dict:
+    """The config.json keys of a sequence or token classifier: its labels and, for a sequence classifier, the
+    problem type (regression for one output, as transformers infers it from float labels); label names as the
+    checkpoint gives them (classifier_label_names), else LABEL_i, transformers' default."""
     names = classifier_label_names(directory, num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
-    return {"id2label": {str(i): name for i, name in enumerate(names)},
-            "label2id": {name: i for i, name in enumerate(names)},
-            "problem_type": "regression" if num_labels == 1 else "single_label_classification"}
+    out = {"id2label": {str(i): name for i, name in enumerate(names)},
+           "label2id": {name: i for i, name in enumerate(names)}}
+    if regression_possible:
+        out["problem_type"] = "regression" if num_labels == 1 else "single_label_classification"
+    return out
 
 
 # What makes a directory a previous export, which `export` may write over: a key of its config.json.
@@ -303,8 +324,9 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     CheckpointError naming the setting.
 
     A checkpoint with an MLM head is exported as <Twin>ForMaskedLM, a fine-tuned classifier as
-    <Twin>ForSequenceClassification (with its label names; its pooler must be the twin's, model.pooler), one with
-    neither (a sentence encoder) as the bare <Twin>Model.
+    <Twin>ForSequenceClassification (with its label names; its pooler must be the twin's, model.pooler), a token
+    classifier as <Twin>ForTokenClassification (with its tag names), a question-answering model as
+    <Twin>ForQuestionAnswering, one with no head (a sentence encoder) as the bare <Twin>Model.
     The tied decoder weight is not stored (transformers re-ties it from the word embeddings; safetensors cannot
     store two names for one tensor); an untied one is. BERT's and RoFormer's decoder bias is stored under both
     its names, `cls.predictions.bias` and `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter
@@ -313,18 +335,17 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
     layout = family(config)  # first: a model transformers cannot represent fails here
     hf_config = {**config_to_hf(config), **EXPORT_MARK}
-    has_head = any(name.startswith("mlm_head.") for name in state)
-    is_classifier = "classifier.weight" in state
-    kind = "classifier" if is_classifier else "mlm" if has_head else "encoder"
-    if is_classifier:  # a fine-tuned classifier: <Twin>ForSequenceClassification with its label names
-        check_classifier(config)
-        hf_config.update(classifier_config(directory, classifier_labels_count(state, str(directory))))
+    kind = head_kind(state, source=1)
+    if kind in ("classifier", "tokens", "span"):  # a fine-tuned model: <Twin>For<Task> (classifiers: label names)
+        check_head(config, kind)
+    if kind in ("classifier", "tokens"):
+        hf_config.update(classifier_config(directory, classifier_labels_count(state, str(directory)),
+                                           regression_possible=kind == "classifier"))
     if kind == "encoder" and layout is not BERT and any(".pooler." in f".{name}" for name in state):
         raise CheckpointError(f"{directory}: an encoder with a pooler but no classifier; transformers' "
                               f"{layout.classes['encoder']} has no pooler, so it cannot be exported to its layout")
     hf_config["architectures"] = [layout.classes[kind]]
-    architecture = BertForSequenceClassification if is_classifier else BertForMaskedLM if has_head else BertModel
-    model = build_from_state(architecture, config, state, str(directory))  # checks shapes
+    model = build_from_state(HEAD_CLASSES[kind], config, state, str(directory))  # checks shapes
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise CheckpointError(f"{directory}: tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
                               f"vocab_size is {config.vocab_size}")

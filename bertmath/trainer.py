@@ -366,12 +366,13 @@ class Trainer:
                        f"{result['eval_accuracy']:.1%}")
         return result
 
-    def _micro_batch(self, m: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """This process's share of global micro-batch m: ({"input_ids": masked ids}, labels), each (B/P, T)."""
+    def _micro_batch(self, m: int) -> tuple[dict[str, torch.Tensor], int]:
+        """This process's share of global micro-batch m: the model's inputs with its targets ({"input_ids":
+        masked ids, "labels": labels}, each (B/P, T)) and how many terms its loss averages (the masked tokens)."""
         train, info = self.config.train, self.dist
         inputs, labels = self._mask(self.data.batch("train", self._batch_indices(m)), mask_generator(train.seed, m),
                                     (info.rank, info.world_size))
-        return {"input_ids": inputs}, labels
+        return {"input_ids": inputs, "labels": labels}, int((labels != IGNORE_INDEX).sum())
 
     def _batch_indices(self, m: int) -> torch.Tensor:
         """This process's rows of global micro-batch m: the indices of the training examples it computes on."""
@@ -382,7 +383,7 @@ class Trainer:
 
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on L = Σ CE / N, the mean over the N masked tokens of all grad_accum_steps
-        micro-batches in all P processes (for fine-tuning: over the N labelled examples); returns (L, ‖∇L‖ before
+        micro-batches in all P processes (for fine-tuning: over the N labelled examples, tokens or answers); returns (L, ‖∇L‖ before
         clipping) as 0-d tensors on the device, not read yet: reading them waits for the device (see `_loop`).
 
         Each process back-propagates the Σ CE of its own tokens times P/N, and DDP / FSDP average gradients
@@ -390,14 +391,15 @@ class Trainer:
         train, info = self.config.train, self.dist
         micro_batches = [self._micro_batch(self.state.step * train.grad_accum_steps + micro)
                          for micro in range(train.grad_accum_steps)]
-        masked = [int((labels != IGNORE_INDEX).sum()) for _, labels in micro_batches]  # on the CPU: no sync
+        masked = [terms for _, terms in micro_batches]  # counted on the CPU: no sync
         all_masked = float(distributed.total(torch.tensor(float(sum(masked))), info))
         scale = info.world_size / max(all_masked, 1.0)
         total_loss = torch.zeros((), device=self.device)
-        for micro, (inputs, labels) in enumerate(micro_batches):
+        for micro, (inputs, _) in enumerate(micro_batches):
             last = micro == train.grad_accum_steps - 1
-            inputs = {**inputs, "labels": labels}
             if self.config.model.sparse_mlm:
+                labels = inputs["labels"]
+                inputs = {**inputs}
                 inputs["masked_positions"], inputs["labels"] = prediction_slots(labels, slot_count(
                     labels.numel(), self.config.data.mlm_probability, self.device, train.compile))
             with distributed.gradient_sync(self.train_model, info, enabled=last), self._autocast():

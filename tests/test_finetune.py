@@ -118,10 +118,37 @@ def test_init_that_is_not_a_bert_checkpoint_is_one_line(tmp_path, capsys):
     (dict(text_columns=["a", "b", "c"]), "task.text_columns"),
     (dict(eval_file=None), "task.eval_file"),
     (dict(num_labels=0), "task.num_labels"),
+    (dict(kind="tokens", num_labels=None, label_names=["O"]), "task.label_names"),  # a tag set of one
+    (dict(kind="tokens", num_labels=3, label_names=["O", "B-PER"], metric=None), "task.num_labels"),
+    (dict(kind="tokens", num_labels=None, label_names=["O", "B-X"], metric="pearson"), "task.metric"),
+    (dict(kind="span", num_labels=None, metric="accuracy"), "task.metric"),
+    (dict(kind="span", num_labels=None, metric=None, label_names=["a"]), "task.label_names"),
+    (dict(kind="span", num_labels=None, metric=None, max_question_tokens=46), "task.max_question_tokens"),
+    (dict(kind="span", num_labels=None, metric=None, max_question_tokens=16, doc_stride=29), "task.doc_stride"),
 ])
 def test_bad_task_config_names_the_key(tmp_path, init_run, changes, key):
     with pytest.raises(ConfigError, match=key):
         load_config(write_config(tmp_path, init_run, {**STSB, **changes}))
+
+
+@pytest.mark.parametrize("changes,num_labels,metric", [
+    (dict(), 2, "accuracy"),
+    (dict(label_names=["a", "b", "c"]), 3, "accuracy"),
+    (dict(num_labels=1), 1, "pearson"),
+    (dict(kind="tokens", label_names=["O", "B-PER", "I-PER"]), 3, "f1"),
+    (dict(kind="span"), 2, "f1"),
+])
+def test_task_defaults_follow_the_kind(changes, num_labels, metric):
+    """num_labels and metric left out are resolved once, by the kind, and recorded as resolved."""
+    task = TaskConfig(init="x", train_file="a", eval_file="b", **changes)
+    assert (task.num_labels, task.metric) == (num_labels, metric)
+    assert TaskConfig(**{**vars(task)}) == task  # the recorded (resolved) config reads back the same
+
+
+def test_span_windows_default_to_a_stride_that_fits():
+    """run_qa.py's stride of 128 needs windows over 128 passage tokens; shorter windows overlap by half."""
+    assert TaskConfig(init="x", train_file="a", eval_file="b", kind="span", max_seq_len=384).doc_stride == 128
+    assert TaskConfig(init="x", train_file="a", eval_file="b", kind="span", max_seq_len=128).doc_stride == 30
 
 
 # --- training -----------------------------------------------------------------------------------------------

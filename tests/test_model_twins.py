@@ -79,7 +79,8 @@ def ours_from(cls, cfg, hf, **kwargs):
     """A bertmath model holding `hf`'s weights (strict: every name maps, every stacked tensor splits)."""
     model = cls(cfg, **kwargs)
     layout = hf_format.family(cfg)
-    model.load_state_dict(hf_format.state_dict_from_hf(hf.state_dict(), layout=layout), strict=True)
+    kind = hf_format.kind_of_architectures({"architectures": [type(hf).__name__]})  # as config.json tells it
+    model.load_state_dict(hf_format.state_dict_from_hf(hf.state_dict(), layout=layout, kind=kind), strict=True)
     return model.eval()
 
 

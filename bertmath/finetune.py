@@ -40,6 +40,7 @@ from .errors import BertmathError, ConfigError, TaskDataError
 from .io import atomic_write_text, parse_json_object
 from .model import BertForSequenceClassification, parameter_counts, pooler_parameters
 from .pretrained import read_with_tokenizer
+from .qa import SpanShape
 from .tasks import BASELINES, TaskShape
 from .tokenizer import special_tokens
 from .trainer import Trainer
@@ -249,7 +250,7 @@ class SequenceShape(TaskShape):
 
 def load_task_shape(task: TaskConfig) -> TaskShape:
     """The task's examples, read and checked, behind the interface of its kind (task.kind)."""
-    shapes = {"sequence": SequenceShape}
+    shapes = {"sequence": SequenceShape, "span": SpanShape}
     if task.kind not in shapes:
         raise ConfigError(f"task.kind: '{task.kind}' cannot be fine-tuned yet")
     return shapes[task.kind](task)

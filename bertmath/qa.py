@@ -29,6 +29,7 @@ import collections
 import json
 import json.decoder
 import json.scanner
+import logging
 import re
 import string
 from dataclasses import dataclass
@@ -36,13 +37,18 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
-from torch import Tensor
+from torch import Tensor, nn
 
 from .batching import MAX_TOKENS, length_batches
 from .classify import Encoded, collate
+from .config import ModelConfig, TaskConfig
 from .errors import ConfigError, DataError, InputError, TaskDataError
 from .io import decode_utf8
+from .model import BertForQuestionAnswering, token_head_parameters
+from .tasks import TaskShape
 from .tokenizer import special_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -522,3 +528,72 @@ def first_sentence(context: str) -> str:
     end (the whole passage when there is none), outer whitespace removed."""
     match = _SENTENCE.match(context)
     return (match.group(1) if match else context).strip()
+
+
+# --- fine-tuning --------------------------------------------------------------------------------------------
+
+
+def span_losses(start_logits: list[Tensor], end_logits: list[Tensor], features: Features) -> float:
+    """Mean over windows of (CE(start, start_position) + CE(end, end_position)) / 2, each softmax over the
+    window's own tokens: BertForQuestionAnswering's loss, whatever batch the windows were padded in."""
+    total = 0.0
+    for w, (start, end) in enumerate(zip(start_logits, end_logits)):
+        window = features.windows[w]
+        total += float((start.double().logsumexp(0) - start[window.start_position].double() +
+                        end.double().logsumexp(0) - end[window.end_position].double()) / 2)
+    return total / max(len(features), 1)
+
+
+class SpanShape(TaskShape):
+    """A question and a passage → the answer's span: BertForQuestionAnswering over run_qa.py's windows of SQuAD
+    v1.1/v2.0 files, trained on every window's start and end positions, scored by exact match and F1 of each
+    question's best span over its windows (with the null answer for v2.0) next to the passage's first sentence.
+    Rows (what batches index) are windows; eval examples are questions."""
+
+    def __init__(self, task: TaskConfig):
+        super().__init__(task)
+        self.splits = {"train": read_squad(task.train_file), "eval": read_squad(task.eval_file)}
+        self.version_2 = any(split.version_2 for split in self.splits.values())
+        self.features: dict[str, Features] = {}
+        self.pad_id: int | None = None
+        questions = self.splits["eval"].questions
+        self.baseline = squad_scores([first_sentence(q.context) for q in questions], questions)
+
+    def model(self, config: ModelConfig) -> nn.Module:
+        return BertForQuestionAnswering(config)
+
+    def head_parameters(self, config: ModelConfig) -> int:
+        """qa_outputs' 2·D + 2 (and ModernBERT's per-token transform before it)."""
+        return token_head_parameters(config, 2)
+
+    def encode(self, tokenizer: Tokenizer) -> None:
+        self.pad_id = special_tokens(tokenizer).pad
+        task = self.task
+        self.features = {name: make_features(tokenizer, split.questions, task.max_seq_len, task.doc_stride,
+                                             task.max_question_tokens) for name, split in self.splits.items()}
+        for name, split in self.splits.items():
+            many = sum(len(w) > 1 for w in self.features[name].by_example().values())
+            if many:
+                log.info("%s: %d of %d questions have passages longer than one window of %d tokens (%d windows "
+                         "in all, overlapping by %d tokens)", split.source, many, len(split), task.max_seq_len,
+                         len(self.features[name]), task.doc_stride)
+
+    def examples(self, split: str) -> int:
+        return len(self.features[split])
+
+    def micro_batch(self, indices: list[int]) -> tuple[dict[str, Tensor], int]:
+        return collate_windows(self.features["train"], indices, self.pad_id, targets=True), len(indices)
+
+    def tokens(self, index: int) -> int:
+        return self.features["train"].length(index)
+
+    def evaluate(self, model, batch_size, device, autocast) -> tuple[dict, dict, int]:
+        """F1 and exact match of each eval question's best span, and the mean loss over the eval windows."""
+        features, questions = self.features["eval"], self.splits["eval"].questions
+        starts, ends = predict_span_logits(model, features, batch_size, self.pad_id, device, autocast)
+        predictions = predict_answers(questions, features, starts, ends, self.task.max_answer_tokens,
+                                      self.version_2)
+        scores = squad_scores(predictions, questions)
+        model_scores = {"f1": scores["f1"], "exact_match": scores["exact_match"],
+                        "loss": span_losses(starts, ends, features)}
+        return model_scores, dict(self.baseline), len(questions)

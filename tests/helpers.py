@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import itertools
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -150,3 +152,24 @@ def assert_pipeline_matches_fill_mask(checkpoint, exported, texts: list[str]) ->
         for a, b in zip(ours, theirs):
             assert abs(a["score"] - b["score"]) < 1e-4
             assert (a["token_str"], a["sequence"]) == (b["token_str"], b["sequence"])
+
+
+def assert_finetune_resumes_exactly(config: Path, run: Path, last: str = "step-0000006") -> None:
+    """`bertmath finetune CONFIG` stopped after its next-to-last checkpoint (the last one removed, as if killed
+    before it was saved) and resumed ends with the weights and metrics (timing aside) of the run that never
+    stopped: batches are a pure function of (seed, step), dropout's RNG is in the checkpoint."""
+    from bertmath.cli import main
+    from safetensors.torch import load_file
+
+    assert main(["finetune", str(config)]) == 0
+    straight = load_file(run / last / "model.safetensors")
+    straight_metrics = (run / "metrics.jsonl").read_text().splitlines()
+    shutil.rmtree(run / last)
+    assert main(["finetune", str(config), "--resume"]) == 0
+    resumed = load_file(run / last / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    timing = ("elapsed_s", "tokens_per_s")
+    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+    assert strip((run / "metrics.jsonl").read_text().splitlines()) == strip(straight_metrics)

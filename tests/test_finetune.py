@@ -5,7 +5,6 @@ fine-tuned for a few steps on the fixtures in tests/fixtures/ (samples of STS-B 
 import importlib.util
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from bertmath.errors import ConfigError
 from bertmath.finetune import TaskDataError, baseline_predictions, read_examples
 from bertmath.io import read_safetensors
 from bertmath.pretrained import load_checkpoint_tokenizer
-from helpers import assert_one_line_error, assert_png, make_bertmath_run
+from helpers import assert_finetune_resumes_exactly, assert_one_line_error, assert_png, make_bertmath_run
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STSB = dict(train_file=str(FIXTURES / "stsb_train.jsonl"), eval_file=str(FIXTURES / "stsb_dev.jsonl"),
@@ -192,20 +191,7 @@ def test_epochs_set_max_steps(tmp_path, init_run):
 def test_killed_run_resumes_exactly(tmp_path, init_run):
     """A run stopped after its step-3 checkpoint and resumed ends with the same weights and metrics as one
     that never stopped (batches are a pure function of (seed, step); dropout's RNG is in the checkpoint)."""
-    config = write_config(tmp_path, init_run, STSB)
-    assert main(["finetune", str(config)]) == 0
-    run = tmp_path / "run"
-    straight = load_file(run / "step-0000006" / "model.safetensors")
-    straight_metrics = (run / "metrics.jsonl").read_text().splitlines()
-    shutil.rmtree(run / "step-0000006")  # as if killed before the last save
-    assert main(["finetune", str(config), "--resume"]) == 0
-    resumed = load_file(run / "step-0000006" / "model.safetensors")
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
-    timing = ("elapsed_s", "tokens_per_s")
-    strip = lambda lines: [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
-    assert strip((run / "metrics.jsonl").read_text().splitlines()) == strip(straight_metrics)
+    assert_finetune_resumes_exactly(write_config(tmp_path, init_run, STSB), tmp_path / "run")
 
 
 def test_fine_tuning_trains_the_encoder_too(tmp_path, init_run):

@@ -10,14 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
 from bertmath.errors import ConfigError
 from bertmath.finetune import TaskDataError
 from bertmath.pretrained import load_checkpoint_tokenizer
-from bertmath.qa import (Question, Tokens, Window, Features, answer_positions, best_spans, exact_match,
-                         first_sentence, gold_answers, json_position, make_features, normalize_answer, null_logit,
-                         predict_answers, read_squad, squad_scores, token_f1, window_ranges)
-from helpers import load_script, minilm_dir
+from bertmath import checkpoint as ckpt
+from bertmath.cli import main
+from bertmath.model import BertForQuestionAnswering
+from bertmath.qa import (Features, Question, Tokens, Window, answer_positions, best_spans, collate_windows,
+                         exact_match, first_sentence, gold_answers, json_position, make_features, normalize_answer,
+                         null_logit, predict_answers, predict_span_logits, read_squad, span_losses, squad_scores,
+                         token_f1, window_ranges)
+from helpers import assert_finetune_resumes_exactly, load_script, make_bertmath_run, minilm_dir, tiny_model_config
 
 CONTEXT = "Romeo and Juliet is a tragedy. It was written by William Shakespeare early in his career."
 
@@ -402,3 +408,79 @@ def test_fixtures_are_squad_v2_with_long_passages(tokenizers):
     # every answer lies wholly inside some window, so that every answerable question trains its span
     for n, q in enumerate(dev.questions):
         assert q.is_impossible or any(features.windows[w].start_position > 0 for w in windows[n]), q.id
+
+
+# --- bertmath finetune (task.kind span) ---------------------------------------------------------------------
+
+
+def fixture_subset(name: str, questions: int, out: Path) -> Path:
+    """The first paragraphs of a fixture holding about `questions` questions, as a SQuAD v2.0 file."""
+    tree = json.loads((FIXTURES / name).read_text())
+    paragraphs, count = [], 0
+    for paragraph in (p for article in tree["data"] for p in article["paragraphs"]):
+        if count >= questions:
+            break
+        paragraphs.append(paragraph)
+        count += len(paragraph["qas"])
+    out.write_text(json.dumps({"version": "v2.0", "data": [{"title": "subset", "paragraphs": paragraphs}]}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def span_run_inputs(tmp_path_factory):
+    """A tiny random BERT with dropout on (so that an exact resume needs the dropout RNG too) and small train
+    and eval files cut from the fixtures."""
+    root = tmp_path_factory.mktemp("span")
+    init = make_bertmath_run(root / "init", hidden_dropout=0.1, attention_dropout=0.1)
+    return (init, fixture_subset("qa_train.json", 16, root / "train.json"),
+            fixture_subset("qa_dev.json", 6, root / "dev.json"))
+
+
+def write_span_config(tmp_path, inputs, **train) -> Path:
+    init, train_file, eval_file = inputs
+    tree = {"task": {"kind": "span", "init": str(init), "train_file": str(train_file), "eval_file": str(eval_file),
+                     "max_seq_len": 64, "max_question_tokens": 20, "doc_stride": 16},
+            "train": {"out_dir": str(tmp_path / "run"), "max_steps": 6, "batch_size": 8, "eval_every": 3,
+                      "save_every": 3, "warmup_steps": 1, "lr": 1e-3, "precision": "fp32", "plot": False, **train}}
+    path = tmp_path / "span.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_finetune_reports_em_and_f1_next_to_the_first_sentence(tmp_path, capsys, span_run_inputs):
+    assert main(["finetune", str(write_span_config(tmp_path, span_run_inputs))]) == 0
+    out = capsys.readouterr().out
+    assert "done: 6 steps" in out and "f1 " in out and "the passage's first sentence" in out and "exact_match" in out
+    records = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+               if "metric" in r]
+    assert [r["step"] for r in records] == [3, 6]
+    dev = read_squad(span_run_inputs[2])
+    baseline = squad_scores([first_sentence(q.context) for q in dev.questions], dev.questions)
+    last = records[-1]
+    assert last["metric"] == "f1" and last["eval_examples"] == len(dev)
+    assert (last["baseline_f1"], last["baseline_exact_match"]) == (baseline["f1"], baseline["exact_match"])
+    assert 0 <= last["eval_exact_match"] <= last["eval_f1"] <= 1 and last["eval_loss"] > 0
+    assert "qa_outputs.weight" in load_file(tmp_path / "run" / "model.safetensors")
+    saved = ckpt.read_config(tmp_path / "run")
+    assert (saved.task.kind, saved.task.doc_stride, saved.task.max_question_tokens) == ("span", 16, 20)
+
+
+def test_span_run_resumes_exactly(tmp_path, span_run_inputs):
+    """Stopped after its step-3 checkpoint and resumed, a run ends with the weights and metrics of one that never
+    stopped (windows drawn as a pure function of (seed, step), dropout's RNG in the checkpoint)."""
+    assert_finetune_resumes_exactly(write_span_config(tmp_path, span_run_inputs), tmp_path / "run")
+
+
+def test_span_eval_loss_is_the_models_loss(span_run_inputs):
+    """span_losses over the per-window logits of predict_span_logits (batched by length, padded) = the mean of
+    BertForQuestionAnswering's loss on each window alone."""
+    init, train_file, _ = span_run_inputs
+    tokenizer = load_checkpoint_tokenizer(init)
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(tiny_model_config(tokenizer.get_vocab_size())).eval()
+    features = make_features(tokenizer, read_squad(train_file).questions[:8], 64, 16, 20)
+    pad = tokenizer.token_to_id("[PAD]")
+    starts, ends = predict_span_logits(model, features, 4, pad)
+    with torch.no_grad():
+        alone = [float(model(**collate_windows(features, [w], pad, targets=True)).loss) for w in range(len(features))]
+    assert len(features) > 8 and span_losses(starts, ends, features) == pytest.approx(sum(alone) / len(alone), abs=1e-5)

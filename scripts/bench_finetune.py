@@ -48,7 +48,7 @@ from bertmath.trainer import derived_seed, learning_rate, parameter_groups
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 # Per task: the recipe's defaults (the command line overrides each).
 DEFAULTS = {"stsb": dict(epochs=2.0, batch_size=32, lr=1e-4, max_seq_len=128),
-            "qa": dict(epochs=2.0, batch_size=16, lr=2e-4, max_seq_len=128)}
+            "qa": dict(epochs=5.0, batch_size=16, lr=3e-4, max_seq_len=128)}
 
 
 def minilm_dir() -> Path:
@@ -188,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=Path, default=Path("data/tasks"), help="scripts/get_tasks.py's output (stsb)")
     parser.add_argument("--train-file", type=Path, default=FIXTURES / "qa_train.json", help="SQuAD JSON (qa)")
     parser.add_argument("--eval-file", type=Path, default=FIXTURES / "qa_dev.json", help="SQuAD JSON (qa)")
-    parser.add_argument("--epochs", type=float, default=None, help="2")
+    parser.add_argument("--epochs", type=float, default=None, help="stsb 2, qa 5")
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (a quick probe)")
     parser.add_argument("--batch-size", type=int, default=None, help="stsb 32, qa 16")
-    parser.add_argument("--lr", type=float, default=None, help="stsb 1e-4, qa 2e-4")
+    parser.add_argument("--lr", type=float, default=None, help="stsb 1e-4, qa 3e-4")
     parser.add_argument("--warmup-fraction", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)

@@ -124,6 +124,37 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_answer(args) -> int:
+    from .answer import Answerer, read_examples_file
+    from .errors import DataError
+    from .io import read_text
+
+    if args.file is not None:
+        if args.questions or args.context is not None or args.context_file is not None:
+            raise DataError("give --file, or --question with --context/--context-file, not both")
+        examples = read_examples_file(args.file)
+    else:
+        if not args.questions or (args.context is None) == (args.context_file is None):
+            raise DataError("give --question Q and one of --context C or --context-file F (or --file FILE of JSON "
+                            "lines with question and context)")
+        if "-" in args.questions and args.context_file == "-":
+            raise DataError("stdin ('-') can hold the questions or the passage, not both")
+        questions = _read_texts(args.questions)
+        if not questions:
+            raise DataError("no question: stdin was empty")
+        context = args.context if args.context is not None else \
+            sys.stdin.read() if args.context_file == "-" else read_text(Path(args.context_file))
+        examples = [(question, context) for question in questions]
+    answerer = Answerer.from_pretrained(args.checkpoint, device=args.device)
+    answers = answerer(examples, top_k=args.top_k, max_answer_tokens=args.max_answer_tokens)
+    for n, answer in enumerate(answers):
+        if args.json:
+            print(json.dumps(answer.to_dict(), ensure_ascii=False))
+        else:
+            print(("\n" if n and args.top_k > 1 else "") + answer.to_text())
+    return 0
+
+
 def _input_lines(source: str) -> list[str]:
     """The non-empty lines of stdin ("-") or of a UTF-8 file: one input per line."""
     from .io import read_text
@@ -277,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "score}, as transformers' token-classification pipeline with aggregation_strategy simple "
                         "gives them) and its words")
     p.set_defaults(func=cmd_tag)
+    p = sub.add_parser("answer", help="the answer to a question: its span in a passage, from a fine-tuned "
+                                      "question-answering checkpoint")
+    p.add_argument("checkpoint", help="bertmath fine-tuning run or step directory (task.kind span), or a "
+                                      "transformers BertForQuestionAnswering directory")
+    p.add_argument("--question", dest="questions", action="append", default=[], metavar="Q",
+                   help="the question; repeatable (each answered from the same passage); '-' reads one question "
+                        "per line from stdin. Many questions are batched by length; answers come in input order")
+    p.add_argument("--context", default=None, metavar="C", help="the passage holding the answer")
+    p.add_argument("--context-file", default=None, metavar="F", help="read the passage from F (UTF-8; '-': stdin)")
+    p.add_argument("--file", default=None, metavar="FILE",
+                   help="instead: JSON lines, each {\"question\": ..., \"context\": ...} ('-': stdin)")
+    p.add_argument("--top-k", type=int, default=1, help="the K best spans, best first")
+    p.add_argument("--max-answer-tokens", type=int, default=30, help="the longest answer, in tokens (run_qa.py's 30)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per question: {question, answers: [{answer, start, end, score}]}; "
+                        "start and end are character offsets in the passage, score the span's probability among "
+                        "the 20 best")
+    p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("fill-mask", help="predict the words behind [MASK] with a checkpoint")
     p.add_argument("checkpoint", help="bertmath run or step directory, or a transformers BERT directory")

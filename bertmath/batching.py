@@ -13,7 +13,9 @@ Callers keep their results per input, so the order of the batches never shows in
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
+
+import torch
 
 MAX_TOKENS = 8192  # positions per forward pass: big enough for efficient matmuls, small enough for memory
 MAX_BATCH = 256
@@ -51,3 +53,21 @@ def padding_share(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
     """(Σ_batches B·T_max − Σ len) / Σ_batches B·T_max: the share of computed positions that are padding."""
     computed = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches if batch)
     return 1 - sum(lengths) / computed if computed else 0.0
+
+
+@torch.no_grad()
+def predict_in_batches(model, lengths: Sequence[int], inputs_of: Callable[[list[int]], dict],
+                       batch_size: int = MAX_BATCH, device: torch.device | str = "cpu", autocast: Callable | None = None,
+                       max_tokens: int = MAX_TOKENS) -> list[tuple[list[int], object]]:
+    """[(indices, output)]: `model` in eval mode (its mode restored after) on length_batches of the inputs, each
+    batch's inputs from `inputs_of(indices)` (padded, with an attention mask) moved to `device`, under `autocast`
+    when given. The outputs stay as the model returns them; the caller keeps each input's share."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in length_batches(lengths, max_tokens, batch_size):
+        inputs = inputs_of(batch)
+        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+            out.append((batch, model(**{k: v.to(device) for k, v in inputs.items()})))
+    model.train(was_training)
+    return out

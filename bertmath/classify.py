@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from .batching import MAX_BATCH, MAX_TOKENS, length_batches
+from .batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
 from .checkpoint import CONFIG_FILE, read_config
 from .errors import InputError
 from .hardware import resolve_device
@@ -95,19 +95,15 @@ def collate(encoded: Encoded, indices: list[int] | Tensor, pad_id: int) -> dict[
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-@torch.no_grad()
 def predict_logits(model, encoded: Encoded, batch_size: int, pad_id: int, device: torch.device | str = "cpu",
                    autocast=None, max_tokens: int = MAX_TOKENS) -> Tensor:
     """(N, C) float32 logits of every example, in input order; computed in batches of similar length
     (batching.length_batches: at most `batch_size` examples and `max_tokens` padded positions each)."""
-    was_training = model.training
-    model.eval()
     out = torch.zeros(len(encoded), model.num_labels)
-    for batch in length_batches([len(ids) for ids in encoded.ids], max_tokens, batch_size):
-        inputs = collate(encoded, batch, pad_id)
-        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-            out[batch] = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
-    model.train(was_training)
+    for batch, result in predict_in_batches(model, [len(ids) for ids in encoded.ids],
+                                            lambda b: collate(encoded, b, pad_id), batch_size, device, autocast,
+                                            max_tokens):
+        out[batch] = result.logits.float().cpu()
     return out
 
 

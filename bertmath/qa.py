@@ -39,7 +39,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from .batching import MAX_TOKENS, length_batches
+from .batching import MAX_TOKENS, predict_in_batches
 from .classify import Encoded, collate
 from .config import ModelConfig, TaskConfig
 from .errors import ConfigError, DataError, InputError, TaskDataError
@@ -375,25 +375,19 @@ def collate_windows(features: Features, indices: list[int] | Tensor, pad_id: int
     return batch
 
 
-@torch.no_grad()
 def predict_span_logits(model, features: Features, batch_size: int, pad_id: int,
                         device: torch.device | str = "cpu", autocast=None,
                         max_tokens: int = MAX_TOKENS) -> tuple[list[Tensor], list[Tensor]]:
     """Start and end logits (float32, one (T_w,) tensor per window, in window order), computed in batches of
     windows of similar length (batching.length_batches)."""
-    was_training = model.training
-    model.eval()
     starts: list[Tensor | None] = [None] * len(features)
     ends: list[Tensor | None] = [None] * len(features)
-    for batch in length_batches([features.length(w) for w in range(len(features))], max_tokens, batch_size):
-        inputs = collate_windows(features, batch, pad_id)
-        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-            out = model(**{k: v.to(device) for k, v in inputs.items()})
+    lengths = [features.length(w) for w in range(len(features))]
+    for batch, out in predict_in_batches(model, lengths, lambda b: collate_windows(features, b, pad_id), batch_size,
+                                         device, autocast, max_tokens):
         start, end = out.start_logits.float().cpu(), out.end_logits.float().cpu()
         for row, w in enumerate(batch):
-            n = features.length(w)
-            starts[w], ends[w] = start[row, :n], end[row, :n]
-    model.train(was_training)
+            starts[w], ends[w] = start[row, :lengths[w]], end[row, :lengths[w]]
     return starts, ends
 
 

@@ -27,7 +27,7 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import Tensor, nn
 
-from .batching import MAX_BATCH, MAX_TOKENS, length_batches
+from .batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
 from .classify import Encoded, collate
 from .config import ModelConfig, TaskConfig
 from .errors import ConfigError, InputError, TaskDataError
@@ -347,23 +347,18 @@ def pad_labels(rows: Sequence[Sequence[int]], T: int) -> Tensor:
     return out
 
 
-@torch.no_grad()
 def token_logits(model: nn.Module, ids: Sequence[Sequence[int]], batch_size: int, pad_id: int,
                  device: torch.device | str = "cpu", autocast: Callable | None = None,
                  max_tokens: int = MAX_TOKENS) -> list[Tensor]:
     """Each sequence's (T_n, L) float32 logits, in input order; computed in batches of similar length
     (batching.length_batches), each padded to its longest with an attention mask (padding changes nothing)."""
-    was_training = model.training
-    model.eval()
     encoded = Encoded([list(row) for row in ids], [[0] * len(row) for row in ids])
     out: list[Tensor | None] = [None] * len(ids)
-    for batch in length_batches([len(row) for row in ids], max_tokens, batch_size):
-        inputs = collate(encoded, batch, pad_id)
-        with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()  # (B, T, L)
+    for batch, result in predict_in_batches(model, [len(row) for row in ids], lambda b: collate(encoded, b, pad_id),
+                                            batch_size, device, autocast, max_tokens):
+        logits = result.logits.float().cpu()  # (B, T, L)
         for row, n in enumerate(batch):
             out[n] = logits[row, :len(ids[n])]
-    model.train(was_training)
     return out
 
 

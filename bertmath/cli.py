@@ -82,7 +82,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .finetune import describe_scores, finetune
+    from .tasks.finetune import describe_scores, finetune
 
     config = _run_config(args)
     summary = finetune(config)
@@ -96,7 +96,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from .classify import Classifier
+    from .tasks.classify import Classifier
     from .errors import DataError
 
     if args.files and args.texts:
@@ -125,7 +125,7 @@ def cmd_classify(args) -> int:
 
 
 def cmd_answer(args) -> int:
-    from .answer import Answerer, read_examples_file
+    from .tasks.answer import Answerer, read_examples_file
     from .errors import DataError
     from .io import read_text
 
@@ -196,7 +196,7 @@ def cmd_fill_mask(args) -> int:
 
 def cmd_tag(args) -> int:
     from .errors import DataError
-    from .tagging import Tagger
+    from .tasks.tagging import Tagger
 
     texts = _read_texts(args.texts, args.files)
     if not texts:

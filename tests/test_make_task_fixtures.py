@@ -1,9 +1,9 @@
 """scripts/make_task_fixtures.py writes tests/fixtures/tagging_{train,dev}.conll byte for byte, and what it writes
-reads back through bertmath.tagging with both entity types, B- and I- tags, and no sentence in both splits."""
+reads back through bertmath.tasks.tagging with both entity types, B- and I- tags, and no sentence in both splits."""
 
 from pathlib import Path
 
-from bertmath.tagging import entities, read_tagged
+from bertmath.tasks.tagging import entities, read_tagged
 from helpers import load_script
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -14,12 +14,12 @@ import yaml
 from torch.testing import assert_close
 
 from bertmath import BertForMaskedLM, BertForSequenceClassification
-from bertmath.classify import Classifier
+from bertmath.tasks.classify import Classifier
 from bertmath.cli import main
 from bertmath.config import load_config
 from bertmath.errors import CheckpointError, ConfigError
 from bertmath.fill_mask import FillMask
-from bertmath.finetune import finetune
+from bertmath.tasks.finetune import finetune
 from bertmath.hf_format import config_from_hf
 from bertmath.io import read_safetensors
 from bertmath.pretrained import export_checkpoint, load_checkpoint_tokenizer, resolve_checkpoint

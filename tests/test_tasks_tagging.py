@@ -1,4 +1,4 @@
-"""bertmath.tagging: CoNLL and jsonl tag files (and their one-line errors), WordPieces labelled as transformers'
+"""bertmath.tasks.tagging: CoNLL and jsonl tag files (and their one-line errors), WordPieces labelled as transformers'
 run_ner.py labels them, entity scores equal to `seqeval`'s, and a text's entities grouped as transformers'
 token-classification pipeline (aggregation_strategy="simple") groups them."""
 
@@ -20,7 +20,7 @@ from bertmath.config import TaskConfig
 from bertmath.errors import TaskDataError
 from bertmath.model import BertForTokenClassification
 from bertmath.pretrained import load_checkpoint_tokenizer, load_model_and_tokenizer
-from bertmath.tagging import (IGNORE, OUTSIDE, TaggedSplit, Tagger, TaggingShape, baseline_tags, encode_tagged,
+from bertmath.tasks.tagging import (IGNORE, OUTSIDE, TaggedSplit, Tagger, TaggingShape, baseline_tags, encode_tagged,
                               entities, entity_scores, group_entities, read_tagged, tagged_words, word_tags)
 from bertmath.tokenizer import load_tokenizer
 from helpers import (assert_finetune_resumes_exactly, assert_one_line_error, eval_records, make_bertmath_run,
@@ -116,7 +116,7 @@ def transformers_labels(words, tags, max_length):
 @pytest.mark.parametrize("max_len", [64, 8])
 def test_labels_sit_on_first_pieces_as_transformers_run_ner_puts_them(tokenizer, max_len, caplog):
     split = TaggedSplit(SENTENCES, TAGS, "sentences")
-    with caplog.at_level(logging.WARNING, logger="bertmath.tagging"):
+    with caplog.at_level(logging.WARNING, logger="bertmath.tasks.tagging"):
         encoded = encode_tagged(tokenizer, split, LABELS, max_len)
     ids, labels = transformers_labels(SENTENCES, TAGS, max_len)
     assert encoded.ids == ids and encoded.labels == labels

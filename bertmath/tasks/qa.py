@@ -39,14 +39,14 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from .batching import MAX_TOKENS, predict_in_batches
+from ..batching import MAX_TOKENS, predict_in_batches
+from ..config import ModelConfig, TaskConfig
+from ..errors import ConfigError, DataError, InputError, TaskDataError
+from ..io import decode_utf8
+from ..model import BertForQuestionAnswering, token_head_parameters
+from ..tokenizer import special_tokens
 from .classify import Encoded, collate
-from .config import ModelConfig, TaskConfig
-from .errors import ConfigError, DataError, InputError, TaskDataError
-from .io import decode_utf8
-from .model import BertForQuestionAnswering, token_head_parameters
-from .tasks import TaskShape
-from .tokenizer import special_tokens
+from .shape import TaskShape
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from .batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
-from .checkpoint import CONFIG_FILE, read_config
-from .errors import InputError
-from .hardware import resolve_device
-from .model import BertForSequenceClassification
-from .pretrained import build_from_state, classifier_label_names, read_with_tokenizer
-from .tokenizer import special_tokens
+from ..batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
+from ..checkpoint import CONFIG_FILE, read_config
+from ..errors import InputError
+from ..hardware import resolve_device
+from ..model import BertForSequenceClassification
+from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
+from ..tokenizer import special_tokens
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""bertmath.qa: SQuAD files (v1.1, v2.0) and their one-line errors with file:line:column, the windows against
+"""bertmath.tasks.qa: SQuAD files (v1.1, v2.0) and their one-line errors with file:line:column, the windows against
 transformers' tokenizer (return_overflowing_tokens + stride, run_qa.py's training targets recomputed here as
 run_qa.py writes them), the best span against a brute-force search over every span, SQuAD's EM/F1 on
 hand-worked cases, the first-sentence baseline."""
@@ -14,12 +14,12 @@ import yaml
 from safetensors.torch import load_file
 
 from bertmath.errors import ConfigError
-from bertmath.finetune import TaskDataError
+from bertmath.tasks.finetune import TaskDataError
 from bertmath.pretrained import load_checkpoint_tokenizer
 from bertmath import checkpoint as ckpt
 from bertmath.cli import main
 from bertmath.model import BertForQuestionAnswering
-from bertmath.qa import (Features, Question, Tokens, Window, answer_positions, best_spans, collate_windows,
+from bertmath.tasks.qa import (Features, Question, Tokens, Window, answer_positions, best_spans, collate_windows,
                          exact_match, first_sentence, gold_answers, json_position, make_features, normalize_answer,
                          null_logit, predict_answers, predict_span_logits, read_squad, span_losses, squad_scores,
                          token_f1, window_ranges)

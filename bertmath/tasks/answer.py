@@ -22,15 +22,15 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from .batching import MAX_BATCH
-from .checkpoint import CONFIG_FILE, read_config
-from .errors import InputError
-from .hardware import resolve_device
-from .io import parse_json_object, read_text
-from .model import BertForQuestionAnswering
-from .pretrained import build_from_state, read_with_tokenizer
+from ..batching import MAX_BATCH
+from ..checkpoint import CONFIG_FILE, read_config
+from ..errors import InputError
+from ..hardware import resolve_device
+from ..io import parse_json_object, read_text
+from ..model import BertForQuestionAnswering
+from ..pretrained import build_from_state, read_with_tokenizer
+from ..tokenizer import preview, special_tokens
 from .qa import Question, Span, best_spans, make_features, predict_span_logits
-from .tokenizer import preview, special_tokens
 
 
 @dataclass

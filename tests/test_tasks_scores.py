@@ -1,9 +1,9 @@
-"""bertmath.scores against scikit-learn and scipy (independent implementations), on random and edge cases."""
+"""bertmath.tasks.scores against scikit-learn and scipy (independent implementations), on random and edge cases."""
 
 import pytest
 import torch
 
-from bertmath import scores
+from bertmath.tasks import scores
 
 metrics = pytest.importorskip("sklearn.metrics")
 stats = pytest.importorskip("scipy.stats")

@@ -1,4 +1,4 @@
-"""bertmath.answer and `bertmath answer`: held to run_qa.py's post-processing rule computed here, independently,
+"""bertmath.tasks.answer and `bertmath answer`: held to run_qa.py's post-processing rule computed here, independently,
 from transformers' BertForQuestionAnswering logits on the `bertmath export` of the same fine-tuned checkpoint
 (transformers 5 has no question-answering pipeline); batching changes no answer; stdin; one-line errors."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bertmath.answer import Answerer, window_shape
+from bertmath.tasks.answer import Answerer, window_shape
 from bertmath.cli import main
-from bertmath.qa import read_squad
+from bertmath.tasks.qa import read_squad
 from helpers import assert_one_line_error, make_bertmath_run
 
 FIXTURES = Path(__file__).parent / "fixtures"

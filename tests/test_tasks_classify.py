@@ -1,4 +1,4 @@
-"""bertmath.classify, `bertmath classify` and the export of a fine-tuned classifier: the [CLS] a [SEP] b [SEP]
+"""bertmath.tasks.classify, `bertmath classify` and the export of a fine-tuned classifier: the [CLS] a [SEP] b [SEP]
 layout and longest-first truncation as transformers' tokenizer does them, padding that changes no result, text /
 JSON / file / stdin input, and transformers' AutoModelForSequenceClassification loading the export with the
 same logits."""
@@ -13,9 +13,9 @@ import yaml
 from torch.testing import assert_close
 
 from bertmath import BertForSequenceClassification
-from bertmath.classify import Classifier, collate, encode, truncate_longest_first
+from bertmath.tasks.classify import Classifier, collate, encode, truncate_longest_first
 from bertmath.cli import main
-from bertmath.finetune import finetune
+from bertmath.tasks.finetune import finetune
 from bertmath.config import load_config
 from bertmath.pretrained import load_checkpoint_tokenizer
 from helpers import assert_one_line_error, make_bertmath_run, minilm_dir
@@ -82,7 +82,7 @@ def test_truncate_longest_first_takes_from_the_longer_text():
 
 
 def test_collate_pads_with_the_pad_id_and_masks_it():
-    from bertmath.classify import Encoded
+    from bertmath.tasks.classify import Encoded
     batch = collate(Encoded([[2, 5, 3], [2, 3]], [[0, 0, 0], [0, 0]]), [1, 0], pad_id=0)
     assert batch["input_ids"].tolist() == [[2, 3, 0], [2, 5, 3]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]

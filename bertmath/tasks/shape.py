@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tokenizers import Tokenizer
 
-from .config import ModelConfig, TaskConfig
+from ..config import ModelConfig, TaskConfig
 
 # What each kind of score is compared with: a model that knows nothing of the inputs.
 BASELINES = {"classification": "the majority class", "regression": "the mean score", "tokens": "every word O",

@@ -27,16 +27,16 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import Tensor, nn
 
-from .batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
+from ..batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
+from ..config import ModelConfig, TaskConfig
+from ..errors import ConfigError, InputError, TaskDataError
+from ..hardware import resolve_device
+from ..io import parse_json_object
+from ..model import BertForTokenClassification, token_head_parameters
+from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
+from ..tokenizer import special_tokens
 from .classify import Encoded, collate
-from .config import ModelConfig, TaskConfig
-from .errors import ConfigError, InputError, TaskDataError
-from .hardware import resolve_device
-from .io import parse_json_object
-from .model import BertForTokenClassification, token_head_parameters
-from .pretrained import build_from_state, classifier_label_names, read_with_tokenizer
-from .tasks import TaskShape
-from .tokenizer import special_tokens
+from .shape import TaskShape
 
 log = logging.getLogger(__name__)
 

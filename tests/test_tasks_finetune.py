@@ -1,4 +1,4 @@
-"""bertmath.finetune and `bertmath finetune`: task files in three formats, the bad-input one-line errors,
+"""bertmath.tasks.finetune and `bertmath finetune`: task files in three formats, the bad-input one-line errors,
 scores next to the baseline, exact resume, truncation reported once. A tiny random-init BERT (tests/helpers.py)
 fine-tuned for a few steps on the fixtures in tests/fixtures/ (samples of STS-B and Rotten Tomatoes)."""
 
@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from bertmath import checkpoint as ckpt
-from bertmath.classify import encode
+from bertmath.tasks.classify import encode
 from bertmath.cli import main
 from bertmath.config import TaskConfig, load_config
 from bertmath.data import batch_indices
 from bertmath.errors import ConfigError
-from bertmath.finetune import TaskDataError, baseline_predictions, read_examples
+from bertmath.tasks.finetune import TaskDataError, baseline_predictions, read_examples
 from bertmath.io import read_safetensors
 from bertmath.pretrained import load_checkpoint_tokenizer
 from helpers import assert_finetune_resumes_exactly, assert_one_line_error, assert_png, make_bertmath_run

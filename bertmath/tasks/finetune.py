@@ -7,7 +7,7 @@
 The model starts from `task.init` (a bertmath or transformers checkpoint; the classifier and, for an MLM
 checkpoint, the pooler from BERT's init). Checkpoints, exact resume, metrics.jsonl, tqdm and the curves are
 the trainer's: which examples a step reads is a pure function of (seed, step), as for pretraining.
-Evaluation scores the eval file with every applicable score (bertmath.scores) next to a baseline that knows
+Evaluation scores the eval file with every applicable score (bertmath.tasks.scores) next to a baseline that knows
 only the training labels: the majority class, or the mean score for regression.
 
 Task files: .csv (comma-separated, quoted as by Python's csv), .tsv (tab-separated, no quoting) with a header
@@ -28,23 +28,22 @@ from typing import Iterator
 
 import torch
 from tokenizers import Tokenizer
-
-from . import scores
-from .checkpoint import load_state_into
-from .classify import Encoded, collate, encode, predict_logits
 from torch import nn
 
-from .config import Config, DataConfig, ModelConfig, TaskConfig
-from .data import batch_indices
-from .errors import BertmathError, TaskDataError
-from .io import atomic_write_text, parse_json_object
-from .model import BertForSequenceClassification, parameter_counts, pooler_parameters
-from .pretrained import read_with_tokenizer
+from ..checkpoint import load_state_into
+from ..config import Config, DataConfig, ModelConfig, TaskConfig
+from ..data import batch_indices
+from ..errors import BertmathError, TaskDataError
+from ..io import atomic_write_text, parse_json_object
+from ..model import BertForSequenceClassification, parameter_counts, pooler_parameters
+from ..pretrained import read_with_tokenizer
+from ..tokenizer import special_tokens
+from ..trainer import Trainer
+from . import scores
+from .classify import Encoded, collate, encode, predict_logits
 from .qa import SpanShape
+from .shape import BASELINES, TaskShape
 from .tagging import TaggingShape
-from .tasks import BASELINES, TaskShape
-from .tokenizer import special_tokens
-from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 

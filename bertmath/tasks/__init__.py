@@ -1,0 +1,12 @@
+"""The task shapes of fine-tuning and their inference (Devlin et al. 2019, Figure 4), one module each:
+
+    shape.py      TaskShape: what fine-tuning asks of every shape (model, encoding, batches, scores)
+    classify.py   a text or a pair → a label or a score: the shared encoding, `Classifier` (`bertmath classify`)
+    tagging.py    a sentence → a tag per word: `TaggingShape`, `Tagger` (`bertmath tag`)
+    qa.py         a question and a passage → the answer span: `SpanShape`, SQuAD files and scores
+    answer.py     `Answerer` (`bertmath answer`)
+    scores.py     accuracy, F1, MCC, Pearson, Spearman: pure math on tensors
+    finetune.py   `bertmath finetune`: any TaskShape driven by the pretraining loop
+
+Nothing is imported here: `bertmath classify` loads no trainer, `bertmath finetune` no tagger it does not use.
+"""

@@ -41,10 +41,12 @@ import torch.nn.functional as F
 
 from bertmath.tasks import qa, scores
 from bertmath.checkpoint import load_state_into, model_state
-from bertmath.tasks.classify import collate, predict_logits
+from bertmath.tasks.classify import predict_logits
+from bertmath.tasks.encoding import collate
 from bertmath.config import TaskConfig
 from bertmath.data import batch_indices
-from bertmath.tasks.finetune import encode_split, load_init, read_examples
+from bertmath.tasks.finetune import load_init
+from bertmath.tasks.sequence import encode_split, read_examples
 from bertmath.hf_format import BERT, config_to_hf, family, state_dict_to_hf
 from bertmath.model import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 from bertmath.tasks.tagging import TaggingShape, baseline_tags, entity_scores

@@ -13,7 +13,8 @@ import yaml
 from torch.testing import assert_close
 
 from bertmath import BertForSequenceClassification
-from bertmath.tasks.classify import Classifier, collate, encode, truncate_longest_first
+from bertmath.tasks.classify import Classifier
+from bertmath.tasks.encoding import collate, encode, truncate_longest_first
 from bertmath.cli import main
 from bertmath.tasks.finetune import finetune
 from bertmath.config import load_config
@@ -82,7 +83,7 @@ def test_truncate_longest_first_takes_from_the_longer_text():
 
 
 def test_collate_pads_with_the_pad_id_and_masks_it():
-    from bertmath.tasks.classify import Encoded
+    from bertmath.tasks.encoding import Encoded
     batch = collate(Encoded([[2, 5, 3], [2, 3]], [[0, 0, 0], [0, 0]]), [1, 0], pad_id=0)
     assert batch["input_ids"].tolist() == [[2, 3, 0], [2, 5, 3]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from bertmath import checkpoint as ckpt
-from bertmath.tasks.classify import encode
 from bertmath.cli import main
 from bertmath.config import TaskConfig, load_config
 from bertmath.data import batch_indices
 from bertmath.errors import ConfigError
-from bertmath.tasks.finetune import TaskDataError, baseline_predictions, read_examples
 from bertmath.io import read_safetensors
 from bertmath.pretrained import load_checkpoint_tokenizer
+from bertmath.tasks.encoding import encode
+from bertmath.tasks.sequence import baseline_predictions, read_examples
 from helpers import assert_finetune_resumes_exactly, assert_one_line_error, assert_png, make_bertmath_run
 from helpers import eval_records, write_finetune_config
 

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from bertmath.errors import ConfigError
-from bertmath.tasks.finetune import TaskDataError
+from bertmath.errors import TaskDataError
 from bertmath.pretrained import load_checkpoint_tokenizer
 from bertmath import checkpoint as ckpt
 from bertmath.cli import main

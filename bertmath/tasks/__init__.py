@@ -1,7 +1,9 @@
 """The task shapes of fine-tuning and their inference (Devlin et al. 2019, Figure 4), one module each:
 
     shape.py      TaskShape: what fine-tuning asks of every shape (model, encoding, batches, scores)
-    classify.py   a text or a pair → a label or a score: the shared encoding, `Classifier` (`bertmath classify`)
+    encoding.py   what the shapes share: [CLS] a [SEP] (b [SEP]) ids, longest-first truncation, padded batches
+    sequence.py   a text or a pair → a label or a score: task files, `SequenceShape`
+    classify.py   `Classifier` (`bertmath classify`)
     tagging.py    a sentence → a tag per word: `TaggingShape`, `Tagger` (`bertmath tag`)
     qa.py         a question and a passage → the answer span: `SpanShape`, SQuAD files and scores
     answer.py     `Answerer` (`bertmath answer`)

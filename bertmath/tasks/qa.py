@@ -45,7 +45,7 @@ from ..errors import ConfigError, DataError, InputError, TaskDataError
 from ..io import decode_utf8
 from ..model import BertForQuestionAnswering, token_head_parameters
 from ..tokenizer import special_tokens
-from .classify import Encoded, collate
+from .encoding import Encoded, collate
 from .shape import TaskShape
 
 log = logging.getLogger(__name__)

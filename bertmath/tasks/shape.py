@@ -1,6 +1,6 @@
 """What fine-tuning needs to know of each shape of task (Devlin et al. 2019, Figure 4), behind one interface:
 
-    sequence   a text or a pair → one label or score      finetune.SequenceShape   BertForSequenceClassification
+    sequence   a text or a pair → one label or score      sequence.SequenceShape   BertForSequenceClassification
     tokens     a sentence → a tag per word                tagging.TaggingShape     BertForTokenClassification
     span       a question and a passage → the answer      qa.SpanShape             BertForQuestionAnswering
 

@@ -35,7 +35,7 @@ from ..io import parse_json_object
 from ..model import BertForTokenClassification, token_head_parameters
 from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
 from ..tokenizer import special_tokens
-from .classify import Encoded, collate
+from .encoding import Encoded, collate
 from .shape import TaskShape
 
 log = logging.getLogger(__name__)

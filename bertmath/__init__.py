@@ -4,15 +4,15 @@ from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config
 from .errors import (BertmathError, CheckpointError, ConfigError, DataError, InputError, OutputError, RunDirInUseError,
                      TrainingError)
 from .fill_mask import FillMask, FillMaskError
-from .model import (BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
-                    BertModel, parameter_counts, parameter_table)
+from .model import (BertForMaskedLM, BertForQuestionAnswering, BertForSentenceEmbedding, BertForSequenceClassification,
+                    BertForTokenClassification, BertModel, parameter_counts, parameter_table)
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "load_config",
     "BertmathError", "ConfigError", "DataError", "CheckpointError", "InputError", "OutputError", "RunDirInUseError",
     "TrainingError",
     "BertModel", "BertForMaskedLM", "BertForSequenceClassification", "BertForTokenClassification",
-    "BertForQuestionAnswering", "train", "parameter_counts", "parameter_table",
+    "BertForQuestionAnswering", "BertForSentenceEmbedding", "train", "parameter_counts", "parameter_table",
     "FillMask", "FillMaskError",
 ]
 __version__ = "0.1.0"

@@ -224,3 +224,37 @@ def cosine_similarity(a: Tensor, b: Tensor, dim: int = -1, eps: float = 1e-8, fu
     norm_a = torch.sqrt((a * a).sum(dim=dim)).clamp(min=eps)
     norm_b = torch.sqrt((b * b).sum(dim=dim)).clamp(min=eps)
     return (a * b).sum(dim=dim) / (norm_a * norm_b)
+
+
+def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-12, fused: bool = False) -> Tensor:
+    """x̂ = x / max(‖x‖₂, ε) over `dim`: unit length, so that a dot product of two is their cosine. ε keeps a zero
+    vector at zero instead of 0/0 (F.normalize's, sentence-transformers' Normalize). (…, D) → (…, D)."""
+    if fused:
+        return F.normalize(x, p=2.0, dim=dim, eps=eps)
+    return x / torch.sqrt((x * x).sum(dim=dim, keepdim=True)).clamp(min=eps)
+
+
+def mean_pool(h: Tensor, mask: Tensor | None = None) -> Tensor:
+    """e = Σ_t m_t h_t / Σ_t m_t: the mean of the real tokens' vectors (m_t = 1; every token without a mask).
+    Sentence-BERT's default pooling (Reimers & Gurevych 2019, §3). (B, T, D) with (B, T) → (B, D)."""
+    if mask is None:
+        return h.mean(dim=1)
+    m = mask.to(h.dtype)[:, :, None]  # (B, T, 1)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)  # (clamp: an all-padding row gives 0, not NaN)
+
+
+def max_pool(h: Tensor, mask: Tensor | None = None) -> Tensor:
+    """e_d = max_{t : m_t = 1} h_td: each dimension's largest value over the real tokens. Padding is set to the
+    lowest value first, so that it never wins (sentence-transformers' -1e9; here the dtype's minimum).
+    (B, T, D) with (B, T) → (B, D)."""
+    if mask is not None:
+        h = h.masked_fill(~mask.bool()[:, :, None], torch.finfo(h.dtype).min)
+    return h.max(dim=1).values
+
+
+def cls_pool(h: Tensor, mask: Tensor | None = None) -> Tensor:
+    """e = h_[CLS] = h_0: the first token's vector, which BERT's pooler and classifier read. (B, T, D) → (B, D)."""
+    return h[:, 0]
+
+
+POOLING = {"mean": mean_pool, "max": max_pool, "cls": cls_pool}

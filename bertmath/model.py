@@ -56,6 +56,12 @@ class TokenClassifierOutput:
 
 
 @dataclass
+class EmbeddingOutput:
+    embeddings: Tensor  # (B, D): one vector per text, unit length when the model normalises
+    last_hidden_state: Tensor  # (B, T, D): the encoder's output it was pooled from
+
+
+@dataclass
 class SpanOutput:
     start_logits: Tensor  # (B, T): how likely each token starts the answer
     end_logits: Tensor  # (B, T): how likely each token ends it
@@ -347,16 +353,8 @@ class ActNormPooler(Pooler):
         self.activation, self.fused, self.mean = config.activation, config.fused, config.pooling == "mean"
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        pooled = masked_mean(hidden, attention_mask) if self.mean else hidden[:, 0]  # (B, D)
+        pooled = BF.mean_pool(hidden, attention_mask) if self.mean else BF.cls_pool(hidden)  # (B, D)
         return self.norm(activate(self.dense(pooled), self.activation, self.fused))
-
-
-def masked_mean(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """h̄_b = Σ_t m_bt h_bt / Σ_t m_bt, the mean over the real tokens (m = 1; all, without a mask). (B, T, D) → (B, D)."""
-    if attention_mask is None:
-        return hidden.mean(dim=1)
-    m = attention_mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
-    return (hidden * m).sum(dim=1) / m.sum(dim=1)
 
 
 POOLERS = {"tanh": Pooler, "act": ActPooler, "act_norm": ActNormPooler}
@@ -636,6 +634,29 @@ class BertForQuestionAnswering(BertWithTokenHead):
                 span_cross_entropy(end, end_positions, attention_mask, self.fused)) / 2
         return SpanOutput(start, end, loss)
 
+
+
+class BertForSentenceEmbedding(BertWithHead):
+    """e = pool(BertModel(x)), then ê = e / ‖e‖₂ when `normalize`: one vector per text, compared by cosine
+    similarity. pool: the mean of the real tokens' h (Sentence-BERT's default; Reimers & Gurevych 2019, §3), h_[CLS],
+    or the per-dimension max over real tokens (functional.POOLING). No parameters beyond the encoder's: the
+    weights are a BertModel's, under transformers' names (bert.*), so any encoder checkpoint gives vectors.
+    (B, T) ids → (B, D)."""
+
+    def __init__(self, config: ModelConfig, pooling: str = "mean", normalize: bool = False):
+        super().__init__()
+        if pooling not in BF.POOLING:
+            raise ValueError(f"pooling must be one of {', '.join(BF.POOLING)}, got {pooling!r}")
+        self.config, self.pooling, self.normalize = config, pooling, normalize
+        self.bert = BertModel(config, add_pooler=False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> EmbeddingOutput:
+        h = self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
+        e = BF.POOLING[self.pooling](h, attention_mask)  # (B, D)
+        if self.normalize:
+            e = BF.l2_normalize(e, fused=self.config.fused)
+        return EmbeddingOutput(e, h)
 
 def span_cross_entropy(logits: Tensor, positions: Tensor, attention_mask: Tensor | None, fused: bool) -> Tensor:
     """CE(z, p) over the batch, z_t = −∞ at padding (probability 0: the most negative float, which exp takes to

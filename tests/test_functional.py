@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.testing import assert_close
 
 from bertmath import functional as BF
@@ -571,6 +572,48 @@ def test_cosine_similarity_broadcasts_and_handles_tiny_vectors(fused):
     unit = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     assert_close(BF.cosine_similarity(tiny, unit, fused=fused), F.cosine_similarity(tiny, unit, dim=-1))
     assert BF.cosine_similarity(tiny, unit, fused=fused)[1] == 0
+
+
+# --- sentence pooling and L2 normalisation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", PATHS)
+def test_l2_normalize_matches_torch(fused, dtype):
+    x = randn(4, 5, 16, dtype=dtype, seed=6)
+    check_values_and_grads(lambda t: BF.l2_normalize(t, fused=fused), lambda t: F.normalize(t, dim=-1), [x], dtype)
+    check_values_and_grads(lambda t: BF.l2_normalize(t, dim=1, fused=fused), lambda t: F.normalize(t, dim=1), [x],
+                           dtype)
+    zero = torch.zeros(2, 3, dtype=dtype)
+    assert torch.equal(BF.l2_normalize(zero, fused=fused), zero)  # ε: a zero vector stays zero, no NaN
+
+
+def _padded_rows(seed: int, dtype=torch.float64) -> tuple[Tensor, Tensor, list[int]]:
+    """h (3, 6, 8) and a mask whose rows have 6, 2 and 4 real tokens (padding at the end, random values there)."""
+    lengths = [6, 2, 4]
+    mask = torch.tensor([[1] * n + [0] * (6 - n) for n in lengths])
+    return randn(3, 6, 8, dtype=dtype, seed=seed), mask, lengths
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "cls"])
+def test_pooling_reads_only_the_real_tokens(mode):
+    """Each row pooled alone over its real tokens, written per row with torch's reductions."""
+    h, mask, lengths = _padded_rows(7)
+    reference = {"mean": lambda r: r.mean(0), "max": lambda r: r.amax(0), "cls": lambda r: r[0]}[mode]
+    expected = torch.stack([reference(h[b, :n]) for b, n in enumerate(lengths)])
+    check_values_and_grads(lambda t: BF.POOLING[mode](t, mask),
+                           lambda t: torch.stack([reference(t[b, :n]) for b, n in enumerate(lengths)]), [h],
+                           torch.float64)
+    assert_close(BF.POOLING[mode](h, mask), expected, **tol(torch.float64))
+    # no mask: every token is real
+    assert_close(BF.POOLING[mode](h), torch.stack([reference(h[b]) for b in range(3)]), **tol(torch.float64))
+
+
+def test_max_pooling_ignores_padding_larger_than_every_real_value():
+    h, mask, _ = _padded_rows(8)
+    h = h.masked_fill(mask[:, :, None] == 0, 1e6)  # padding that would win every max
+    assert (BF.max_pool(h, mask) < 1e6).all()
+    assert (BF.mean_pool(h, mask).abs() < 1e3).all()
 
 
 # --- positions: ALiBi's bias and RoPE's rotation, against formulas written another way ---------------------

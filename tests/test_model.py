@@ -15,7 +15,7 @@ import bertmath
 from bertmath import (BertForMaskedLM, BertForSequenceClassification, BertModel, hf_format, parameter_counts,
                       parameter_table)
 from bertmath.masking import prediction_slots
-from bertmath.model import Unpadded
+from bertmath.model import BertForSentenceEmbedding, Unpadded
 
 transformers = pytest.importorskip("transformers")
 
@@ -779,6 +779,40 @@ def test_sequence_classification_padding_changes_nothing(tiny_config, fused, num
         for b, n in enumerate(lengths):
             alone = model(ids[b:b + 1, :n], mask[b:b + 1, :n], types[b:b + 1, :n]).logits
             assert_close(padded[b:b + 1], alone, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+
+
+def sentence_transformers_pooling(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """sentence-transformers' Pooling module's formulas (models/Pooling.py), written as it writes them."""
+    m = mask.unsqueeze(-1).expand(h.size()).to(h.dtype)
+    if mode == "mean":
+        return (h * m).sum(1) / torch.clamp(m.sum(1), min=1e-9)
+    if mode == "max":
+        return torch.where(m.bool(), h, torch.full_like(h, -1e9)).max(1).values
+    return h[:, 0]
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+@pytest.mark.parametrize("mode", ["mean", "max", "cls"])
+@pytest.mark.parametrize("unpad", UNPAD)
+def test_sentence_embedding_matches_transformers_hidden_states_pooled(tiny_config, mode, normalize, unpad):
+    cfg = tiny_config(unpad=unpad)
+    torch.manual_seed(8)
+    hf = randomize(transformers.BertModel(hf_config(cfg), add_pooling_layer=False).eval())
+    ours = from_hf(BertModel, cfg, hf, add_pooler=False)
+    model = BertForSentenceEmbedding(cfg, pooling=mode, normalize=normalize).eval()
+    model.bert.load_state_dict(ours.state_dict())
+    ids, mask, types = batch(cfg, lengths=(9, 5, 2))
+    with torch.no_grad():
+        expected = sentence_transformers_pooling(hf(input_ids=ids, attention_mask=mask).last_hidden_state, mask, mode)
+        got = model(ids, mask).embeddings
+    if normalize:
+        expected = torch.nn.functional.normalize(expected, dim=-1)
+        assert_close(got.norm(dim=-1), torch.ones(3))
+    assert got.shape == (3, cfg.hidden_size)
+    assert_close(got, expected, atol=PARITY_ATOL_F32, rtol=PARITY_RTOL_F32)
+    assert model.num_parameters() == parameter_counts(cfg)["encoder"]
+    with pytest.raises(ValueError, match="pooling"):
+        BertForSentenceEmbedding(cfg, pooling="sum")
 
 
 def test_sequence_classification_counts_and_rejects_zero_labels(tiny_config):

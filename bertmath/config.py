@@ -27,6 +27,7 @@ FeedForwardKind = Literal["mlp", "glu"]
 RopeStyle = Literal["interleaved", "half"]
 PoolerKind = Literal["tanh", "act", "act_norm"]
 Pooling = Literal["cls", "mean"]
+SentencePooling = Literal["mean", "cls", "max"]  # functional.POOLING
 InitScheme = Literal["bert", "modernbert"]
 
 
@@ -224,7 +225,7 @@ class TrainConfig:
                  "'time' needs train.max_time_minutes, the budget the schedule runs on")
 
 
-TaskKind = Literal["sequence", "tokens", "span"]
+TaskKind = Literal["sequence", "tokens", "span", "embedding"]
 TaskMetric = Literal["accuracy", "f1", "matthews", "pearson", "spearman", "precision", "recall", "exact_match"]
 # The scores each kind of task reports (its task.metric picks one); the first is the default.
 TASK_METRICS = {"classification": ("accuracy", "f1", "matthews"), "regression": ("pearson", "spearman"),
@@ -272,6 +273,10 @@ class TaskConfig:
     # with pooler act exports as transformers' RoFormerForSequenceClassification.
     pooler: PoolerKind | None = None
     pooling: Pooling | None = None
+    # embedding: a text's vector e = pool(h) over the encoder's last hidden states (model.BertForSentenceEmbedding):
+    # mean of the real tokens (Sentence-BERT, Reimers & Gurevych 2019), [CLS]'s, or the per-dimension max
+    sentence_pooling: SentencePooling = "mean"
+    normalize: bool = True  # embedding: ê = e / ‖e‖₂, so that a dot product is the cosine similarity
 
     def __post_init__(self):
         _require(bool(self.init), "task.init", "needs the checkpoint to fine-tune (a bertmath run or step "

@@ -2,10 +2,17 @@
 directory and the Shakespeare vocabulary for the figure commands."""
 
 import dataclasses
+import os
 
 import pytest
+import torch
 
 from bertmath import ModelConfig
+
+# Under pytest-xdist (`-n auto`) each worker gets its share of the cores: two workers of two threads each on
+# two cores would spend their time switching instead of computing.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 # vocab 99, D 32, 2 layers, 4 heads (Dh 8), F 37 (not a multiple of D on purpose), 64 positions; no dropout
 # so that train-mode passes are deterministic.

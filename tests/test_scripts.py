@@ -48,7 +48,7 @@ def test_ci_runs_the_readme_test_command_with_the_constraints_file():
     readme_commands = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
     ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci_lines[-1] == readme_commands[1]
-    assert "-c constraints/ci.txt" in readme_commands[1] and readme_commands[1].endswith("python -m pytest")
+    assert "-c constraints/ci.txt" in readme_commands[1] and readme_commands[1].endswith("python -m pytest -n auto")
     pins = [line for line in (REPO / "constraints" / "ci.txt").read_text().splitlines() if not line.startswith("#")]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9._-]+==[0-9][A-Za-z0-9.+!-]*", line) for line in pins), pins
     names = {line.split("==")[0].lower().replace("_", "-") for line in pins}
@@ -140,13 +140,14 @@ def test_scaling_script_runs_one_and_two_processes_on_the_same_work(tmp_path):
     tiny = ["model.vocab_size=512", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
             "model.intermediate_size=64", "data.max_documents=300", "data.eval_fraction=0.1", "data.max_seq_len=32",
             "train.batch_size=8", "train.precision=fp32", "train.plot=false"]
+    # DDP only: FSDP2 trains as one process too, but that is test_distributed's to prove; here the script's table
     command = [sys.executable, str(REPO / "scripts" / "scaling.py"), "--config", "configs/small.yaml", "--steps", "6",
-               "--skip", "2", "--json", *[a for kv in tiny for a in ("--set", kv)]]
+               "--skip", "2", "--parallel", "ddp", "--json", *[a for kv in tiny for a in ("--set", kv)]]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(r["processes"], r["parallel"]) for r in rows] == [(1, "none"), (2, "ddp"), (2, "fsdp")]
+    assert [(r["processes"], r["parallel"]) for r in rows] == [(1, "none"), (2, "ddp")]
     assert rows[0]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
     for r in rows[1:]:  # fp32, no dropout: the same training whatever the number of processes
         assert r["final_loss"] == pytest.approx(rows[0]["final_loss"], rel=1e-5)

@@ -301,6 +301,9 @@ class TaskConfig:
         _require(self.num_labels >= 1, "task.num_labels", f"must be at least 1 (1 = regression), got {self.num_labels}")
         _require(not self.label_names or len(self.label_names) == self.num_labels, "task.label_names",
                  f"has {len(self.label_names)} names for {self.num_labels} labels")
+        # a name twice would be two labels to the export's label2id (its last index) but one to training (its first)
+        twice = next((name for n, name in enumerate(self.label_names) if name in self.label_names[:n]), None)
+        _require(twice is None, "task.label_names", f"'{twice}' appears twice; give every label its own name")
         scoring = self.scoring
         if self.metric is None:
             object.__setattr__(self, "metric", TASK_METRICS[scoring][0])

@@ -84,6 +84,14 @@ def metrics(text: bytes | str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / "m").mkdir() or write(tmp / "m" / "metrics.jsonl", text)
 
 
+def finetune_config(tmp: Path, **task) -> None:
+    """tmp/ft.yaml: a fine-tuning config whose task: section holds `task` (its files need not exist: the cases
+    stop at the config)."""
+    tree = {"task": {"init": str(tmp / "init"), "train_file": "train.csv", "eval_file": "dev.csv", **task},
+            "train": {"out_dir": str(tmp / "ft")}}
+    write(tmp / "ft.yaml", yaml.safe_dump(tree))
+
+
 RESUME = ("pretrain", "{config}", "--set", "train.out_dir={trained}", "--set", "train.max_steps=6")
 FRESH = ("pretrain", "{config}", "--set", "train.out_dir={tmp}/fresh")
 EMBED_OK = ("--word", "cat", "--analogy", "cat", "dog", "man", "--context-word", "cat", "--sentence", "the cat sat",
@@ -134,6 +142,9 @@ CASES = [
          lambda tmp: write(latest(tmp / "trained") / ckpt.CONFIG_FILE, b"model: [\xff")),
     Case("pretrain: latest tokenizer.json missing", RESUME, ("step-0000004/tokenizer.json", "step-0000002"),
          lambda tmp: (latest(tmp / "trained") / ckpt.TOKENIZER_FILE).unlink()),
+    # finetune: the task: section
+    Case("finetune: a label name twice", ("finetune", "{tmp}/ft.yaml"), ("task.label_names", "'fresh' appears twice"),
+         lambda tmp: finetune_config(tmp, label_names=["rotten", "fresh", "fresh"]), exit_code=2),
     # fill-mask: checkpoint, texts, options
     Case("fill-mask: missing checkpoint", ("fill-mask", "{tmp}/nope", "the [MASK]"), ("nope", "not found")),
     Case("fill-mask: checkpoint is a file", ("fill-mask", "{tmp}/taken.txt", "the [MASK]"), ("got a file",),

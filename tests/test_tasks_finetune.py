@@ -120,6 +120,20 @@ def test_bad_task_config_names_the_key(tmp_path, init_run, changes, key):
         load_config(write_config(tmp_path, init_run, {**STSB, **changes}))
 
 
+@pytest.mark.parametrize("changes", [
+    dict(num_labels=2, metric="accuracy", label_names=["fresh", "fresh"]),
+    dict(kind="tokens", num_labels=None, metric=None, label_names=["O", "B-PER", "I-PER", "B-PER"]),
+])
+def test_a_label_name_twice_is_one_config_error(tmp_path, init_run, capsys, changes):
+    """Training maps a name to its first index, the export's label2id to its last: a name given twice is refused
+    when the config loads, before a model disagrees with its training."""
+    config = write_config(tmp_path, init_run, {**STSB, **changes})
+    with pytest.raises(ConfigError, match=r"task.label_names: '(fresh|B-PER)' appears twice"):
+        load_config(config)
+    assert main(["finetune", str(config)]) == 2
+    assert_one_line_error(capsys, "finetune", "task.label_names", "appears twice")
+
+
 @pytest.mark.parametrize("changes,num_labels,metric", [
     (dict(), 2, "accuracy"),
     (dict(label_names=["a", "b", "c"]), 3, "accuracy"),

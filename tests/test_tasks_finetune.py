@@ -54,6 +54,20 @@ def test_reads_the_three_formats():
     assert rotten.texts[0] == (first[0],) and rotten.labels[0] == int(first[1])
 
 
+@pytest.mark.parametrize("name,content", [
+    ("bom.csv", 'text,label\ngood,1\n"bad, sadly",0\n'),
+    ("bom.tsv", "text\tlabel\ngood\t1\nbad, sadly\t0\n"),
+    ("bom.jsonl", '{"text": "good", "label": 1}\n{"text": "bad, sadly", "label": 0}\n'),
+])
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, name, content):
+    """A BOM an editor put before the header (csv, tsv) or the first object (jsonl) is dropped: the first column
+    is still 'text', the first line still JSON."""
+    path = tmp_path / name
+    path.write_text("\ufeff" + content, encoding="utf-8")
+    examples = read_examples(path, TaskConfig(init="x", **{**ROTTEN, "train_file": str(path)}))
+    assert examples.texts == [("good",), ("bad, sadly",)] and examples.labels.tolist() == [1, 0]
+
+
 def test_label_names_may_stand_for_indices(tmp_path):
     path = tmp_path / "named.csv"
     path.write_text("text,label\ngood,fresh\nbad,rotten\n")

@@ -194,6 +194,8 @@ CASES = [
          metrics('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": "low"}\n')),
     Case("plot: evaluation without accuracy", ("plot", "{tmp}/m"), ("'eval_accuracy' is missing",),
          metrics('{"step": 1, "eval_loss": 2.5}\n')),
+    Case("plot: fine-tuning evaluation without its score", ("plot", "{tmp}/m"), ("'eval_f1' is missing",),
+         metrics('{"step": 1, "metric": "f1", "eval_loss": 2.5, "eval_accuracy": 0.5}\n')),
     Case("plot: binary metrics.jsonl", ("plot", "{tmp}/m"), ("metrics.jsonl", "unreadable"), metrics(b"\xff\xfe{")),
     Case("plot: --out is a directory", ("plot", "{trained}", "--out", "{tmp}/mine"), ("mine", "is a directory"),
          foreign_directory),

@@ -178,7 +178,7 @@ def test_regression_run_logs_scores_next_to_the_mean_baseline(tmp_path, capsys, 
     records = eval_records(tmp_path / "run")
     assert [r["step"] for r in records] == [3, 6]
     assert records[-1]["baseline_pearson"] == 0.0 and records[-1]["eval_examples"] == 20
-    assert records[-1]["baseline_mse"] > 0 and "eval_loss" not in records[-1]  # no accuracy for `bertmath plot`
+    assert records[-1]["baseline_mse"] > 0 and "eval_loss" not in records[-1]  # regression's loss is its eval_mse
     saved = ckpt.read_config(tmp_path / "run")
     assert saved.task.num_labels == 1 and saved.model.hidden_size == 32  # the model's shape comes from task.init
     assert "classifier.weight" in load_file(tmp_path / "run" / "model.safetensors")

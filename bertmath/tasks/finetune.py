@@ -120,7 +120,7 @@ class FinetuneTrainer(Trainer):
         task, t, s = self.config.task, self.config.train, self.state
         model_scores, baseline_scores, examples = self.shape.evaluate(self.model, t.batch_size, self.device,
                                                                       self._autocast)
-        # eval_loss and eval_accuracy (classification) keep their pretraining meaning: `bertmath plot` draws them
+        # `bertmath plot` draws eval_<task.metric> beside baseline_<task.metric>, and eval_loss where the task has one
         result = {"step": s.step, "metric": task.metric, **{f"eval_{k}": v for k, v in model_scores.items()},
                   **{f"baseline_{k}": v for k, v in baseline_scores.items()}, "eval_examples": examples}
         if s.best_eval_accuracy is None or model_scores[task.metric] > s.best_eval_accuracy:

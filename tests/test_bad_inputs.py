@@ -145,6 +145,9 @@ CASES = [
     # finetune: the task: section
     Case("finetune: a label name twice", ("finetune", "{tmp}/ft.yaml"), ("task.label_names", "'fresh' appears twice"),
          lambda tmp: finetune_config(tmp, label_names=["rotten", "fresh", "fresh"]), exit_code=2),
+    Case("finetune: --set both run lengths", ("finetune", "{tmp}/ft.yaml", "--set", "task.epochs=1", "--set",
+                                              "train.max_steps=2"), ("both decide the run's length", "give one"),
+         finetune_config, exit_code=2),
     # fill-mask: checkpoint, texts, options
     Case("fill-mask: missing checkpoint", ("fill-mask", "{tmp}/nope", "the [MASK]"), ("nope", "not found")),
     Case("fill-mask: checkpoint is a file", ("fill-mask", "{tmp}/taken.txt", "the [MASK]"), ("got a file",),

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from bertmath import checkpoint as ckpt
 from bertmath.cli import main
-from bertmath.config import TaskConfig, load_config
+from bertmath.config import TaskConfig, config_from_dict, config_to_yaml, load_config, run_length
 from bertmath.data import batch_indices
 from bertmath.errors import ConfigError
 from bertmath.io import read_safetensors
@@ -201,9 +201,56 @@ def test_classification_run_beats_nothing_but_reports_the_majority_baseline(tmp_
         assert_png(tmp_path / "curves.png")
 
 
-def test_epochs_set_max_steps(tmp_path, init_run):
-    main(["finetune", str(write_config(tmp_path, init_run, {**ROTTEN, "epochs": 0.5}, max_steps=1000))])
+def test_epochs_set_max_steps(tmp_path, init_run, caplog):
+    """task.epochs and train.max_steps both in the file: task.epochs decides, and the log says so."""
+    with caplog.at_level(logging.INFO, logger="bertmath.tasks.finetune"):
+        main(["finetune", str(write_config(tmp_path, init_run, {**ROTTEN, "epochs": 0.5}, max_steps=1000))])
     assert ckpt.read_config(tmp_path / "run").train.max_steps == 3  # ceil(0.5 · 40 / 8)
+    assert ("run length: 3 steps from task.epochs 0.5 (40 training rows, 8 a step); from the file, task.epochs "
+            "wins over train.max_steps") in caplog.text
+
+
+@pytest.mark.parametrize("in_file,overrides,decides", [
+    (dict(), [], ("train.max_steps", "task.epochs is not set")),
+    (dict(epochs=2), [], ("task.epochs", "from the file, task.epochs wins over train.max_steps")),
+    (dict(epochs=2), ["train.max_steps=2"], ("train.max_steps", "given with --set, which wins over task.epochs "
+                                                                "from the file")),
+    (dict(), ["task.epochs=2"], ("task.epochs", "given with --set, which wins over train.max_steps from the file")),
+    (dict(epochs=2), ["task.epochs=3"], ("task.epochs", "given with --set, which wins over train.max_steps from "
+                                                        "the file")),
+])
+def test_the_command_line_decides_the_run_length_over_the_file(tmp_path, init_run, in_file, overrides, decides):
+    """One rule for task.epochs and train.max_steps (the file always holds train.max_steps: 6): the command line
+    wins over the file; from the file alone, task.epochs wins."""
+    config = load_config(write_config(tmp_path, init_run, {**ROTTEN, **in_file}), overrides)
+    assert run_length(config) == decides
+    assert "set_keys" not in config_to_yaml(config)  # where a value came from is not a setting to record
+
+
+def test_both_lengths_on_the_command_line_are_one_config_error(tmp_path, init_run):
+    with pytest.raises(ConfigError, match="--set task.epochs and --set train.max_steps both decide the run's length"):
+        load_config(write_config(tmp_path, init_run, ROTTEN), ["task.epochs=1", "train.max_steps=2"])
+    with pytest.raises(ConfigError, match="unknown key 'set_keys'"):
+        config_from_dict({"set_keys": ["train.lr"]})
+
+
+@pytest.mark.parametrize("in_file,overrides,steps,line", [
+    (dict(epochs=0.5), ["train.max_steps=2"], 2, "run length: 2 steps from train.max_steps; given with --set, "
+                                                 "which wins over task.epochs from the file"),
+    (dict(), ["task.epochs=0.5"], 3, "run length: 3 steps from task.epochs 0.5 (40 training rows, 8 a step); given "
+                                     "with --set, which wins over train.max_steps from the file"),
+])
+def test_a_run_as_long_as_the_command_line_says(tmp_path, init_run, caplog, in_file, overrides, steps, line):
+    """`bertmath finetune CONFIG --set train.max_steps=2` beside task.epochs in the file trains 2 steps (it
+    trained the epochs' steps without a word), and `--set task.epochs` beside the file's train.max_steps (6) its
+    epochs' steps; the run logs which setting decided and why, and records the one that decided."""
+    config = write_config(tmp_path, init_run, {**ROTTEN, **in_file})
+    with caplog.at_level(logging.INFO, logger="bertmath.tasks.finetune"):
+        assert main(["finetune", str(config), *(a for o in overrides for a in ("--set", o))]) == 0
+    saved = ckpt.read_config(tmp_path / "run")
+    assert saved.train.max_steps == steps and eval_records(tmp_path / "run")[-1]["step"] == steps
+    assert saved.task.epochs == (0.5 if "task.epochs" in line.split(";")[0] else None)
+    assert line in caplog.text
 
 
 def test_killed_run_resumes_exactly(tmp_path, init_run):

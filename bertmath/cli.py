@@ -1,6 +1,7 @@
 """`bertmath` command line: a thin shell that parses arguments and calls the Python API.
 
 A `BertmathError` becomes one line on stderr and exit status 2 (config) or 1 (other); bugs keep their traceback.
+A reader that stops reading (`bertmath fill-mask ... | head -1`) ends any command quietly, with status 141.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -403,14 +405,31 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("datasets", "httpx", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return args.func(args)
-    except BertmathError as e:
-        # process_label(): " [rank r/P]" in a torchrun job, which process failed
-        print(f"bertmath {args.command}{process_label()}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"bertmath {args.command}: interrupted", file=sys.stderr)
-        return 130
+        try:
+            return args.func(args)
+        except BertmathError as e:
+            # process_label(): " [rank r/P]" in a torchrun job, which process failed
+            print(f"bertmath {args.command}{process_label()}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print(f"bertmath {args.command}: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+                sys.stdout.flush()  # output still buffered meets a closed pipe here, not in the interpreter's exit
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader closed stdout's pipe (`| head -1`): stop quietly, as coreutils' cat or seq do. They die of
+    SIGPIPE, which a shell reports as 128 + 13 = 141; returning 141 keeps that status (a `set -o pipefail`
+    script sees what it sees for them) without killing the process mid-cleanup. stdout goes to /dev/null first,
+    so the interpreter's final flush of what is left in the buffer does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Configuration: frozen dataclasses mirrored one-to-one by YAML sections `model:`, `data:`, `train:`
 (and `task:` for fine-tuning).
 
-Precedence: dataclass defaults < YAML file < overrides (`--set train.lr=3e-4`, parsed as YAML scalars).
+Precedence: dataclass defaults < YAML file < overrides (`--set train.lr=3e-4`, parsed as YAML scalars). Two keys
+that decide one thing (a fine-tuning run's length: task.epochs, train.max_steps) follow the same rule, the
+command line over the file (run_length); the config remembers which keys `--set` gave for that (Config.set_keys).
 Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the file and key path.
 This is the only module that reads YAML.
 """
@@ -266,7 +268,10 @@ class TaskConfig:
     doc_stride: int | None = None
     max_question_tokens: int = 64  # span: a longer question is cut to this many tokens
     max_answer_tokens: int = 30  # span: the longest answer predicted, in tokens
-    epochs: float | None = None  # passes over the training set; sets train.max_steps when given
+    # passes over the training set; when given it sets train.max_steps, unless `--set train.max_steps=N` is on the
+    # command line and task.epochs is not: the command line wins over the file; from the file, task.epochs wins
+    # (both given with --set: an error). The run logs which one decided (run_length)
+    epochs: float | None = None
     fused: bool = True  # torch's fused kernels for the model from init (same math; model.fused)
     # The classifier's pooler and what it reads (model.pooler, model.pooling); null: the init checkpoint's
     # (tanh for BERT and bertmath's own runs, act for RoFormer, act_norm for ModernBERT). A rope model fine-tuned
@@ -306,6 +311,9 @@ class TaskConfig:
         _require(self.num_labels >= 1, "task.num_labels", f"must be at least 1 (1 = regression), got {self.num_labels}")
         _require(not self.label_names or len(self.label_names) == self.num_labels, "task.label_names",
                  f"has {len(self.label_names)} names for {self.num_labels} labels")
+        # a name twice would be two labels to the export's label2id (its last index) but one to training (its first)
+        twice = next((name for n, name in enumerate(self.label_names) if name in self.label_names[:n]), None)
+        _require(twice is None, "task.label_names", f"'{twice}' appears twice; give every label its own name")
         scoring = self.scoring
         if self.metric is None:
             object.__setattr__(self, "metric", TASK_METRICS[scoring][0])
@@ -342,6 +350,27 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     task: TaskConfig | None = None  # fine-tuning only (bertmath finetune)
+    # Not a setting but where settings came from: the keys `--set` gave ("train.max_steps"), for the settings
+    # whose precedence is the command line's over the file's (run_length). Neither read from nor written to YAML.
+    set_keys: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"yaml": False})
+
+
+# The two settings that decide a fine-tuning run's length.
+LENGTH_KEYS = ("task.epochs", "train.max_steps")
+
+
+def run_length(config: Config) -> tuple[str, str]:
+    """(the key that decides a fine-tuning run's length, why): task.epochs or train.max_steps. One rule, as for
+    every override: the command line (`--set`) wins over the file. From the file alone task.epochs wins: it is
+    the unit a fine-tuning recipe is written in, while train.max_steps has a default. Both given with --set are
+    refused when the config loads (config_from_dict)."""
+    if config.task is None or config.task.epochs is None:
+        return "train.max_steps", "task.epochs is not set"
+    if "task.epochs" in config.set_keys:
+        return "task.epochs", "given with --set, which wins over train.max_steps from the file"
+    if "train.max_steps" in config.set_keys:
+        return "train.max_steps", "given with --set, which wins over task.epochs from the file"
+    return "task.epochs", "from the file, task.epochs wins over train.max_steps"
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -433,9 +462,14 @@ REMOVED_KEYS = {
 }
 
 
+def _yaml_keys(cls: type) -> list[str]:
+    """The fields of a config dataclass that YAML holds (all but Config.set_keys)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)]
+
+
 def _build(cls: type, values: dict, prefix: str, where: str):
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = _yaml_keys(cls)
     kwargs = {}
     for key, value in values.items():
         path = f"{prefix}{key}"
@@ -488,7 +522,11 @@ def config_from_dict(tree: dict, overrides: list[str] = (), where: str = "config
         raise ConfigError(f"{where}: expected sections model:, data:, train:, got {type(tree).__name__}")
     for override in overrides:
         _apply_override(tree, override)
-    return _build(Config, tree, "", where)
+    set_keys = frozenset(override.partition("=")[0].strip() for override in overrides)
+    if set(LENGTH_KEYS) <= set_keys:  # the one case the command-line-wins rule cannot settle
+        raise ConfigError(f"--set {LENGTH_KEYS[0]} and --set {LENGTH_KEYS[1]} both decide the run's length; "
+                          f"give one of them")
+    return dataclasses.replace(_build(Config, tree, "", where), set_keys=set_keys)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -507,9 +545,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def config_to_dict(config) -> dict:
-    """The config as nested dicts; an optional section that is not set (a pretraining run's `task`) is left out."""
+    """The config as nested dicts, as YAML holds it; an optional section that is not set (a pretraining run's
+    `task`) is left out."""
     tree = dataclasses.asdict(config)
-    return {k: v for k, v in tree.items() if not (k == "task" and v is None)}
+    return {k: tree[k] for k in _yaml_keys(type(config)) if not (k == "task" and tree[k] is None)}
 
 
 def config_to_yaml(config: Config) -> str:

@@ -21,21 +21,23 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError, DataError, OutputError
 
 
-def decode_utf8(raw: bytes, where: str, offset: int = 0) -> str:
-    """UTF-8 (a leading BOM dropped), or a DataError naming the first bad byte and its file offset."""
+def decode_utf8(raw: bytes, where: str, offset: int = 0, error: type[DataError] = DataError) -> str:
+    """UTF-8 (a leading BOM dropped: `raw` read from file offset `offset`, and a BOM is a mark only at 0), or
+    `error` naming the first bad byte and its file offset. Every reader of users' text files decodes here, so
+    that a BOM an editor wrote never becomes data (the first word, the first column's name, a JSON error)."""
     try:
         return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start})") from None
+        raise error(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {offset + e.start})") from None
 
 
-def read_text(path: Path) -> str:
-    """A UTF-8 text file, or a DataError naming the file and what is wrong with it."""
+def read_text(path: Path, error: type[DataError] = DataError) -> str:
+    """A UTF-8 text file (decode_utf8), or `error` naming the file and what is wrong with it."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return decode_utf8(raw, str(path))
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    return decode_utf8(raw, str(path), error=error)
 
 
 def parse_json_object(line: str, where: str, error: type[DataError] = DataError) -> dict:

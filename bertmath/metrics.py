@@ -2,9 +2,10 @@
 
     {"step": 12, "loss": 6.1, "lr": 2.4e-4, "grad_norm": 1.3, "tokens": 49152, "elapsed_s": 3.2, "tokens_per_s": 15360}
     {"step": 500, "eval_mask_accuracy": 0.2, "baseline_mask_accuracy": 0.066, "eval_loss": 4.9, ...}
+    {"step": 60, "metric": "f1", "eval_f1": 0.44, "baseline_f1": 0.21, "eval_loss": 3.1, ...}    (fine-tuning)
 
-A training record per optimizer step (it has "loss"), an evaluation record per evaluation (it has
-"eval_loss"). Each line is flushed as it is written, so a killed run leaves at most a torn last line, which
+A training record per optimizer step (it has "loss"), an evaluation record per evaluation (it has "eval_loss";
+a fine-tuning one names its task.metric, and has eval_<metric>, but not every task has a loss). Each line is flushed as it is written, so a killed run leaves at most a torn last line, which
 every reader skips; a resumed run first drops the records after its checkpoint (truncate_after), and logs
 those steps again.
 """
@@ -40,7 +41,7 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
         _check_numbers(record, f"{path}:{number}")
         if "loss" in record:
             train[record["step"]] = record
-        if "eval_loss" in record:
+        if "eval_loss" in record or "metric" in record:
             evals[record["step"]] = record
     if not train and not evals:
         raise BertmathError(f"{path}: no metrics yet (the file is empty); plot once the run has logged a step")
@@ -57,7 +58,15 @@ _REQUIRED = {"loss": ("loss",), "eval_loss": ("eval_loss", "eval_accuracy"),
 def _check_numbers(record: dict, where: str) -> None:
     """A BertmathError naming the line and key of a value plot_run could not draw (a foreign or edited file)."""
     required = {key for kind, keys in _REQUIRED.items() if kind in record for key in keys}
-    for key in _NUMBERS:
+    scores = ()
+    metric = record.get("metric")
+    if metric is not None:  # a fine-tuning evaluation: its task.metric's score stands where pretraining's accuracy does
+        if not (isinstance(metric, str) and metric.isidentifier()):
+            raise BertmathError(f"{where}: 'metric' is {metric!r}, expected a score's name; is this a bertmath "
+                                f"metrics file?")
+        scores = (f"eval_{metric}", f"baseline_{metric}")
+        required = (required - {"eval_accuracy"}) | {scores[0]}
+    for key in (*_NUMBERS, *scores):
         value = record.get(key)
         if (value is None and key not in required) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             continue

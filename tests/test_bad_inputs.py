@@ -84,6 +84,14 @@ def metrics(text: bytes | str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / "m").mkdir() or write(tmp / "m" / "metrics.jsonl", text)
 
 
+def finetune_config(tmp: Path, **task) -> None:
+    """tmp/ft.yaml: a fine-tuning config whose task: section holds `task` (its files need not exist: the cases
+    stop at the config)."""
+    tree = {"task": {"init": str(tmp / "init"), "train_file": "train.csv", "eval_file": "dev.csv", **task},
+            "train": {"out_dir": str(tmp / "ft")}}
+    write(tmp / "ft.yaml", yaml.safe_dump(tree))
+
+
 RESUME = ("pretrain", "{config}", "--set", "train.out_dir={trained}", "--set", "train.max_steps=6")
 FRESH = ("pretrain", "{config}", "--set", "train.out_dir={tmp}/fresh")
 EMBED_OK = ("--word", "cat", "--analogy", "cat", "dog", "man", "--context-word", "cat", "--sentence", "the cat sat",
@@ -134,6 +142,12 @@ CASES = [
          lambda tmp: write(latest(tmp / "trained") / ckpt.CONFIG_FILE, b"model: [\xff")),
     Case("pretrain: latest tokenizer.json missing", RESUME, ("step-0000004/tokenizer.json", "step-0000002"),
          lambda tmp: (latest(tmp / "trained") / ckpt.TOKENIZER_FILE).unlink()),
+    # finetune: the task: section
+    Case("finetune: a label name twice", ("finetune", "{tmp}/ft.yaml"), ("task.label_names", "'fresh' appears twice"),
+         lambda tmp: finetune_config(tmp, label_names=["rotten", "fresh", "fresh"]), exit_code=2),
+    Case("finetune: --set both run lengths", ("finetune", "{tmp}/ft.yaml", "--set", "task.epochs=1", "--set",
+                                              "train.max_steps=2"), ("both decide the run's length", "give one"),
+         finetune_config, exit_code=2),
     # fill-mask: checkpoint, texts, options
     Case("fill-mask: missing checkpoint", ("fill-mask", "{tmp}/nope", "the [MASK]"), ("nope", "not found")),
     Case("fill-mask: checkpoint is a file", ("fill-mask", "{tmp}/taken.txt", "the [MASK]"), ("got a file",),
@@ -183,6 +197,8 @@ CASES = [
          metrics('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": "low"}\n')),
     Case("plot: evaluation without accuracy", ("plot", "{tmp}/m"), ("'eval_accuracy' is missing",),
          metrics('{"step": 1, "eval_loss": 2.5}\n')),
+    Case("plot: fine-tuning evaluation without its score", ("plot", "{tmp}/m"), ("'eval_f1' is missing",),
+         metrics('{"step": 1, "metric": "f1", "eval_loss": 2.5, "eval_accuracy": 0.5}\n')),
     Case("plot: binary metrics.jsonl", ("plot", "{tmp}/m"), ("metrics.jsonl", "unreadable"), metrics(b"\xff\xfe{")),
     Case("plot: --out is a directory", ("plot", "{trained}", "--out", "{tmp}/mine"), ("mine", "is a directory"),
          foreign_directory),

@@ -1,6 +1,7 @@
 """The `bertmath` command line: output, exit status, one-line errors. Three tests run it as a user does (a
-subprocess, the console script); the rest call the same `main` in-process, which is what a subprocess
-runs after ~2 s of imports (the suite has to fit in minutes on a slow 2-core CPU)."""
+subprocess, the console script), and the four of a pipe closed early (it needs a real pipe); the rest call the
+same `main` in-process, which is what a subprocess runs after ~2 s of imports (the suite has to fit in minutes
+on a slow 2-core CPU)."""
 
 import json
 import shutil
@@ -137,3 +138,73 @@ def test_prepare_bad_input_is_one_line(tmp_path, capsys):
         f"bertmath prepare: error: {tmp_path / 'missing.txt'}: file not found"]
     result = run_main(capsys, "prepare", "configs/small.yaml", "--set", "data.num_proc=4")
     assert result.returncode == 2 and "data.num_proc: removed" in result.stderr
+
+
+# --- a reader that stops early: `bertmath ... | head -1` ------------------------------------------------------
+
+
+def task_run(out: Path, mlm: Path, model_class, task: dict) -> Path:
+    """A run directory of an untrained `model_class` head on the tiny encoder of `mlm` (read_with_tokenizer):
+    what classify, tag and answer load, without the seconds fine-tuning takes."""
+    import dataclasses
+    import torch
+    from bertmath.checkpoint import model_files, save_checkpoint
+    from bertmath.config import Config, TaskConfig
+    from bertmath.pretrained import read_with_tokenizer
+
+    _, model_config, _, tokenizer = read_with_tokenizer(mlm)
+    task = TaskConfig(init=str(mlm), train_file="train", eval_file="dev", **task)
+    torch.manual_seed(0)
+    model = model_class(model_config) if task.kind == "span" else model_class(model_config, task.num_labels)
+    config = dataclasses.replace(Config(), model=model_config, task=task)
+    save_checkpoint(out, step=0, files=model_files(model.eval(), config, tokenizer), keep=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe_inputs(tmp_path_factory):
+    """Runs for the four commands that print a line (or a few) per input, and enough inputs for 150-300 kB of
+    output each, measured: far more than a pipe (64 kB) and stdout's buffer (8 kB) hold, so the command is
+    still writing when the reader goes."""
+    from bertmath.model import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+    from helpers import make_bertmath_run, sentences
+
+    root = tmp_path_factory.mktemp("pipe")
+    mlm = make_bertmath_run(root / "mlm")
+
+    def lines(name: str, n: int, line) -> Path:  # n inputs from the 439 distinct sentences, repeated
+        (root / name).write_text("".join(line(t) + "\n" for t in (sentences(500) * 10)[:n]))
+        return root / name
+
+    masked = lines("masked.txt", 1200, lambda t: " ".join(t.split()[:-2]) + " [MASK] .")  # ~210 bytes out each
+    questions = lines("questions.jsonl", 1600, lambda t: json.dumps({"question": f"who {t}?", "context": t}))  # ~150
+    return {
+        "fill-mask": ["fill-mask", mlm, "--file", masked],
+        "classify": ["classify", task_run(root / "classify", mlm, BertForSequenceClassification,
+                                          dict(num_labels=2, label_names=["no", "yes"])),
+                     "--file", lines("classify.txt", 3000, str)],  # ~45 bytes out each
+        "tag --json": ["tag", task_run(root / "tag", mlm, BertForTokenClassification,
+                                       dict(kind="tokens", label_names=["O", "B-PER", "I-PER"])),
+                       "--file", lines("tag.txt", 200, str), "--json"],  # ~1,300 bytes out each
+        "answer --json": ["answer", task_run(root / "answer", mlm, BertForQuestionAnswering, dict(kind="span")),
+                          "--file", questions, "--json"],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["fill-mask", "classify", "tag --json", "answer --json"])
+def test_a_reader_that_stops_after_one_line_ends_the_command_quietly(command, pipe_inputs, tmp_path):
+    """`bertmath COMMAND ... | head -1`: the reader closes the pipe after one line while the command still has
+    hundreds of kB to write. The command stops with no traceback and nothing on stderr but its log lines, with
+    status 141 (what a shell reports for coreutils killed by SIGPIPE), not 1 and a BrokenPipeError."""
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "bertmath", *map(str, pipe_inputs[command])], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=stderr)
+        first = process.stdout.readline()
+        process.stdout.close()
+        code = process.wait(timeout=120)
+    err = stderr_path.read_text()
+    assert first.strip(), err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert code == 141, (code, err)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bertmath.tasks.answer import Answerer, window_shape
+from bertmath.tasks.answer import Answerer, read_examples_file, window_shape
 from bertmath.cli import main
 from bertmath.tasks.qa import read_squad
 from helpers import assert_one_line_error, make_bertmath_run
@@ -189,3 +189,11 @@ def test_a_checkpoint_without_a_span_head_is_one_line(tmp_path, capsys):
     mlm = make_bertmath_run(tmp_path / "mlm")
     assert main(["answer", str(mlm), "--question", "Who?", "--context", "Romeo."]) == 1
     assert_one_line_error(capsys, "answer", "not a fine-tuned question-answering model")
+
+
+def test_a_byte_order_mark_before_the_first_question_is_dropped(tmp_path):
+    """--file's JSON lines: a BOM before the first object is not part of it (json.loads would refuse it)."""
+    path = tmp_path / "bom.jsonl"
+    path.write_text('\ufeff{"question": "Who?", "context": "Romeo."}\n{"question": "Where?", "context": "Verona."}\n',
+                    encoding="utf-8")
+    assert read_examples_file(str(path)) == [("Who?", "Romeo."), ("Where?", "Verona.")]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from bertmath import checkpoint as ckpt
 from bertmath.cli import main
-from bertmath.config import TaskConfig, load_config
+from bertmath.config import TaskConfig, config_from_dict, config_to_yaml, load_config, run_length
 from bertmath.data import batch_indices
 from bertmath.errors import ConfigError
 from bertmath.io import read_safetensors
@@ -52,6 +52,20 @@ def test_reads_the_three_formats():
         assert len(rotten.texts) == n and rotten.labels.dtype == torch.long and set(rotten.labels.tolist()) == {0, 1}
     first = (FIXTURES / "rotten_dev.tsv").read_text().splitlines()[1].split("\t")
     assert rotten.texts[0] == (first[0],) and rotten.labels[0] == int(first[1])
+
+
+@pytest.mark.parametrize("name,content", [
+    ("bom.csv", 'text,label\ngood,1\n"bad, sadly",0\n'),
+    ("bom.tsv", "text\tlabel\ngood\t1\nbad, sadly\t0\n"),
+    ("bom.jsonl", '{"text": "good", "label": 1}\n{"text": "bad, sadly", "label": 0}\n'),
+])
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path, name, content):
+    """A BOM an editor put before the header (csv, tsv) or the first object (jsonl) is dropped: the first column
+    is still 'text', the first line still JSON."""
+    path = tmp_path / name
+    path.write_text("\ufeff" + content, encoding="utf-8")
+    examples = read_examples(path, TaskConfig(init="x", **{**ROTTEN, "train_file": str(path)}))
+    assert examples.texts == [("good",), ("bad, sadly",)] and examples.labels.tolist() == [1, 0]
 
 
 def test_label_names_may_stand_for_indices(tmp_path):
@@ -120,6 +134,20 @@ def test_bad_task_config_names_the_key(tmp_path, init_run, changes, key):
         load_config(write_config(tmp_path, init_run, {**STSB, **changes}))
 
 
+@pytest.mark.parametrize("changes", [
+    dict(num_labels=2, metric="accuracy", label_names=["fresh", "fresh"]),
+    dict(kind="tokens", num_labels=None, metric=None, label_names=["O", "B-PER", "I-PER", "B-PER"]),
+])
+def test_a_label_name_twice_is_one_config_error(tmp_path, init_run, capsys, changes):
+    """Training maps a name to its first index, the export's label2id to its last: a name given twice is refused
+    when the config loads, before a model disagrees with its training."""
+    config = write_config(tmp_path, init_run, {**STSB, **changes})
+    with pytest.raises(ConfigError, match=r"task.label_names: '(fresh|B-PER)' appears twice"):
+        load_config(config)
+    assert main(["finetune", str(config)]) == 2
+    assert_one_line_error(capsys, "finetune", "task.label_names", "appears twice")
+
+
 @pytest.mark.parametrize("changes,num_labels,metric", [
     (dict(), 2, "accuracy"),
     (dict(label_names=["a", "b", "c"]), 3, "accuracy"),
@@ -150,7 +178,7 @@ def test_regression_run_logs_scores_next_to_the_mean_baseline(tmp_path, capsys, 
     records = eval_records(tmp_path / "run")
     assert [r["step"] for r in records] == [3, 6]
     assert records[-1]["baseline_pearson"] == 0.0 and records[-1]["eval_examples"] == 20
-    assert records[-1]["baseline_mse"] > 0 and "eval_loss" not in records[-1]  # no accuracy for `bertmath plot`
+    assert records[-1]["baseline_mse"] > 0 and "eval_loss" not in records[-1]  # regression's loss is its eval_mse
     saved = ckpt.read_config(tmp_path / "run")
     assert saved.task.num_labels == 1 and saved.model.hidden_size == 32  # the model's shape comes from task.init
     assert "classifier.weight" in load_file(tmp_path / "run" / "model.safetensors")
@@ -173,9 +201,56 @@ def test_classification_run_beats_nothing_but_reports_the_majority_baseline(tmp_
         assert_png(tmp_path / "curves.png")
 
 
-def test_epochs_set_max_steps(tmp_path, init_run):
-    main(["finetune", str(write_config(tmp_path, init_run, {**ROTTEN, "epochs": 0.5}, max_steps=1000))])
+def test_epochs_set_max_steps(tmp_path, init_run, caplog):
+    """task.epochs and train.max_steps both in the file: task.epochs decides, and the log says so."""
+    with caplog.at_level(logging.INFO, logger="bertmath.tasks.finetune"):
+        main(["finetune", str(write_config(tmp_path, init_run, {**ROTTEN, "epochs": 0.5}, max_steps=1000))])
     assert ckpt.read_config(tmp_path / "run").train.max_steps == 3  # ceil(0.5 · 40 / 8)
+    assert ("run length: 3 steps from task.epochs 0.5 (40 training rows, 8 a step); from the file, task.epochs "
+            "wins over train.max_steps") in caplog.text
+
+
+@pytest.mark.parametrize("in_file,overrides,decides", [
+    (dict(), [], ("train.max_steps", "task.epochs is not set")),
+    (dict(epochs=2), [], ("task.epochs", "from the file, task.epochs wins over train.max_steps")),
+    (dict(epochs=2), ["train.max_steps=2"], ("train.max_steps", "given with --set, which wins over task.epochs "
+                                                                "from the file")),
+    (dict(), ["task.epochs=2"], ("task.epochs", "given with --set, which wins over train.max_steps from the file")),
+    (dict(epochs=2), ["task.epochs=3"], ("task.epochs", "given with --set, which wins over train.max_steps from "
+                                                        "the file")),
+])
+def test_the_command_line_decides_the_run_length_over_the_file(tmp_path, init_run, in_file, overrides, decides):
+    """One rule for task.epochs and train.max_steps (the file always holds train.max_steps: 6): the command line
+    wins over the file; from the file alone, task.epochs wins."""
+    config = load_config(write_config(tmp_path, init_run, {**ROTTEN, **in_file}), overrides)
+    assert run_length(config) == decides
+    assert "set_keys" not in config_to_yaml(config)  # where a value came from is not a setting to record
+
+
+def test_both_lengths_on_the_command_line_are_one_config_error(tmp_path, init_run):
+    with pytest.raises(ConfigError, match="--set task.epochs and --set train.max_steps both decide the run's length"):
+        load_config(write_config(tmp_path, init_run, ROTTEN), ["task.epochs=1", "train.max_steps=2"])
+    with pytest.raises(ConfigError, match="unknown key 'set_keys'"):
+        config_from_dict({"set_keys": ["train.lr"]})
+
+
+@pytest.mark.parametrize("in_file,overrides,steps,line", [
+    (dict(epochs=0.5), ["train.max_steps=2"], 2, "run length: 2 steps from train.max_steps; given with --set, "
+                                                 "which wins over task.epochs from the file"),
+    (dict(), ["task.epochs=0.5"], 3, "run length: 3 steps from task.epochs 0.5 (40 training rows, 8 a step); given "
+                                     "with --set, which wins over train.max_steps from the file"),
+])
+def test_a_run_as_long_as_the_command_line_says(tmp_path, init_run, caplog, in_file, overrides, steps, line):
+    """`bertmath finetune CONFIG --set train.max_steps=2` beside task.epochs in the file trains 2 steps (it
+    trained the epochs' steps without a word), and `--set task.epochs` beside the file's train.max_steps (6) its
+    epochs' steps; the run logs which setting decided and why, and records the one that decided."""
+    config = write_config(tmp_path, init_run, {**ROTTEN, **in_file})
+    with caplog.at_level(logging.INFO, logger="bertmath.tasks.finetune"):
+        assert main(["finetune", str(config), *(a for o in overrides for a in ("--set", o))]) == 0
+    saved = ckpt.read_config(tmp_path / "run")
+    assert saved.train.max_steps == steps and eval_records(tmp_path / "run")[-1]["step"] == steps
+    assert saved.task.epochs == (0.5 if "task.epochs" in line.split(";")[0] else None)
+    assert line in caplog.text
 
 
 def test_killed_run_resumes_exactly(tmp_path, init_run):

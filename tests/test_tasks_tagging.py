@@ -56,6 +56,24 @@ def test_reads_jsonl_with_tag_names_or_indices(tmp_path):
     assert split.tags == [["B-PER", "O"], ["O", "B-LOC"]]
 
 
+BOM = "\ufeff"  # the byte-order mark some editors write at the start of a UTF-8 file (EF BB BF)
+
+
+@pytest.mark.parametrize("name,content,words", [
+    ("docstart.conll", "-DOCSTART- -X- -X- O\n\nHamlet B-PER\nsails O\n", [["Hamlet", "sails"]]),
+    ("first_word.conll", "Hamlet B-PER\nsails O\n", [["Hamlet", "sails"]]),
+    ("first_line.jsonl", '{"tokens": ["Hamlet", "sails"], "tags": ["B-PER", "O"]}\n', [["Hamlet", "sails"]]),
+])
+def test_a_byte_order_mark_is_not_data(tmp_path, name, content, words):
+    """A BOM before the first line neither turns -DOCSTART- into a sentence nor sticks to the first word, nor
+    spoils the first JSON line: the file reads as it does without one."""
+    path = tmp_path / name
+    path.write_text(BOM + content, encoding="utf-8")
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    split = read_tagged(path, LABELS)
+    assert split.words == words and split.tags == [["B-PER", "O"]]
+
+
 BAD_FILES = [
     ("a.conll", b"Hamlet B-PER\nsails\nto O\n", ":2: no tag after the token 'sails'"),
     ("a.conll", b"Hamlet B-PER\n\nYorick B-MISC\n", ":3: tag 'B-MISC' is not in task.label_names (O, B-PER, I-PER"),

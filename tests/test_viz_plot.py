@@ -16,7 +16,9 @@ from bertmath.config import config_from_dict
 from bertmath.errors import BertmathError
 from bertmath.trainer import train
 
-from helpers import assert_one_line_error, assert_png
+from helpers import assert_one_line_error, assert_png, eval_records, write_finetune_config
+from test_tasks_qa import span_run_inputs, write_span_config  # noqa: F401  (a fixture, and its config)
+from test_tasks_tagging import TASK as TAGGING_TASK
 from test_trainer import tiny_config_tree
 
 pytest.importorskip("matplotlib")
@@ -93,6 +95,50 @@ def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):
     assert summary["steps"] == 2
     assert "could not plot" in caplog.text and "no fonts" in caplog.text
     assert not (Path(tree["train"]["out_dir"]) / "training.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,metric", [("span", "f1"), ("tokens", "f1")])
+def test_a_fine_tuning_run_plots_its_own_score(kind, metric, tmp_path, span_run_inputs, monkeypatch, caplog):
+    """A span run (which has no accuracy) and a tagging run (whose accuracy is not its score) fine-tuned with
+    the default plot: true: finetune draws training.png without a warning, and the held-out panel is the run's
+    task.metric at each evaluation beside that score's baseline."""
+    drawn = []
+    save_png = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, out: drawn.append(fig) or save_png(fig, out))
+    config = (write_span_config(tmp_path, span_run_inputs, plot=True) if kind == "span" else
+              write_finetune_config(tmp_path, span_run_inputs[0], TAGGING_TASK, plot=True))
+    with caplog.at_level(logging.WARNING):
+        assert main(["finetune", str(config)]) == 0
+    assert "could not plot" not in caplog.text, caplog.text
+    assert_png(tmp_path / "run" / "training.png")
+
+    records = eval_records(tmp_path / "run")
+    assert records[-1]["metric"] == metric and len(drawn) == 1
+    panel = next(ax for ax in drawn[0].axes if ax.get_title() == f"Held-out {metric}")
+    lines = {line.get_label(): line for line in panel.get_lines()}
+    assert list(lines[f"{metric} (task.metric)"].get_ydata()) == [r[f"eval_{metric}"] for r in records]
+    baseline = records[-1][f"baseline_{metric}"]
+    assert list(lines[f"baseline ({baseline:.3f})"].get_ydata()) == [baseline, baseline]
+    assert f"held-out {metric} {records[-1][f'eval_{metric}']:.3f} at step 6" in drawn[0].get_suptitle()
+
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "again.png")]) == 0  # and `bertmath plot`
+    assert_png(tmp_path / "again.png")
+
+
+def test_a_regression_run_without_a_loss_plots_its_score(tmp_path):
+    """An evaluation record that names its metric is an evaluation even without eval_loss (regression logs its
+    MSE as eval_mse); one that names a metric it does not hold is a one-line error."""
+    write_metrics(tmp_path / "run", steps=30, eval_every=1000)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"step": 30, "metric": "pearson", "eval_pearson": -0.2, "baseline_pearson": 0.0,
+                                   "eval_mse": 2.0}) + "\n")
+    assert figures.read_metrics(tmp_path / "run")[1][-1]["eval_pearson"] == -0.2
+    assert_png(figures.plot_run(tmp_path / "run"))
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 31, "metric": "pearson", "eval_loss": 1.0, "eval_accuracy": 0.5}) + "\n")
+    with pytest.raises(BertmathError, match="metrics.jsonl:33: 'eval_pearson' is missing"):
+        figures.read_metrics(tmp_path / "run")
 
 
 def test_without_matplotlib_the_trainer_skips_the_plot_and_plot_run_says_how_to_install(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..checkpoint import load_state_into
-from ..config import Config, DataConfig, TaskConfig
+from ..config import Config, DataConfig, TaskConfig, run_length
 from ..data import batch_indices
 from ..errors import BertmathError
 from ..io import atomic_write_text
@@ -120,7 +120,7 @@ class FinetuneTrainer(Trainer):
         task, t, s = self.config.task, self.config.train, self.state
         model_scores, baseline_scores, examples = self.shape.evaluate(self.model, t.batch_size, self.device,
                                                                       self._autocast)
-        # eval_loss and eval_accuracy (classification) keep their pretraining meaning: `bertmath plot` draws them
+        # `bertmath plot` draws eval_<task.metric> beside baseline_<task.metric>, and eval_loss where the task has one
         result = {"step": s.step, "metric": task.metric, **{f"eval_{k}": v for k, v in model_scores.items()},
                   **{f"baseline_{k}": v for k, v in baseline_scores.items()}, "eval_examples": examples}
         if s.best_eval_accuracy is None or model_scores[task.metric] > s.best_eval_accuracy:
@@ -161,15 +161,22 @@ def describe_scores(model_scores: dict, baseline_scores: dict, task: TaskConfig)
 def resolve_config(config: Config, init: InitCheckpoint, train_examples: int) -> Config:
     """The config the run records: the model's shape from task.init (fused kernels as task.fused says; no
     sparse MLM, which only an MLM head has; the pooler and pooling of task.pooler/pooling when given),
-    data.max_seq_len = task.max_seq_len, and train.max_steps from task.epochs when given (an epoch: every
-    training row once; a span task's rows are its passages' windows)."""
+    data.max_seq_len = task.max_seq_len, and the run's length from task.epochs or train.max_steps, whichever
+    config.run_length says decides (an epoch: every training row once; a span task's rows are its passages'
+    windows); the setting that did not decide is not recorded as if it had (task.epochs: null)."""
     task, train = config.task, config.train
-    if task.epochs is not None:
+    decides, why = run_length(config)
+    if decides == "task.epochs":
         examples_per_step = train.batch_size * train.grad_accum_steps
         train = replace(train, max_steps=max(1, math.ceil(task.epochs * train_examples / examples_per_step)))
+        log.info("run length: %d steps from task.epochs %g (%d training rows, %d a step); %s", train.max_steps,
+                 task.epochs, train_examples, examples_per_step, why)
+    else:
+        task = replace(task, epochs=None)
+        log.info("run length: %d steps from train.max_steps; %s", train.max_steps, why)
     head = {key: getattr(task, key) for key in ("pooler", "pooling") if getattr(task, key) is not None}
     return replace(config, model=replace(init.model_config, fused=task.fused, sparse_mlm=False, **head),
-                   data=DataConfig(max_seq_len=max(8, task.max_seq_len)), train=train)
+                   data=DataConfig(max_seq_len=max(8, task.max_seq_len)), train=train, task=task)
 
 
 def finetune(config: Config) -> dict:

@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from ..batching import MAX_TOKENS, predict_in_batches
 from ..config import ModelConfig, TaskConfig
-from ..errors import ConfigError, DataError, InputError, TaskDataError
-from ..io import decode_utf8
+from ..errors import ConfigError, InputError, TaskDataError
+from ..io import read_text
 from ..model import BertForQuestionAnswering, token_head_parameters
 from ..tokenizer import special_tokens
 from .encoding import Encoded, collate
@@ -203,14 +203,7 @@ def _questions(tree, seen: dict[str, tuple]) -> tuple[list[Question], bool]:
 def read_squad(path: str | Path) -> QASplit:
     """The questions of a SQuAD v1.1 or v2.0 JSON file; a TaskDataError naming file:line:column otherwise."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TaskDataError(f"{path}: cannot read task file ({e.strerror or e})") from None
-    try:
-        text = decode_utf8(raw, str(path))
-    except DataError as e:
-        raise TaskDataError(str(e)) from None
+    text = read_text(path, TaskDataError)
     try:
         tree = json.loads(text)
     except json.JSONDecodeError as e:

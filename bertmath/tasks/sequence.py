@@ -11,6 +11,7 @@ baseline that knows only the training labels: the majority class, or the mean sc
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..config import ModelConfig, TaskConfig
 from ..errors import TaskDataError
-from ..io import parse_json_object
+from ..io import parse_json_object, read_text
 from ..model import BertForSequenceClassification, pooler_parameters
 from ..tokenizer import special_tokens
 from . import scores
@@ -51,11 +52,9 @@ def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl"):
         raise TaskDataError(f"{path}: unknown task file type '{suffix}' (expected .csv, .tsv or .jsonl)")
-    try:
-        handle = open(path, encoding="utf-8", newline="")
-    except OSError as e:
-        raise TaskDataError(f"{path}: cannot read task file ({e.strerror or e})") from None
-    with handle:
+    # read whole (the examples are kept anyway) through read_text, which drops a BOM that would otherwise start
+    # the first column's name; newline="": csv reads line ends inside quoted fields itself
+    with io.StringIO(read_text(path, TaskDataError), newline="") as handle:
         try:
             if suffix == ".jsonl":
                 for number, line in enumerate(handle, 1):
@@ -83,8 +82,6 @@ def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
                     raise TaskDataError(f"{path}:{reader.line_num}: {len(fields)} fields, but the header has "
                                         f"{len(header)}")
                 yield reader.line_num, dict(zip(header, fields))
-        except UnicodeDecodeError as e:
-            raise TaskDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except csv.Error as e:
             raise TaskDataError(f"{path}: {e}") from None
 

@@ -31,7 +31,7 @@ from ..batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
 from ..config import ModelConfig, TaskConfig
 from ..errors import ConfigError, InputError, TaskDataError
 from ..hardware import resolve_device
-from ..io import parse_json_object
+from ..io import decode_utf8, parse_json_object
 from ..model import BertForTokenClassification, token_head_parameters
 from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
 from ..tokenizer import special_tokens
@@ -60,18 +60,17 @@ class TaggedSplit:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of every line; a line that is not UTF-8 is a TaskDataError naming it."""
+    """(line number, text) of every line, a BOM before the first dropped (else it sticks to the first word, or
+    hides a -DOCSTART- line); a line that is not UTF-8 is a TaskDataError naming it."""
     try:
         handle = open(path, "rb")
     except OSError as e:
         raise TaskDataError(f"{path}: cannot read task file ({e.strerror or e})") from None
     with handle:
+        offset = 0
         for number, raw in enumerate(handle, 1):
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise TaskDataError(f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of the "
-                                    f"line); save the file as UTF-8") from None
+            yield number, decode_utf8(raw, f"{path}:{number}", offset, TaskDataError)
+            offset += len(raw)
 
 
 def _check_tag(tag, label_names: Sequence[str], where: str) -> str:

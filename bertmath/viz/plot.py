@@ -3,7 +3,9 @@
 Five panels against optimizer step: the MLM loss (each step's, faint, and smoothed, with the held-out loss
 on top: both are the mean cross-entropy over masked tokens), the held-out masked-token accuracy beside the
 most-frequent-token baseline it has to beat, the throughput in tokens/s, the learning-rate schedule, and
-the gradient norm before clipping. Drawn through `plotting` (Agg canvas only, nothing shown on screen).
+the gradient norm before clipping. A fine-tuning run's loss is its task's, and its held-out panel draws the
+score its evaluations name (task.metric: accuracy, pearson, entity f1, span f1, ...) beside that score's
+baseline. Drawn through `plotting` (Agg canvas only, nothing shown on screen).
 """
 
 from __future__ import annotations
@@ -55,28 +57,19 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
                      label=f"training (EMA over ~{window:.0f} steps)")
     elif losses:
         ax_loss.plot(steps, losses, color="tab:blue", linewidth=1.5, label="training")
-    if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", color="tab:orange",
-                     markersize=4, label="held-out")
-    ax_loss.set(title="MLM loss (cross-entropy over masked tokens)", ylabel="loss (nats)")
+    metric = _task_metric(evals)
+    held_out_losses = [r for r in evals if "eval_loss" in r]  # a regression task logs its MSE, not a loss
+    if held_out_losses:
+        ax_loss.plot([r["step"] for r in held_out_losses], [r["eval_loss"] for r in held_out_losses], "o-",
+                     color="tab:orange", markersize=4, label="held-out")
+    ax_loss.set(title="MLM loss (cross-entropy over masked tokens)" if metric is None else "Task loss",
+                ylabel="loss (nats)" if metric is None else "loss")
     _legend_or_note(ax_loss, "no steps logged")
 
-    ax_acc = axes["accuracy"]
-    if evals:
-        eval_steps = [r["step"] for r in evals]
-        probed = [r for r in evals if "eval_mask_accuracy" in r]  # runs logged before the probe existed lack it
-        if probed:
-            ax_acc.plot([r["step"] for r in probed], [100 * r["eval_mask_accuracy"] for r in probed], "o-",
-                        color="tab:red", markersize=4, linewidth=2, label="[MASK] accuracy (context)")
-        ax_acc.plot(eval_steps, [100 * r["eval_accuracy"] for r in evals], "o-", color="tab:green", markersize=3,
-                    alpha=0.6, label="accuracy over all chosen tokens (incl. kept ones)")
-        baseline = probed[-1]["baseline_mask_accuracy"] if probed else evals[-1].get("baseline_accuracy")
-        if baseline is not None:
-            ax_acc.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1.2,
-                           label=f"unigram baseline ({baseline:.1%})")
-        ax_acc.set_ylim(bottom=0)
-    ax_acc.set(title="Held-out accuracy", ylabel="accuracy (%)")
-    _legend_or_note(ax_acc, "no held-out evaluation yet")
+    if metric is None:
+        _plot_mask_accuracy(axes["accuracy"], evals)
+    else:
+        _plot_task_score(axes["accuracy"], evals, metric)
 
     _plot_throughput(axes["speed"], train)
 
@@ -101,6 +94,47 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.set_xlim(0, max(last_step, 1))
     fig.suptitle(_title(run_dir, train, evals))
     return save_png(fig, out if out is not None else run_dir / FIGURE_FILE)
+
+
+def _task_metric(evals: list[dict]) -> str | None:
+    """The score a fine-tuning run's evaluations name (task.metric); None for pretraining."""
+    return evals[-1].get("metric") if evals else None
+
+
+def _plot_mask_accuracy(ax, evals: list[dict]) -> None:
+    """Pretraining: the [MASK] probe's accuracy and the accuracy over all chosen tokens, beside the unigram
+    baseline, in percent."""
+    if evals:
+        eval_steps = [r["step"] for r in evals]
+        probed = [r for r in evals if "eval_mask_accuracy" in r]  # runs logged before the probe existed lack it
+        if probed:
+            ax.plot([r["step"] for r in probed], [100 * r["eval_mask_accuracy"] for r in probed], "o-",
+                    color="tab:red", markersize=4, linewidth=2, label="[MASK] accuracy (context)")
+        ax.plot(eval_steps, [100 * r["eval_accuracy"] for r in evals], "o-", color="tab:green", markersize=3,
+                alpha=0.6, label="accuracy over all chosen tokens (incl. kept ones)")
+        baseline = probed[-1]["baseline_mask_accuracy"] if probed else evals[-1].get("baseline_accuracy")
+        if baseline is not None:
+            ax.axhline(100 * baseline, color="gray", linestyle="--", linewidth=1.2,
+                       label=f"unigram baseline ({baseline:.1%})")
+        ax.set_ylim(bottom=0)
+    ax.set(title="Held-out accuracy", ylabel="accuracy (%)")
+    _legend_or_note(ax, "no held-out evaluation yet")
+
+
+def _plot_task_score(ax, evals: list[dict], metric: str) -> None:
+    """Fine-tuning: eval_<metric> at each evaluation, beside baseline_<metric> where the task has one. Raw
+    values, not percent: pearson, spearman and matthews run from -1 to 1."""
+    scored = [r for r in evals if f"eval_{metric}" in r]
+    values = [r[f"eval_{metric}"] for r in scored]
+    ax.plot([r["step"] for r in scored], values, "o-", color="tab:red", markersize=4, linewidth=2,
+            label=f"{metric} (task.metric)")
+    baseline = scored[-1].get(f"baseline_{metric}")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1.2, label=f"baseline ({baseline:.3f})")
+    if min(values + [baseline or 0]) >= 0:
+        ax.set_ylim(bottom=0)
+    ax.set(title=f"Held-out {metric}", ylabel=metric)
+    _legend_or_note(ax, "no held-out evaluation yet")
 
 
 def step_throughput(train: list[dict]) -> list[tuple[int, float]]:
@@ -135,7 +169,11 @@ def _title(run_dir: Path, train: list[dict], evals: list[dict]) -> str:
     parts = [f"{run_dir.resolve().name}: {max([r['step'] for r in train + evals])} steps"]
     if train and train[-1].get("tokens"):
         parts.append(f"{train[-1]['tokens']:,} tokens")
-    if evals:
+    metric = _task_metric(evals)
+    if metric is not None:
+        last = [r for r in evals if f"eval_{metric}" in r][-1]
+        parts.append(f"held-out {metric} {last[f'eval_{metric}']:.3f} at step {last['step']}")
+    elif evals:
         last = evals[-1]
         name, key = ("[MASK] accuracy", "eval_mask_accuracy") if "eval_mask_accuracy" in last else ("held-out accuracy", "eval_accuracy")
         parts.append(f"{name} {last[key]:.1%} at step {last['step']}")

@@ -10,9 +10,9 @@ Inference (`--precision` of fill-mask, classify, tag, answer) chooses the same w
 but an explicit bf16 where it would be emulated is an error rather than a warning: a command that runs 75×
 slower than asked is never what its user wants. int8 (functional.int8_linear) needs an int8 dot product that
 sums in int32: VPDPBUSD (avx512_vnni, avx_vnni) or AMX (amx_int8). Without it oneDNN adds pairs of u8×s8 products
-in int16 with saturation (VPMADDUBSW): measured on this project's AVX2-only EPYC, the int8 GEMMs ran 1.5-2×
-faster than fp32 but MiniLM's int32 sums came out up to 5e4 wrong (docs/benchmarks.md, "Inference precision"),
-so int8 is an error there; `auto` never picks int8 (it changes results more than bf16: opt in).
+in int16 with saturation (VPMADDUBSW): measured on this project's AVX2-only EPYC, oneDNN's int8 GEMMs alone ran
+1.5-2× fp32's rate, the whole MiniLM encoder in int8 no faster than in fp32, and int32 sums of full-range operands
+came out up to 5e4 wrong (docs/benchmarks.md, "Inference precision"), so int8 is an error there; `auto` never picks int8 (it changes results more than bf16: opt in).
 """
 
 from __future__ import annotations

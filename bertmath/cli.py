@@ -24,6 +24,18 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                        help="auto (default): bf16 where the hardware computes it natively (avx512_bf16, AMX, a CUDA "
+                             "GPU), else fp32; bf16 and int8 (needs avx512_vnni, avx_vnni or amx_int8) are errors "
+                             "where the hardware lacks them")
+
+
+def _summary(args, count: int, noun: str, precision) -> None:
+    """The command's closing line, on stderr (stdout holds only results): how many inputs, at which precision."""
+    print(f"bertmath {args.command}: {count} {noun}, {precision.describe()}", file=sys.stderr)
+
+
 def cmd_params(args) -> int:
     from .config import load_config
     from .model import parameter_counts, parameter_report, parameter_table
@@ -120,9 +132,10 @@ def cmd_classify(args) -> int:
         examples = [tuple(args.texts)]
     else:
         raise DataError("no input: give TEXT [TEXT2], or --file FILE ('-' for stdin) with one example per line")
-    classifier = Classifier.from_pretrained(args.checkpoint, device=args.device)
+    classifier = Classifier.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     for prediction in classifier(examples):
         print(json.dumps(prediction.to_dict(), ensure_ascii=False) if args.json else prediction.to_text())
+    _summary(args, len(examples), "examples", classifier.precision)
     return 0
 
 
@@ -147,13 +160,14 @@ def cmd_answer(args) -> int:
         context = args.context if args.context is not None else \
             sys.stdin.read() if args.context_file == "-" else read_text(Path(args.context_file))
         examples = [(question, context) for question in questions]
-    answerer = Answerer.from_pretrained(args.checkpoint, device=args.device)
+    answerer = Answerer.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     answers = answerer(examples, top_k=args.top_k, max_answer_tokens=args.max_answer_tokens)
     for n, answer in enumerate(answers):
         if args.json:
             print(json.dumps(answer.to_dict(), ensure_ascii=False))
         else:
             print(("\n" if n and args.top_k > 1 else "") + answer.to_text())
+    _summary(args, len(examples), "questions", answerer.precision)
     return 0
 
 
@@ -185,7 +199,7 @@ def cmd_fill_mask(args) -> int:
     texts = _read_texts(args.texts, args.files)
     if not texts:
         raise DataError("no input text: give TEXT, '-' for stdin or --file (stdin and the files were empty)")
-    fill = FillMask.from_pretrained(args.checkpoint, device=args.device)
+    fill = FillMask.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     results = fill.predict(texts, top_k=args.top_k, strategy=args.strategy, temperature=args.temperature,
                            top_p=args.top_p, seed=args.seed, truncate=args.truncate)
     for n, result in enumerate(results):
@@ -193,6 +207,7 @@ def cmd_fill_mask(args) -> int:
             print(json.dumps(result.to_dict(), ensure_ascii=False))
         else:
             print(("\n" if n else "") + result.to_text(fill.mask_token))
+    _summary(args, len(texts), "texts", fill.precision)
     return 0
 
 
@@ -203,9 +218,10 @@ def cmd_tag(args) -> int:
     texts = _read_texts(args.texts, args.files)
     if not texts:
         raise DataError("no input text: give TEXT, '-' for stdin or --file (stdin and the files were empty)")
-    tagger = Tagger.from_pretrained(args.checkpoint, device=args.device)
+    tagger = Tagger.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     for n, tagged in enumerate(tagger(texts)):
         print(json.dumps(tagged.to_dict(), ensure_ascii=False) if args.json else ("\n" if n else "") + tagged.to_text())
+    _summary(args, len(texts), "texts", tagger.precision)
     return 0
 
 
@@ -294,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Many examples are batched by length, and the results come in input order")
     p.add_argument("--pairs", action="store_true", help="with --file: each line is TEXT<tab>TEXT2")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_precision_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per example, one per line")
     p.set_defaults(func=cmd_classify)
 
@@ -305,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read one text per line from FILE (UTF-8; blank lines skipped; '-': stdin); repeatable. Many "
                         "texts are batched by length, and the results come in input order")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_precision_arg(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per text, one per line: its entities ({label, word, start, end, "
                         "score}, as transformers' token-classification pipeline with aggregation_strategy simple "
@@ -324,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1, help="the K best spans, best first")
     p.add_argument("--max-answer-tokens", type=int, default=30, help="the longest answer, in tokens (run_qa.py's 30)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_precision_arg(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per question: {question, answers: [{answer, start, end, score}]}; "
                         "start and end are character offsets in the passage, score the span's probability among "
@@ -347,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", action="store_true",
                    help="cut texts longer than the model's max positions at the end (error if a [MASK] is cut)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_precision_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input, one per line")
     p.set_defaults(func=cmd_fill_mask)
 

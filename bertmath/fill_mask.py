@@ -25,6 +25,7 @@ from . import functional as BF
 from .batching import MAX_BATCH, MAX_TOKENS, length_batches
 from .errors import CheckpointError, ConfigError, InputError
 from .hardware import resolve_device
+from .inference import Precision
 from .model import BertForMaskedLM
 from .pretrained import load_model_and_tokenizer
 from .tokenizer import check_length, preview, special_tokens
@@ -145,9 +146,10 @@ class FillMask:
     `predict` returns the same information as `FillMaskResult`s, with the filled sentence.
     """
 
-    def __init__(self, model, tokenizer: Tokenizer, device: str | torch.device = "cpu"):
+    def __init__(self, model, tokenizer: Tokenizer, device: str | torch.device = "cpu", precision: Precision | None = None):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.precision = precision or Precision.of("fp32", self.device)
+        self.model = self.precision.prepare(model.to(self.device).eval())
         self.tokenizer = tokenizer
         self.special = special_tokens(tokenizer)
         self.mask_token = tokenizer.id_to_token(self.special.mask)
@@ -157,13 +159,15 @@ class FillMask:
                                   f"is {model.config.vocab_size}")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FillMask":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "FillMask":
         """Model (BertForMaskedLM) and tokenizer from a bertmath run/step directory or a transformers
         directory: tokenizer.json, or vocab.txt lowercased per tokenizer_config.json's do_lower_case.
         The model runs torch's fused kernels (model.fused, tested equal to functional.py's from-scratch ops):
-        the same predictions, about twice as fast."""
+        the same predictions, about twice as fast. precision: fp32, bf16, int8 or auto (inference.Precision; a
+        ConfigError where the hardware lacks bf16 or int8 instructions)."""
         device = resolve_device(device)
-        return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device, fused=True), device)
+        precision = Precision.of(precision, device)
+        return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device, fused=True), device, precision)
 
     def __call__(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None, truncate: bool = False, batch_size: int = MAX_BATCH,
@@ -299,10 +303,11 @@ class FillMask:
             ids[b, :len(item.ids)] = torch.tensor(item.ids)
             attention[b, :len(item.ids)] = 1
         equal = all(len(item.ids) == T for item in inputs)  # no padding: no mask, the faster attention path
-        h = self.model.bert(ids.to(self.device), None if equal else attention.to(self.device)).last_hidden_state
         rows = torch.tensor([b for b, p in enumerate(positions) for _ in p], dtype=torch.long)
         cols = torch.tensor([t for p in positions for t in p], dtype=torch.long)
-        return self.model.mlm_head(h[rows.to(self.device), cols.to(self.device)]).float()  # (M, V)
+        with self.precision.autocast():
+            h = self.model.bert(ids.to(self.device), None if equal else attention.to(self.device)).last_hidden_state
+            return self.model.mlm_head(h[rows.to(self.device), cols.to(self.device)]).float()  # (M, V)
 
     def _prediction(self, ids: list[int], pos: int, tokens: list[int], scores: list[float],
                     step: int) -> MaskPrediction:

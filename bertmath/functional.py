@@ -80,6 +80,42 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+INT8_MAX = 127  # symmetric int8: −127..127 (−128 is left out, so that q and −q are both representable)
+
+
+def quantize_int8(x: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """q = round(x / s) clamped to [−127, 127], s = max|x| / 127 over `dim` (keepdim): symmetric, no zero point.
+    Over the last dim of activations (N, K) that is one scale per token (dynamic: computed from each input);
+    over the last dim of a weight (out, in), one per output channel. x ≈ s·q, |x − s·q| ≤ s/2 elementwise.
+    An all-zero row gets s = 1 (q = 0), not 0/0. → (q int8 like x, s float32 with `dim` of size 1)."""
+    s = x.abs().amax(dim=dim, keepdim=True).float() / INT8_MAX
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.round(x.float() / s).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), s
+
+
+def int8_linear(x: Tensor, q_w: Tensor, s_w: Tensor, bias: Tensor | None = None, packed_w: Tensor | None = None) -> Tensor:
+    """y = (s_x s_w) ⊙ (q_x q_wᵀ) + b,  q_x, s_x = quantize_int8(x) per token; q_w (out, in) int8 and s_w (out,)
+    its per-output-channel scales (quantize_int8 of W). (..., in) → (..., out) float32.
+
+    q_x q_wᵀ is summed exactly in int32 (|Σ| ≤ 127²·in, no overflow below in = 133,000). From scratch it is an
+    int32 matmul; with `packed_w` (q_w laid out by torch.ops.onednn.qlinear_prepack) oneDNN's int8 GEMM computes
+    it: u8×s8 products in VPDPBUSD (AVX512-VNNI, AVX-VNNI) or AMX tiles, int32 sums. Without VNNI, oneDNN falls
+    back to VPMADDUBSW, which adds pairs of products in int16 and SATURATES (255·127·2 > 32,767): results
+    are then wrong, not merely rounded (hardware.native_int8 keeps int8 off such CPUs). Jacob et al. 2018;
+    per-token activation scales as LLM.int8() (Dettmers et al. 2022) without its outlier split."""
+    shape = x.shape
+    q_x, s_x = quantize_int8(x.reshape(-1, shape[-1]))  # (N, in), (N, 1)
+    if packed_w is None:
+        acc = (q_x.to(torch.int32) @ q_w.to(torch.int32).T).float()  # (N, out) exact int32 sums
+        y = acc * s_w * s_x
+    else:  # oneDNN: (q_x q_wᵀ) ⊙ s_w in one kernel (x scale 1, no zero points), then the per-token s_x
+        y = torch.ops.onednn.qlinear_pointwise(q_x, 1.0, 0, packed_w, s_w, torch.zeros_like(s_w, dtype=torch.long),
+                                               None, 1.0, 0, torch.float32, "none", [], "") * s_x
+    if bias is not None:
+        y = y + bias
+    return y.view(*shape[:-1], y.shape[-1])
+
+
 def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None,
             fused: bool = False) -> Tensor:
     """dropout(x)_i = x_i · m_i / (1 - p), m_i ~ Bernoulli(1 - p); the identity when not training.

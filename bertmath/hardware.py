@@ -5,6 +5,14 @@ torch 2.13 a CPU with AMX ran bf16 matmuls ~6× faster than fp32 and one with AV
 CPU has no bf16 instructions and torch emulated them ~75× SLOWER than fp32 (0.7 against 53 GFLOP/s). So
 `train.precision: auto` picks bf16 on a CUDA GPU that supports it and on a CPU with AVX512-BF16 or AMX,
 and fp32 everywhere else. An explicit `bf16` is obeyed, with one warning where it is emulated.
+
+Inference (`--precision` of fill-mask, classify, tag, answer) chooses the same way (resolve_inference_precision),
+but an explicit bf16 where it would be emulated is an error rather than a warning: a command that runs 75×
+slower than asked is never what its user wants. int8 (functional.int8_linear) needs an int8 dot product that
+sums in int32: VPDPBUSD (avx512_vnni, avx_vnni) or AMX (amx_int8). Without it oneDNN adds pairs of u8×s8 products
+in int16 with saturation (VPMADDUBSW): measured on this project's AVX2-only EPYC, oneDNN's int8 GEMMs alone ran
+1.5-2× fp32's rate, the whole MiniLM encoder in int8 no faster than in fp32, and int32 sums of full-range operands
+came out up to 5e4 wrong (docs/benchmarks.md, "Inference precision"), so int8 is an error there; `auto` never picks int8 (it changes results more than bf16: opt in).
 """
 
 from __future__ import annotations
@@ -85,6 +93,46 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False, f"CPU has {', '.join(sorted(flags))} but torch's oneDNN does not use them"
     return True, f"CPU has {', '.join(sorted(flags))}"
+
+
+# /proc/cpuinfo flags of the instructions that sum int8 products in int32 (oneDNN's int8 GEMM: VPDPBUSD or AMX).
+NATIVE_INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
+def native_int8(device: torch.device) -> tuple[bool, str]:
+    """(whether `device` runs functional.int8_linear's oneDNN kernel exactly and fast, why): a CPU with VNNI or AMX."""
+    if device.type != "cpu":
+        return False, f"device {device.type}: int8 runs on the CPU only"
+    flags = cpu_flags() & set(NATIVE_INT8_CPU_FLAGS)
+    if not flags:
+        return False, f"CPU class {cpu_class()}: no avx512_vnni, avx_vnni or amx_int8 instructions"
+    return True, f"CPU has {', '.join(sorted(flags))}"
+
+
+def resolve_inference_precision(precision: str, device: torch.device, key: str = "precision") -> tuple[str, str]:
+    """(`precision` for inference → 'fp32', 'bf16' or 'int8', why), logged once. 'auto': bf16 where native
+    (native_bf16), else fp32. An explicit bf16 where it would be emulated, or int8 without VNNI/AMX, is a
+    ConfigError naming `key` (see the module docstring)."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"{key}: {precision!r} is not a precision; choose one of {', '.join(INFERENCE_PRECISIONS)}")
+    if precision == "auto":
+        native, why = native_bf16(device)
+        chosen, why = ("bf16" if native else "fp32"), f"auto: {why}"
+    elif precision == "bf16":
+        native, why = native_bf16(device)
+        if not native:
+            raise ConfigError(f"{key} bf16: {why}, so bf16 would be emulated, ~75x slower than fp32; use auto or fp32")
+        chosen = "bf16"
+    elif precision == "int8":
+        native, why = native_int8(device)
+        if not native:
+            raise ConfigError(f"{key} int8: {why}; without them int8 sums saturate (wrong results); use auto or fp32")
+        chosen = "int8"
+    else:
+        chosen, why = "fp32", "asked for"
+    log.debug("inference precision %s (%s)", chosen, why)  # the commands say it in their summary line
+    return chosen, why
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -49,13 +49,15 @@ log = logging.getLogger("bench_real")
 HF_BATCH = 32  # the pipeline's and the loops' batch size (the issue's measurement used 32)
 
 
-def corpus_sentences(count: int, seed: int, min_words: int = 6, max_words: int = 60) -> list[str]:
-    """`count` sentences of the embedded corpus, one word of each (a seeded choice) replaced by [MASK]."""
+def corpus_sentences(count: int, seed: int, min_words: int = 6, max_words: int = 60, mask: bool = True) -> list[str]:
+    """`count` sentences of the embedded corpus, one word of each (a seeded choice) replaced by [MASK] (with `mask`)."""
     text = " ".join(load_documents(DataConfig(source="embedded", documents="work"))["text"])
     pieces = (" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text))
     candidates = [s for s in pieces if min_words <= len(s.split()) <= max_words]
     rng = random.Random(seed)
     chosen = rng.sample(candidates, count)
+    if not mask:
+        return chosen
     masked = []
     for sentence in chosen:
         words = sentence.split()
@@ -130,10 +132,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout (logs on stderr)")
     p.add_argument("--out", default=None, help="also write the JSON document to this file")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("bertmath").setLevel(logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup_run(args)
 
     sentences = corpus_sentences(args.sentences, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,12 +181,22 @@ def main(argv=None) -> dict:
               "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))),
               "torch": torch.__version__, "rows": rows}
     report["transformers"] = __import__("transformers").__version__
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        print(markdown(report))
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return emit(report, args.json, args.out, markdown)
+
+
+def setup_run(args) -> None:
+    """Logs on stderr (bertmath's at WARNING), and torch's threads from --threads."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("bertmath").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def emit(report: dict, as_json: bool, out: str | None, markdown) -> dict:
+    """Print the report (JSON, or markdown(report)), also write it as JSON to `out`; return it."""
+    print(json.dumps(report, indent=1) if as_json else markdown(report))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 

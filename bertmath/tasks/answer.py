@@ -26,6 +26,7 @@ from ..batching import MAX_BATCH
 from ..checkpoint import CONFIG_FILE, read_config
 from ..errors import InputError
 from ..hardware import resolve_device
+from ..inference import Precision
 from ..io import parse_json_object, read_text
 from ..model import BertForQuestionAnswering
 from ..pretrained import build_from_state, read_with_tokenizer
@@ -64,16 +65,19 @@ class Answerer:
         qa([("Who wrote Hamlet?", "Hamlet is a tragedy by William Shakespeare.")], top_k=3)"""
 
     def __init__(self, model: BertForQuestionAnswering, tokenizer: Tokenizer, max_seq_len: int, doc_stride: int,
-                 max_question_tokens: int, device: torch.device | str = "cpu"):
-        self.model, self.tokenizer, self.device = model.eval(), tokenizer, torch.device(device)
+                 max_question_tokens: int, device: torch.device | str = "cpu", precision: Precision | None = None):
+        self.tokenizer, self.device = tokenizer, torch.device(device)
+        self.precision = precision or Precision.of("fp32", self.device)
+        self.model = self.precision.prepare(model.eval())
         self.max_seq_len, self.doc_stride, self.max_question_tokens = max_seq_len, doc_stride, max_question_tokens
         self.pad_id = special_tokens(tokenizer).pad
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Answerer":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Answerer":
         """A bertmath fine-tuning run or step directory (task.kind span), or a transformers
         BertForQuestionAnswering directory. The model runs torch's fused kernels (model.fused), as classify's."""
         device = resolve_device(device)
+        precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
         directory, config, state, tokenizer = read_with_tokenizer(path)
         model = build_from_state(BertForQuestionAnswering, dataclasses.replace(config, fused=True), state,
                                  str(directory))
@@ -82,7 +86,7 @@ class Answerer:
             shape = task.max_seq_len, task.doc_stride, task.max_question_tokens
         else:
             shape = window_shape(config.max_position_embeddings)
-        return cls(model.to(device), tokenizer, *shape, device)
+        return cls(model.to(device), tokenizer, *shape, device, precision)
 
     def __call__(self, examples: list[tuple[str, str]], top_k: int = 1, max_answer_tokens: int = 30,
                  batch_size: int = MAX_BATCH) -> list[Answer]:
@@ -99,7 +103,8 @@ class Answerer:
         questions = [Question(str(n), q, c, ()) for n, (q, c) in enumerate(examples)]
         features = make_features(self.tokenizer, questions, self.max_seq_len, self.doc_stride,
                                  self.max_question_tokens, targets=False)
-        starts, ends = predict_span_logits(self.model, features, batch_size, self.pad_id, self.device)
+        starts, ends = predict_span_logits(self.model, features, batch_size, self.pad_id, self.device,
+                                          self.precision.autocast)
         out = []
         for n, windows in sorted(features.by_example().items()):
             spans = best_spans(questions[n].context, features, windows, [starts[w] for w in windows],

@@ -24,6 +24,7 @@ from ..batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
 from ..checkpoint import CONFIG_FILE, read_config
 from ..errors import InputError
 from ..hardware import resolve_device
+from ..inference import Precision
 from ..model import BertForSequenceClassification
 from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
 from ..tokenizer import special_tokens
@@ -77,26 +78,29 @@ class Classifier:
         clf([("A man is eating.", "Someone eats food.")])   # pairs"""
 
     def __init__(self, model: BertForSequenceClassification, tokenizer: Tokenizer, label_names: list[str],
-                 max_seq_len: int, device: torch.device | str = "cpu"):
-        self.model, self.tokenizer, self.device = model.eval(), tokenizer, torch.device(device)
+                 max_seq_len: int, device: torch.device | str = "cpu", precision: Precision | None = None):
+        self.tokenizer, self.device = tokenizer, torch.device(device)
+        self.precision = precision or Precision.of("fp32", self.device)
+        self.model = self.precision.prepare(model.eval())
         self.label_names = label_names or [str(i) for i in range(model.num_labels)]
         self.max_seq_len = max_seq_len
         self.pad_id = special_tokens(tokenizer).pad
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Classifier":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Classifier":
         """A bertmath fine-tuning run or step directory, or a transformers BertForSequenceClassification
         directory. The model runs torch's fused kernels (model.fused, tested equal to functional.py's
         from-scratch ops), as fill-mask's does. Examples are cut to the run's task.max_seq_len, or to
         max_position_embeddings for a transformers directory."""
         device = resolve_device(device)
+        precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
         directory, config, state, tokenizer = read_with_tokenizer(path)
         model = build_from_state(BertForSequenceClassification, dataclasses.replace(config, fused=True), state,
                                  str(directory))
         task = read_config(directory).task if (directory / CONFIG_FILE).is_file() else None
         max_seq_len = task.max_seq_len if task is not None else config.max_position_embeddings
         names = classifier_label_names(directory, model.num_labels) or []
-        return cls(model.to(device), tokenizer, names, max_seq_len, device)
+        return cls(model.to(device), tokenizer, names, max_seq_len, device, precision)
 
     def __call__(self, examples: list[str | tuple[str, ...]], batch_size: int = MAX_BATCH) -> list[Prediction]:
         texts = [(e,) if isinstance(e, str) else tuple(e) for e in examples]
@@ -108,7 +112,7 @@ class Classifier:
         if encoded.truncated:
             log.warning("%d of %d inputs were longer than %d tokens and were truncated", encoded.truncated,
                         len(encoded), self.max_seq_len)
-        logits = predict_logits(self.model, encoded, batch_size, self.pad_id, self.device)
+        logits = predict_logits(self.model, encoded, batch_size, self.pad_id, self.device, self.precision.autocast)
         if self.model.num_labels == 1:
             return [Prediction(t, None, float(z[0])) for t, z in zip(texts, logits)]
         probabilities = torch.softmax(logits, dim=-1)

@@ -31,6 +31,7 @@ from ..batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
 from ..config import ModelConfig, TaskConfig
 from ..errors import ConfigError, InputError, TaskDataError
 from ..hardware import resolve_device
+from ..inference import Precision
 from ..io import decode_utf8, parse_json_object
 from ..model import BertForTokenClassification, token_head_parameters
 from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
@@ -456,8 +457,10 @@ class Tagger:
     tokenizer cuts them in its pipeline (truncation=True); how many were cut is said once."""
 
     def __init__(self, model: BertForTokenClassification, tokenizer: Tokenizer, label_names: list[str],
-                 device: torch.device | str = "cpu"):
-        self.model, self.device = model.eval(), torch.device(device)
+                 device: torch.device | str = "cpu", precision: Precision | None = None):
+        self.device = torch.device(device)
+        self.precision = precision or Precision.of("fp32", self.device)
+        self.model = self.precision.prepare(model.eval())
         self.label_names = label_names or [f"LABEL_{i}" for i in range(model.num_labels)]
         self.max_tokens = model.config.max_position_embeddings
         self.pad_id = special_tokens(tokenizer).pad
@@ -465,15 +468,16 @@ class Tagger:
         self.tokenizer.enable_truncation(self.max_tokens)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Tagger":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Tagger":
         """A bertmath tagging run or step directory, or a transformers BertForTokenClassification directory
         (tag names from config.json's id2label). The model runs torch's fused kernels (model.fused)."""
         device = resolve_device(device)
+        precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
         directory, config, state, tokenizer = read_with_tokenizer(path)
         model = build_from_state(BertForTokenClassification, dataclasses.replace(config, fused=True), state,
                                  str(directory))
         names = classifier_label_names(directory, model.num_labels) or []
-        return cls(model.to(device), tokenizer, names, device)
+        return cls(model.to(device), tokenizer, names, device, precision)
 
     def __call__(self, texts: Sequence[str], batch_size: int = MAX_BATCH) -> list[TaggedText]:
         if not texts:
@@ -483,7 +487,8 @@ class Tagger:
         if cut:
             log.warning("%d of %d inputs were longer than %d tokens and were truncated (their end is not tagged)",
                         cut, len(encodings), self.max_tokens)
-        logits = token_logits(self.model, [e.ids for e in encodings], batch_size, self.pad_id, self.device)
+        logits = token_logits(self.model, [e.ids for e in encodings], batch_size, self.pad_id, self.device,
+                              self.precision.autocast)
         out = []
         for text, encoding, z in zip(texts, encodings, logits):
             probabilities = torch.softmax(z, dim=-1)

@@ -1,0 +1,92 @@
+"""A model as it runs for inference at one precision: fp32, bf16 or int8, chosen once (hardware.py).
+
+    fp32   the model as built: every matmul in float32
+    bf16   the same model under torch.autocast(bfloat16): matmuls in bf16 (oneDNN, native only: avx512_bf16,
+           AMX or a CUDA GPU); LayerNorm and softmax statistics in fp32 (torch's kernels accumulate in fp32),
+           the logits the heads return cast to fp32
+    int8   the encoder layers' six matrices (Q, K, V, attention output, FFN up and down) replaced by Int8Linear:
+           y = (s_x s_w) ⊙ (q_x q_wᵀ) + b (functional.int8_linear), weights per output channel, activations
+           per token; embeddings, LayerNorm, softmax, attention's QKᵀ and AV, the pooler and heads stay fp32
+
+    runner = Precision.of("auto", device)          # resolves and logs the choice once
+    model = runner.prepare(model)                   # int8: quantises the encoder's linears in place
+    with runner.autocast(): out = model(...)        # bf16: autocast; else nothing
+
+The wrappers (FillMask, Classifier, Tagger, Answerer) take `precision=` and do exactly this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from . import functional as BF
+from .hardware import autocast, resolve_inference_precision
+
+
+class Int8Linear(nn.Module):
+    """y = (s_x s_w) ⊙ (q_x q_wᵀ) + b: an nn.Linear's weight W (out, in) quantised once per output channel,
+    q_w, s_w = quantize_int8(W); the input quantised per token on every call (functional.int8_linear).
+    `fused`: oneDNN's int8 GEMM on a prepacked q_w (needs VNNI or AMX: hardware.native_int8), else the
+    from-scratch int32 matmul. (..., in) → (..., out)."""
+
+    def __init__(self, linear: nn.Linear, fused: bool = True):
+        super().__init__()
+        q_w, s_w = BF.quantize_int8(linear.weight.detach())
+        self.register_buffer("q_w", q_w)  # (out, in) int8
+        self.register_buffer("s_w", s_w[:, 0].contiguous())  # (out,) float32
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.packed_w = torch.ops.onednn.qlinear_prepack(q_w, None) if fused else None  # not state: rebuilt
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return BF.int8_linear(x, self.q_w, self.s_w, self.bias, self.packed_w)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fused={self.packed_w is not None}"
+
+
+def quantize_encoder(model: nn.Module, fused: bool = True) -> nn.Module:
+    """`model` with every nn.Linear inside its encoder layers (model.encoder or model.bert.encoder) replaced by
+    an Int8Linear, in place; embeddings, pooler and heads keep fp32. Returns the model."""
+    bert = getattr(model, "bert", model)
+    for layer in bert.encoder.layers:
+        for parent in layer.modules():
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, Int8Linear(child, fused))
+    return model
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision inference runs at ('fp32', 'bf16', 'int8'), why it was chosen, and on which device."""
+
+    name: str
+    why: str
+    device: torch.device
+
+    @classmethod
+    def of(cls, precision: str, device: torch.device | str) -> "Precision":
+        """`precision` ('auto', 'fp32', 'bf16', 'int8') resolved for `device` (hardware.resolve_inference_precision:
+        a ConfigError where bf16 would be emulated or int8 has no VNNI/AMX)."""
+        device = torch.device(device)
+        return cls(*resolve_inference_precision(precision, device), device)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model to run: int8 quantises its encoder (quantize_encoder); fp32 and bf16 leave it as it is."""
+        return quantize_encoder(model) if self.name == "int8" else model
+
+    def autocast(self):
+        """The context each forward runs in: bf16 autocast, or nothing."""
+        if self.name == "bf16":
+            return autocast(self.device, torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def describe(self) -> str:
+        """'precision fp32 (auto: CPU class avx2: no avx512_bf16 or amx_bf16 instructions)': for a summary line."""
+        return f"precision {self.name} ({self.why})"

@@ -167,7 +167,8 @@ class FillMask:
         ConfigError where the hardware lacks bf16 or int8 instructions)."""
         device = resolve_device(device)
         precision = Precision.of(precision, device)
-        return cls(*load_model_and_tokenizer(BertForMaskedLM, path, device=device, fused=True), device, precision)
+        model, tokenizer = load_model_and_tokenizer(BertForMaskedLM, path, device=device, **precision.switches())
+        return cls(model, tokenizer, device, precision)
 
     def __call__(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None, truncate: bool = False, batch_size: int = MAX_BATCH,

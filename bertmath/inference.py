@@ -77,6 +77,13 @@ class Precision:
         device = torch.device(device)
         return cls(*resolve_inference_precision(precision, device), device)
 
+    def switches(self) -> dict:
+        """The ModelConfig switches the model is built with: torch's fused kernels and, but for int8 (which
+        quantises Q, K and V one by one), one (D, 3D) matmul for Q, K and V. The same math as the reference path
+        (tests/test_fast_paths.py); on 2 AVX2 cores the one QKV matmul took MiniLM from 40 to 51 sentences/s
+        (docs/benchmarks.md, "Inference precision")."""
+        return dict(fused=True, fused_qkv=self.name != "int8")
+
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model to run: int8 quantises its encoder (quantize_encoder); fp32 and bf16 leave it as it is."""
         return quantize_encoder(model) if self.name == "int8" else model

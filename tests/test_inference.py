@@ -161,6 +161,10 @@ def test_precision_prepares_and_autocasts(machine, tiny_config):
     assert Precision.of("fp32", CPU).prepare(model) is model
     assert isinstance(Precision.of("int8", CPU).prepare(model).bert.encoder.layers[0].attention.query, Int8Linear)
     assert Precision.of("fp32", CPU).describe() == "precision fp32 (asked for)"
+    # one QKV matmul, but not for int8, which quantises Q, K and V each (the joint matmul reads their .weight)
+    assert Precision.of("fp32", CPU).switches() == Precision.of("bf16", CPU).switches() == dict(fused=True,
+                                                                                                fused_qkv=True)
+    assert Precision.of("int8", CPU).switches() == dict(fused=True, fused_qkv=False)
 
 
 # --- the commands ---------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class Answerer:
         device = resolve_device(device)
         precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
         directory, config, state, tokenizer = read_with_tokenizer(path)
-        model = build_from_state(BertForQuestionAnswering, dataclasses.replace(config, fused=True), state,
+        model = build_from_state(BertForQuestionAnswering, dataclasses.replace(config, **precision.switches()), state,
                                  str(directory))
         task = read_config(directory).task if (directory / CONFIG_FILE).is_file() else None
         if task is not None and task.kind == "span":

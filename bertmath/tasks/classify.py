@@ -95,7 +95,7 @@ class Classifier:
         device = resolve_device(device)
         precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
         directory, config, state, tokenizer = read_with_tokenizer(path)
-        model = build_from_state(BertForSequenceClassification, dataclasses.replace(config, fused=True), state,
+        model = build_from_state(BertForSequenceClassification, dataclasses.replace(config, **precision.switches()), state,
                                  str(directory))
         task = read_config(directory).task if (directory / CONFIG_FILE).is_file() else None
         max_seq_len = task.max_seq_len if task is not None else config.max_position_embeddings

@@ -474,7 +474,7 @@ class Tagger:
         device = resolve_device(device)
         precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
         directory, config, state, tokenizer = read_with_tokenizer(path)
-        model = build_from_state(BertForTokenClassification, dataclasses.replace(config, fused=True), state,
+        model = build_from_state(BertForTokenClassification, dataclasses.replace(config, **precision.switches()), state,
                                  str(directory))
         names = classifier_label_names(directory, model.num_labels) or []
         return cls(model.to(device), tokenizer, names, device, precision)

@@ -159,6 +159,8 @@ class DataConfig:
         _require(self.max_seq_len >= 8, "data.max_seq_len", f"must be at least 8, got {self.max_seq_len}")
         _require(self.source not in ("text", "jsonl", "parquet") or bool(self.paths), "data.paths",
                  f"data.source '{self.source}' needs at least one path")
+        for number, path in enumerate(self.paths, start=1):  # "" would name the current directory, or glob "/"
+            _require(bool(path.strip()), "data.paths", f"entry {number} is an empty path; name a file or a glob")
         _require(self.source in ("text", "jsonl", "parquet") or not self.paths, "data.paths",
                  f"data.source is '{self.source}', which reads no paths (set data.source: text, jsonl or parquet)")
         _require(self.source != "hub" or bool(self.hub_dataset), "data.hub_dataset",

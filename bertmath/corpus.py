@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from stat import S_ISBLK, S_ISCHR, S_ISFIFO, S_ISSOCK
 from typing import Iterable, Iterator, Sequence
 
 import datasets
@@ -275,11 +276,23 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
             path = Path(expanded)
             if path.is_dir():
                 raise DataError(f"{pattern}: is a directory; name files or a glob such as {pattern}/*.txt")
+            if path.exists() and not path.is_file():
+                raise DataError(f"{pattern}: not a regular file but {_file_kind(path)}; name regular files in data.paths")
             if not path.is_file():
                 raise DataError(f"{pattern}: file not found")
             matches = [path]
         files.update(dict.fromkeys(matches))
     return list(files)
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that exists but is neither a regular file nor a directory is, in words (`path.exists()`
+    follows links: a link to a FIFO is a FIFO)."""
+    mode = os.stat(path).st_mode
+    kinds = [(S_ISFIFO, "FIFO (named pipe)"), (S_ISCHR, "character device"), (S_ISBLK, "block device"),
+             (S_ISSOCK, "socket")]
+    kind = next((kind for test, kind in kinds if test(mode)), "special file")
+    return f"a link to a {kind}" if path.is_symlink() else f"a {kind}"
 
 
 def _stat(path: Path, planned: bool = False) -> _FileStat:

@@ -47,7 +47,7 @@ from .config import Config, DataConfig
 from .corpus import Corpus, Piece, digest, in_memory_dataset
 from .distributed import DistInfo
 from .errors import DataError
-from .io import stale_temporaries, written_atomically
+from .io import check_writable, stale_temporaries, written_atomically
 from .tokenizer import SpecialTokens, load_tokenizer, save_tokenizer, special_tokens, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,11 @@ def train_corpus_tokenizer(config: Config, documents: Documents | None = None) -
                                 show_progress=sample.size > 100_000_000)  # its merges take minutes there
     trained = tokenizer.get_vocab_size()
     if trained < config.model.vocab_size:
+        if sample.quota is not None:  # the sample, not the corpus, is what is too small
+            raise DataError(f"the tokenizer's sample (data.tokenizer_sample_bytes {config.data.tokenizer_sample_bytes:,} "
+                            f"of the corpus's {corpus.total_bytes:,} bytes: {sample.documents} train documents) is too "
+                            f"small for a {config.model.vocab_size}-token vocabulary: training made {trained}; raise "
+                            f"data.tokenizer_sample_bytes or set model.vocab_size: {trained}")
         raise DataError(f"the corpus ({sample.documents} train documents) is too small for a {config.model.vocab_size}-"
                         f"token vocabulary: training made {trained}; set model.vocab_size: {trained} or add text")
     check_vocab_size(tokenizer, config.model.vocab_size, "trained tokenizer")  # more: alphabet > vocab_size
@@ -311,11 +316,12 @@ def _close_documents(values: np.ndarray, lengths: np.ndarray, sep: int) -> np.nd
 
 
 def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_len: int, path: Path,
-                name: str = "train", progress=None) -> datasets.Dataset:
+                name: str = "train", progress=None, eval_fraction: float = 0.0) -> datasets.Dataset:
     """Tokenised documents (batches of list<int32>) → Dataset of blocks [CLS] + C ids + [SEP] (C = seq_len - 2),
     column "input_ids" fixed-length int32, written atomically to `path` and memory-mapped (random access,
     nothing loaded). The stream's last len mod C ids are dropped. A split shorter than one chunk is a
-    DataError, but for a held-out split with no document at all (none fell to it): that has no blocks."""
+    DataError, but for a held-out split with no document at all (none fell to it): that has no blocks.
+    `eval_fraction`: the data.eval_fraction that made a held-out split, for that error."""
     chunk = seq_len - 2
     features = _block_features(seq_len)
     num_documents = num_stream = num_blocks = 0
@@ -346,7 +352,8 @@ def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_
                 if num_blocks == 0 and (num_documents or name != "eval"):
                     raise DataError(f"{name} split: {num_stream} tokens ({num_documents} documents and their [SEP]s), "
                                     f"but one sequence needs {chunk} (data.max_seq_len {seq_len} minus [CLS] and "
-                                    "[SEP]); add text" + (", raise data.eval_fraction" if name == "eval" else "")
+                                    "[SEP]); " + (f"raise data.eval_fraction (now {eval_fraction}: the share of the "
+                                                  "documents held out)" if name == "eval" else "add text")
                                     + " or lower data.max_seq_len")
                 writer.finalize()
             finally:
@@ -502,7 +509,7 @@ def _pack(corpus: Corpus, paths: CachePaths, specials: SpecialTokens, data: Data
     with tqdm(total=tokens, unit="tok", unit_scale=True, desc="packing", dynamic_ncols=True) as progress:
         for name, path in splits:
             documents = (ids for _, table in tables for ids in _split_batches(table, rule, name == "eval"))
-            pack_blocks(documents, specials, data.max_seq_len, path, name, progress)
+            pack_blocks(documents, specials, data.max_seq_len, path, name, progress, data.eval_fraction)
 
 
 def _piece_tables(corpus: Corpus, paths: CachePaths, limit: int | None) -> list[tuple[int, pa.Table]]:
@@ -588,6 +595,8 @@ def prepare(config: Config, out_dir: str | Path | None = None, cache_dir: str | 
     started = time.perf_counter()
     out_dir = Path(config.train.out_dir if out_dir is None else out_dir)
     cache_dir = default_cache_dir(config) if cache_dir is None else Path(cache_dir)
+    if dist.is_main:  # before any slow work, as train.out_dir is
+        check_writable(cache_dir, "data.cache_dir")
     corpus = Corpus.plan(config.data)
     log.info("corpus: %d file(s), %.1f MB in %d piece(s) (data.source %s)", len(corpus.files),
              corpus.total_bytes / 1e6, len(corpus.pieces), config.data.source)

@@ -24,6 +24,7 @@ blocks seeded by (seed, e). `batch_indices` is a pure function of m, so resuming
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .config import Config, DataConfig
-from .corpus import Corpus, Piece, digest, in_memory_dataset
+from .corpus import PART_CHARS, READ_BYTES, Corpus, Piece, TextBatch, cut_document, digest, in_memory_dataset
 from .distributed import DistInfo
 from .errors import DataError
 from .io import check_writable, stale_temporaries, written_atomically
@@ -53,8 +54,8 @@ from .tokenizer import SpecialTokens, load_tokenizer, save_tokenizer, special_to
 log = logging.getLogger(__name__)
 
 HASH_BUCKETS = 10_000  # held-out rule: bucket(text) < eval_fraction * HASH_BUCKETS
-_CACHE_VERSION = "2"  # bump when the tokenised or packed layout changes, so old cache files are never read
-_PIECE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("digest", pa.binary(16))])
+_CACHE_VERSION = "3"  # bump when the tokenised or packed layout changes, so old cache files are never read
+_PIECE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("digest", pa.binary(16)), ("part", pa.int32())])
 
 Documents = Corpus | datasets.Dataset | Sequence[str]  # a planned corpus, or documents in memory
 
@@ -75,48 +76,106 @@ def _buckets(digests: np.ndarray) -> np.ndarray:
 
 
 def is_eval_document(text: str, eval_fraction: float) -> bool:
-    """The held-out rule: blake2b(text) mod 10000 < eval_fraction · 10000. Depends on the text only, not on
-    the seed or the document's position (identical documents fall on the same side, so none leaks)."""
-    return bool(_buckets(np.frombuffer(digest(text), np.uint8)[None])[0] < round(eval_fraction * HASH_BUCKETS))
+    """The held-out rule: blake2b(text) mod 10000 < eval_fraction · 10000 (of its first part, for a document
+    cut into parts). Depends on the text only, not on the seed or the document's position (identical
+    documents fall on the same side, so none leaks)."""
+    first = digest(cut_document(text)[0])
+    return bool(_buckets(np.frombuffer(first, np.uint8)[None])[0] < round(eval_fraction * HASH_BUCKETS))
+
+
+def _part_digests(document: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8: the identities of parts `parts` of the document of digest `document` (16 uint8):
+    blake2b(digest ‖ part number)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(document.tobytes() + int(j).to_bytes(8, "big"), digest_size=16)
+                                  .digest() for j in parts), np.uint8).reshape(len(parts), 16)
 
 
 @dataclass(frozen=True)
 class SplitRule:
-    """Which documents are held out: bucket < threshold, unless that leaves a side empty while the corpus has
-    two distinct documents: then only the document(s) with the smallest (bucket, digest) go to eval (no eval
-    document otherwise), or all but those with the largest stay in eval (no train document otherwise)."""
+    """Which texts are held out. The units split are the documents (identified by `digest`; a document cut into
+    parts goes whole to one side), or, when the corpus holds one distinct document, its parts (`by_part`,
+    identified by `_part_digests`; one part: nothing can be held out, a DataError).
+
+    A unit is held out when its bucket < threshold, unless that leaves a side empty: then only the unit(s)
+    with the smallest (bucket, digest) go to eval (no eval unit otherwise), or all but those with the largest
+    stay in eval (no train unit otherwise)."""
 
     threshold: int
     only_eval: bytes | None = None
     all_but: bytes | None = None
+    by_part: bool = False
+    note: str | None = None  # what the corpus made the rule do besides the buckets, for the log
 
-    def is_eval(self, digests: np.ndarray) -> np.ndarray:
-        """(n, 16) uint8 digests → (n,) bool."""
+    def is_eval(self, digests: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """(n, 16) uint8 digests and (n,) part numbers of n texts → (n,) bool."""
+        units = _part_digests(digests[0], parts) if self.by_part and len(parts) else digests
         if self.only_eval is not None:
-            return (digests == np.frombuffer(self.only_eval, np.uint8)).all(axis=1)
+            return (units == np.frombuffer(self.only_eval, np.uint8)).all(axis=1)
         if self.all_but is not None:
-            return ~(digests == np.frombuffer(self.all_but, np.uint8)).all(axis=1)
-        return _buckets(digests) < self.threshold
+            return ~(units == np.frombuffer(self.all_but, np.uint8)).all(axis=1)
+        return _buckets(units) < self.threshold
 
     @classmethod
-    def of(cls, digest_batches: Iterable[np.ndarray], eval_fraction: float) -> "SplitRule":
-        """The rule for a corpus, from one pass over its documents' digests (in batches, (n, 16) uint8)."""
+    def of(cls, texts: Iterable[tuple[np.ndarray, np.ndarray]], eval_fraction: float) -> "SplitRule":
+        """The rule for a corpus, from one pass over its texts' (digests (n, 16) uint8, part numbers (n,)), in
+        batches."""
         threshold = round(eval_fraction * HASH_BUCKETS)
-        eval_count = total = 0
-        smallest = largest = None  # (bucket, digest)
-        for digests in digest_batches:
-            if len(digests):
-                buckets = _buckets(digests)
-                eval_count += int((buckets < threshold).sum())
-                total += len(digests)
-                low, high = _extremes(buckets, digests)
-                smallest = low if smallest is None else min(smallest, low)
-                largest = high if largest is None else max(largest, high)
-        if eval_fraction > 0 and smallest != largest and eval_count == 0:
-            return cls(threshold, only_eval=smallest[1])
-        if eval_fraction > 0 and smallest != largest and eval_count == total:
-            return cls(threshold, all_but=largest[1])
-        return cls(threshold)
+        counts = _UnitCounts(threshold)
+        most_parts = 0
+        for digests, parts in texts:
+            counts.add(digests[parts == 0])
+            most_parts = max(most_parts, int(parts.max()) + 1 if len(parts) else 0)
+        if eval_fraction == 0 or counts.total == 0:
+            return cls(threshold)
+        if counts.smallest != counts.largest:
+            rule = counts.rule(by_part=False)
+            hashed = f"of the {counts.total:,} documents falls under data.eval_fraction {eval_fraction} by its hash"
+            note = (f"held-out split: no document {hashed}: the one with the smallest is held out" if rule.only_eval
+                    else f"held-out split: every document {hashed}: all but the one with the largest are held out"
+                    if rule.all_but else None)
+            return dataclasses.replace(rule, note=note)
+        if most_parts < 2:
+            copies = "one document" if counts.total == 1 else f"{counts.total} copies of one document"
+            raise DataError(f"held-out split: the corpus is {copies}, not longer than one part ({PART_CHARS:,} "
+                            "characters), so nothing can be held out for "
+                            f"data.eval_fraction {eval_fraction}: give the corpus more documents (text files: a "
+                            "blank line between paragraphs), or set data.eval_fraction: 0 to train without a "
+                            "held-out measurement")
+        part_counts = _UnitCounts(threshold)
+        part_numbers = np.arange(most_parts)
+        part_counts.add(_part_digests(np.frombuffer(counts.smallest[1], np.uint8), part_numbers))
+        rule = part_counts.rule(by_part=True)
+        document = np.frombuffer(counts.smallest[1], np.uint8)[None].repeat(most_parts, axis=0)
+        held_out = int(rule.is_eval(document, part_numbers).sum())
+        return dataclasses.replace(rule, note=f"held-out split: the corpus is one document, too few for "
+                                              f"data.eval_fraction {eval_fraction}: it is split at its {most_parts} "
+                                              f"parts (cut at most every {PART_CHARS:,} characters), {held_out} of "
+                                              "them held out")
+
+
+class _UnitCounts:
+    """One pass over the units' digests: how many fall under the threshold, and the extreme (bucket, digest)."""
+
+    def __init__(self, threshold: int):
+        self.threshold, self.eval_count, self.total = threshold, 0, 0
+        self.smallest = self.largest = None  # (bucket, digest)
+
+    def add(self, digests: np.ndarray) -> None:
+        if len(digests):
+            buckets = _buckets(digests)
+            self.eval_count += int((buckets < self.threshold).sum())
+            self.total += len(digests)
+            low, high = _extremes(buckets, digests)
+            self.smallest = low if self.smallest is None else min(self.smallest, low)
+            self.largest = high if self.largest is None else max(self.largest, high)
+
+    def rule(self, by_part: bool) -> SplitRule:
+        """The buckets' rule, or its fallback when a side would be empty (two distinct units at least)."""
+        if self.eval_count == 0:
+            return SplitRule(self.threshold, only_eval=self.smallest[1], by_part=by_part)
+        if self.eval_count == self.total:
+            return SplitRule(self.threshold, all_but=self.largest[1], by_part=by_part)
+        return SplitRule(self.threshold, by_part=by_part)
 
 
 def _extremes(buckets: np.ndarray, digests: np.ndarray) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
@@ -128,7 +187,7 @@ def _extremes(buckets: np.ndarray, digests: np.ndarray) -> tuple[tuple[int, byte
 
 @dataclass(frozen=True)
 class DocumentSplit:
-    """Train and held-out documents, each in corpus order."""
+    """Train and held-out documents, each in corpus order (a document longer than PART_CHARS as its parts)."""
 
     train: list[str]
     eval: list[str]  # empty when eval_fraction == 0
@@ -136,14 +195,13 @@ class DocumentSplit:
 
 def split_documents(documents: datasets.Dataset | Sequence[str], eval_fraction: float) -> DocumentSplit:
     """Documents held in memory, split by `SplitRule` (what packing does to a corpus, piece by piece)."""
-    texts = list(documents["text"] if isinstance(documents, datasets.Dataset) else documents)
-    digests = _digests(texts)
-    is_eval = SplitRule.of([digests], eval_fraction).is_eval(digests)
-    return DocumentSplit(train=[t for t, e in zip(texts, is_eval) if not e], eval=[t for t, e in zip(texts, is_eval) if e])
-
-
-def _digests(texts: Sequence[str]) -> np.ndarray:
-    return np.frombuffer(b"".join(digest(t) for t in texts), np.uint8).reshape(len(texts), 16)
+    batches = list(Corpus.of_texts(documents, DataConfig()).batches())
+    rule = SplitRule.of(((b.digest_matrix(), np.array(b.parts)) for b in batches), eval_fraction)
+    sides = {False: [], True: []}
+    for batch in batches:
+        for text, held_out in zip(batch.texts, rule.is_eval(batch.digest_matrix(), np.array(batch.parts))):
+            sides[bool(held_out)].append(text)
+    return DocumentSplit(train=sides[False], eval=sides[True])
 
 
 # --- tokenizer ------------------------------------------------------------------------------------
@@ -187,30 +245,29 @@ class TokenizerSample:
             {i: max(1, piece.size * sample_bytes // total) for i, piece in enumerate(corpus.pieces)}
         self.size = total if self.quota is None else sum(self.quota.values())
         self.passes = 0
-        digests = [_digests(batch) for batch in self._batches()]  # 16 bytes a document of the sample
-        if not sum(map(len, digests)):
+        texts = [(batch.digest_matrix(), np.array(batch.parts)) for batch in self._batches()]  # 24 bytes a text
+        if not sum(len(parts) for _, parts in texts):
             raise corpus.no_text()
-        self.rule = SplitRule.of(digests, eval_fraction)
+        self.rule = SplitRule.of(texts, eval_fraction)
         self.documents = 0
 
-    def _batches(self) -> Iterator[list[str]]:
-        """The sample's documents in batches of 10,000, with a progress bar of its bytes."""
+    def _batches(self) -> Iterator[TextBatch]:
+        """The sample's texts in batches, with a progress bar of its bytes."""
         purpose = self.PASSES[min(self.passes, len(self.PASSES) - 1)]
         self.passes += 1
-        texts = self.corpus.documents(self.quota)
         with tqdm(total=self.size, unit="B", unit_scale=True, desc=f"tokenizer sample: {purpose}", leave=False,
                   dynamic_ncols=True) as progress:
-            while batch := list(islice(texts, 10_000)):
-                progress.update(sum(map(len, batch)))
+            for batch in self.corpus.batches(self.quota):
+                progress.update(sum(map(len, batch.texts)))
                 yield batch
 
     def __iter__(self) -> Iterator[list[str]]:
         self.documents = 0
         for batch in self._batches():
-            is_eval = self.rule.is_eval(_digests(batch))
-            train = [text for text, held_out in zip(batch, is_eval) if not held_out]
-            self.documents += len(train)
-            yield train
+            parts = np.array(batch.parts)
+            is_eval = self.rule.is_eval(batch.digest_matrix(), parts)
+            self.documents += int(((parts == 0) & ~is_eval).sum())
+            yield [text for text, held_out in zip(batch.texts, is_eval) if not held_out]
 
 
 def train_corpus_tokenizer(config: Config, documents: Documents | None = None) -> tuple[Tokenizer, int]:
@@ -263,22 +320,39 @@ def encode(tokenizer: Tokenizer, texts: list[str]) -> pa.ListArray:
 
 
 def tokenize_piece(corpus: Corpus, piece: Piece, tokenizer: Tokenizer, path: Path, progress=None) -> int:
-    """Write `piece`'s documents to `path` (Arrow: "input_ids" list<int32>, "digest" the 16-byte blake2b of the
-    text), a batch at a time, atomically; the number of documents."""
+    """Write `piece`'s texts to `path` (Arrow: "input_ids" list<int32>, "digest" the 16-byte identity of the
+    text's document, "part" its number among the document's parts), a batch at a time, atomically; the
+    number of documents. The tokenizer gets at most about READ_BYTES characters at a time (its output takes
+    ~140 bytes a character), however long the source's batches or documents."""
     count = read = 0
     try:
         with written_atomically(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_stream(sink, _PIECE_SCHEMA) as writer:
-            for texts in corpus.read(piece):
-                digests = pa.FixedSizeBinaryArray.from_buffers(
-                    pa.binary(16), len(texts), [None, pa.py_buffer(b"".join(digest(t) for t in texts))])
-                writer.write_batch(pa.record_batch([encode(tokenizer, texts), digests], schema=_PIECE_SCHEMA))
-                count += len(texts)
-                read += _advance(progress, sum(map(len, texts)))
+            for batch in corpus.read(piece):
+                for start, stop in _spans(batch.texts, READ_BYTES):
+                    texts = batch.texts[start:stop]
+                    digests = pa.FixedSizeBinaryArray.from_buffers(
+                        pa.binary(16), len(texts), [None, pa.py_buffer(b"".join(batch.digests[start:stop]))])
+                    parts = pa.array(batch.parts[start:stop], pa.int32())
+                    writer.write_batch(pa.record_batch([encode(tokenizer, texts), digests, parts], schema=_PIECE_SCHEMA))
+                    read += _advance(progress, sum(map(len, texts)))
+                count += batch.documents
     except OSError as e:
         raise _write_error(e, path, "tokens") from None
     _advance(progress, piece.size - read)  # the bar counts characters, the plan bytes: end the piece exactly
     return count
+
+
+def _spans(texts: list[str], max_chars: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) runs of consecutive texts of about max_chars characters in all (one text at least)."""
+    start = size = 0
+    for i, text in enumerate(texts):
+        if size and size + len(text) > max_chars:
+            yield start, i
+            start, size = i, 0
+        size += len(text)
+    if start < len(texts):
+        yield start, len(texts)
 
 
 def _advance(progress, n: int) -> int:
@@ -305,19 +379,21 @@ def read_piece(path: Path) -> pa.Table:
 # --- pack -----------------------------------------------------------------------------------------
 
 
-def _close_documents(values: np.ndarray, lengths: np.ndarray, sep: int) -> np.ndarray:
-    """Concatenate documents (flat `values`, per-document `lengths`) with a [SEP] after each: d_1 S d_2 S ..."""
-    ends = np.cumsum(lengths + 1)  # one past each document's [SEP]
-    stream = np.full(int(ends[-1]) if len(ends) else 0, sep, dtype=np.int32)
+def _close_documents(values: np.ndarray, lengths: np.ndarray, ends: np.ndarray, sep: int) -> np.ndarray:
+    """Concatenate texts (flat `values`, per-text `lengths`) with a [SEP] after each that `ends` a document:
+    d_1 S d_2 S ..., the parts of a document cut into parts back to back."""
+    stops = np.cumsum(lengths + ends)  # one past each text (and its [SEP])
+    stream = np.full(int(stops[-1]) if len(stops) else 0, sep, dtype=np.int32)
     is_text = np.ones(len(stream), dtype=bool)
-    is_text[ends - 1] = False
+    is_text[(stops - 1)[ends]] = False
     stream[is_text] = values
     return stream
 
 
-def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_len: int, path: Path,
-                name: str = "train", progress=None, eval_fraction: float = 0.0) -> datasets.Dataset:
-    """Tokenised documents (batches of list<int32>) → Dataset of blocks [CLS] + C ids + [SEP] (C = seq_len - 2),
+def pack_blocks(documents: Iterable[tuple[pa.ListArray, np.ndarray]], specials: SpecialTokens, seq_len: int,
+                path: Path, name: str = "train", progress=None, eval_fraction: float = 0.0) -> datasets.Dataset:
+    """Tokenised documents (batches of (list<int32>, (n,) bool: whether each text ends its document, rather
+    than being followed by the next part of it)) → Dataset of blocks [CLS] + C ids + [SEP] (C = seq_len - 2),
     column "input_ids" fixed-length int32, written atomically to `path` and memory-mapped (random access,
     nothing loaded). The stream's last len mod C ids are dropped. A split shorter than one chunk is a
     DataError, but for a held-out split with no document at all (none fell to it): that has no blocks.
@@ -333,9 +409,10 @@ def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_
             # header per batch, so fewer batches keep a warm start's reads small at any corpus size
             writer = ArrowWriter(features=features, path=str(tmp), writer_batch_size=1 << 16)
             try:
-                for ids in documents:
+                for ids, ends in documents:
                     lengths = ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
-                    stream = np.concatenate([carry, _close_documents(ids.flatten().to_numpy(), lengths, specials.sep)])
+                    stream = np.concatenate([carry, _close_documents(ids.flatten().to_numpy(), lengths, ends,
+                                                                     specials.sep)])
                     full = len(stream) // chunk
                     blocks = np.empty((full, seq_len), dtype=np.int32)
                     blocks[:, 0], blocks[:, -1] = specials.cls, specials.sep
@@ -344,11 +421,11 @@ def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_
                     if full:
                         writer.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(blocks.ravel(),
                                                                                                    seq_len)}))
-                    num_documents += len(lengths)
-                    num_stream += len(lengths) + int(lengths.sum())
+                    num_documents += int(ends.sum())
+                    num_stream += int(ends.sum() + lengths.sum())
                     num_blocks += full
                     if progress is not None:
-                        progress.update(len(lengths) + int(lengths.sum()))
+                        progress.update(int(ends.sum() + lengths.sum()))
                 if num_blocks == 0 and (num_documents or name != "eval"):
                     raise DataError(f"{name} split: {num_stream} tokens ({num_documents} documents and their [SEP]s), "
                                     f"but one sequence needs {chunk} (data.max_seq_len {seq_len} minus [CLS] and "
@@ -490,7 +567,7 @@ def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dis
             if limit is not None and documents >= limit:
                 break
             if paths.pieces[i].is_file():
-                documents += read_piece(paths.pieces[i]).num_rows
+                documents += _documents_in(read_piece(paths.pieces[i]))
                 continue
             documents += tokenize_piece(corpus, corpus.pieces[i], tokenizer, paths.pieces[i], progress)
             written += paths.pieces[i].stat().st_size
@@ -503,12 +580,14 @@ def _pack(corpus: Corpus, paths: CachePaths, specials: SpecialTokens, data: Data
     """Pack the train and eval blocks from the tokenised pieces (every process's), in corpus order."""
     tables = _piece_tables(corpus, paths, data.max_documents)
     _check_each_file_has_text(corpus, tables)
-    rule = SplitRule.of((_digest_matrix(table) for _, table in tables), data.eval_fraction)
+    rule = SplitRule.of(((_digest_matrix(table), _parts(table)) for _, table in tables), data.eval_fraction)
+    if rule.note:
+        log.info("%s", rule.note)
     tokens = sum(len(chunk.flatten()) + len(chunk) for _, table in tables for chunk in table.column(0).chunks)
     splits = [("train", paths.train)] + ([("eval", paths.eval)] if data.eval_fraction > 0 else [])
     with tqdm(total=tokens, unit="tok", unit_scale=True, desc="packing", dynamic_ncols=True) as progress:
         for name, path in splits:
-            documents = (ids for _, table in tables for ids in _split_batches(table, rule, name == "eval"))
+            documents = (texts for _, table in tables for texts in _split_batches(table, rule, name == "eval"))
             pack_blocks(documents, specials, data.max_seq_len, path, name, progress, data.eval_fraction)
 
 
@@ -524,10 +603,21 @@ def _piece_tables(corpus: Corpus, paths: CachePaths, limit: int | None) -> list[
                             "storage), or prepared on each machine")
         table = read_piece(path)
         if limit is not None:
-            table = table.slice(0, limit - documents)
-        documents += table.num_rows
+            starts = np.flatnonzero(_parts(table) == 0)  # the rows where documents start
+            if len(starts) > limit - documents:
+                table = table.slice(0, int(starts[limit - documents]))
+        documents += _documents_in(table)
         tables.append((i, table))
     return tables
+
+
+def _parts(table: pa.Table) -> np.ndarray:
+    """The "part" column: each text's number among its document's parts."""
+    return table.column("part").to_numpy()
+
+
+def _documents_in(table: pa.Table) -> int:
+    return int((_parts(table) == 0).sum())
 
 
 def _check_each_file_has_text(corpus: Corpus, tables: list[tuple[int, pa.Table]]) -> None:
@@ -550,10 +640,18 @@ def _digest_matrix(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     return np.frombuffer(column.buffers()[1], np.uint8, 16 * len(column), 16 * column.offset).reshape(-1, 16)
 
 
-def _split_batches(table: pa.Table, rule: SplitRule, held_out: bool) -> Iterator[pa.ListArray]:
-    """The documents of one side of the split, a batch at a time."""
+def _split_batches(table: pa.Table, rule: SplitRule, held_out: bool) -> Iterator[tuple[pa.ListArray, np.ndarray]]:
+    """The texts of one side of the split, a batch at a time, each with whether a [SEP] follows it: where its
+    document ends, or where the next part of it fell to the other side (split at parts)."""
+    parts = _parts(table)
+    side = rule.is_eval(_digest_matrix(table), parts)
+    ends = np.ones(len(parts), dtype=bool)  # a piece ends with the end of a document
+    ends[:-1] = (parts[1:] == 0) | (side[1:] != side[:-1])
+    offset = 0
     for batch in table.to_batches():
-        yield batch.column("input_ids").filter(pa.array(rule.is_eval(_digest_matrix(batch)) == held_out))
+        mine = side[offset:offset + batch.num_rows] == held_out
+        yield batch.column("input_ids").filter(pa.array(mine)), ends[offset:offset + batch.num_rows][mine]
+        offset += batch.num_rows
 
 
 # --- one preparation, many processes --------------------------------------------------------------

@@ -134,6 +134,10 @@ CASES = [
          ("eval split", "raise data.eval_fraction (now 0.0001"), lambda tmp: write(tmp / "distinct.txt", "\n\n".join(
              f"paragraph {i}" for i in range(3000))),
          may_create="fresh"),
+    Case("pretrain: one short document", FRESH + ("--set", "data.paths={tmp}/one.txt"),
+         ("held-out split", "nothing can be held out", "set data.eval_fraction: 0"),
+         lambda tmp: write(tmp / "one.txt", "\n".join(f"line {i} of a text with no blank line" for i in range(200))),
+         may_create="fresh"),
     Case("pretrain: oversize max_seq_len", FRESH + ("--set", "data.max_seq_len=100000"), ("data.max_seq_len",),
          may_create="fresh"),
     Case("pretrain: --resume without a checkpoint", FRESH + ("--resume",), ("no checkpoint",), may_create="fresh"),

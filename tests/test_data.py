@@ -58,8 +58,12 @@ def test_split_keeps_one_document_on_each_side():
     assert len(split.train) == 1 and len(split.eval) == 1
     split = D.split_documents(["first document", "second document"], eval_fraction=1.0)
     assert len(split.train) == 1 and len(split.eval) == 1
-    assert len(D.split_documents(["only one"], eval_fraction=0.5).train) + \
-        len(D.split_documents(["only one"], eval_fraction=0.5).eval) == 1
+    for copies in (["only one"], ["only one"] * 3):  # nothing to hold out: refused, saying how to go on
+        with pytest.raises(DataError, match=r"^held-out split: the corpus is (one document|3 copies of one document), "
+                                            r"not longer than one part .* nothing can be held out for "
+                                            r"data.eval_fraction 0.5: .* set data.eval_fraction: 0"):
+            D.split_documents(copies, eval_fraction=0.5)
+    assert D.split_documents(["only one"], eval_fraction=0.0) == D.DocumentSplit(["only one"], [])
 
 
 def test_eval_blocks_do_not_depend_on_seed(plays_sample, tokenizer, tmp_path):
@@ -497,3 +501,66 @@ def test_the_tokenizer_learns_from_a_bounded_sample_spread_over_the_corpus(plays
     twice, _ = sample(8, 2)
     assert 0.7 * size < sum(len(t) + 2 for t in twice) < 1.3 * size  # the same cost from twice the text
     assert sample(4, 1) == (once, vocabulary)  # deterministic
+
+
+# --- documents longer than the bound: cut, tokenised a part at a time, packed back to back ------------
+
+
+def long_document(plays_sample, layout: str) -> str:
+    """One document of ~60,000 characters: speeches one a line with no blank line, or all on one line."""
+    speeches = [" ".join(t.split()) for t in plays_sample[:400]]
+    return ("\n" if layout == "lines" else " ").join(speeches)
+
+
+@pytest.mark.parametrize("layout", ["lines", "one line"])
+def test_a_long_document_tokenises_as_a_whole_and_packs_contiguously(plays_sample, tokenizer, tmp_path, monkeypatch,
+                                                                     layout):
+    from bertmath import corpus as C
+
+    monkeypatch.setattr(C, "PART_CHARS", 2_000)
+    text = long_document(plays_sample, layout)
+    (tmp_path / "one.txt").write_text(text + "\n", encoding="utf-8")
+    config = files_config(str(tmp_path / "one.txt"), eval_fraction=0.0)
+    prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config, piece_bytes=10**6))
+    [piece] = [D.read_piece(p) for p in (tmp_path / "cache" / "pieces").glob("*.arrow")]
+    assert piece.column("part").to_pylist() == list(range(piece.num_rows)) and piece.num_rows >= len(text) // 2_000
+    whole = tokenizer.encode(text, add_special_tokens=False).ids
+    assert [i for ids in piece.column("input_ids").to_pylist() for i in ids] == whole  # cut at blanks: the same ids
+    interior = prepared.batch("train", range(len(prepared.train)))[:, 1:-1].reshape(-1).tolist()
+    sep = special_tokens(tokenizer).sep
+    assert interior == (whole + [sep])[:len(interior)] and len(whole) + 1 - len(interior) < 30  # no [SEP] between parts
+
+
+def test_one_document_is_split_at_its_parts_and_says_so(plays_sample, tokenizer, tmp_path, monkeypatch, caplog):
+    from bertmath import corpus as C
+
+    monkeypatch.setattr(C, "PART_CHARS", 2_000)
+    text = long_document(plays_sample, "lines")
+    (tmp_path / "one.txt").write_text(text, encoding="utf-8")
+    config = files_config(str(tmp_path / "one.txt"), eval_fraction=0.1)
+    with caplog.at_level("INFO", logger="bertmath"):
+        prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config, piece_bytes=10**6))
+    notes = [r.getMessage() for r in caplog.records if "held-out split" in r.getMessage()]
+    parts = D.read_piece(next((tmp_path / "cache" / "pieces").glob("*.arrow"))).num_rows
+    assert len(notes) == 1 and notes[0].startswith(f"held-out split: the corpus is one document, too few for "
+                                                   f"data.eval_fraction 0.1: it is split at its {parts} parts")
+    assert len(prepared.eval) > 0 and len(prepared.train) > 5 * len(prepared.eval)
+    whole = np.bincount(tokenizer.encode(text, add_special_tokens=False).ids, minlength=VOCAB)[5:]
+    packed = sum(np.bincount(blocks.ravel(), minlength=VOCAB)[5:] for blocks in all_blocks(prepared))
+    assert (packed <= whole).all() and whole.sum() - packed.sum() < 2 * 30  # each part on one side, once
+    again = D.split_documents([text], 0.1)
+    assert again.train and again.eval and sorted(again.train + again.eval, key=text.index) == C.cut_document(text)
+
+
+def test_nothing_to_hold_out_is_refused(plays_sample, tokenizer, tmp_path):
+    text = long_document(plays_sample, "lines")  # one document, shorter than the bound: one part
+    (tmp_path / "one.txt").write_text(text, encoding="utf-8")
+    config = files_config(str(tmp_path / "one.txt"))
+    with pytest.raises(DataError, match=r"^held-out split: the corpus is one document, not longer than one part "
+                                        r"\(200,000 characters\), so nothing can be held out for data.eval_fraction "
+                                        r"0.05: .* or set data.eval_fraction: 0 to train without a held-out measurement$"):
+        D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    assert not list((tmp_path / "cache").glob("*blocks*"))
+    no_eval = D.prepare_data(files_config(str(tmp_path / "one.txt"), eval_fraction=0.0), tokenizer, tmp_path / "cache",
+                             plan(config))
+    assert len(no_eval.train) > 0 and len(no_eval.eval) == 0

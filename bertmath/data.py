@@ -10,7 +10,10 @@ later pass (the split rule, packing, training) reads memory-mapped Arrow files. 
     {train,eval}-blocks-<key>.arrow            the packed blocks; key: every piece's key, the tokenizer, the
                                                split, max_documents, max_seq_len and the special ids
 Each file appears whole or not at all (written under a temporary name, then renamed): a killed preparation
-leaves nothing a later run reads, and the later run tokenises only the pieces still missing.
+leaves nothing a later run reads, and the later run tokenises only the pieces still missing. Each has its
+size recorded beside it (<file>.size, written before the file is renamed into place) and is checked when a
+run would use it (`cache_damage`: that size, and Arrow's framing): one damaged since (truncated, emptied,
+overwritten) is named in a warning, removed and made again from its source, as a missing one is.
 
 Packing (RoBERTa's FULL-SENTENCES, Liu+19 §4.2: blocks cross document boundaries, a separator between
 documents): the split's documents, in corpus order, each closed by a [SEP], form the stream
@@ -24,6 +27,7 @@ blocks seeded by (seed, e). `batch_indices` is a pure function of m, so resuming
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -326,7 +330,7 @@ def tokenize_piece(corpus: Corpus, piece: Piece, tokenizer: Tokenizer, path: Pat
     ~140 bytes a character), however long the source's batches or documents."""
     count = read = 0
     try:
-        with written_atomically(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+        with cache_file(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_stream(sink, _PIECE_SCHEMA) as writer:
             for batch in corpus.read(piece):
                 for start, stop in _spans(batch.texts, READ_BYTES):
@@ -372,8 +376,73 @@ def _write_error(e: OSError, path: Path, what: str) -> DataError:
 
 def read_piece(path: Path) -> pa.Table:
     """A tokenised piece, memory-mapped (nothing read until used)."""
+    return _read_stream(path)
+
+
+def _read_stream(path: Path) -> pa.Table:
+    """An Arrow IPC stream file (a piece, or blocks as datasets writes them), memory-mapped: reading it parses
+    every message's framing (the headers), and no data."""
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_stream(source).read_all()
+
+
+# --- the cache's own checks -----------------------------------------------------------------------
+
+
+def _size_record(path: Path) -> Path:
+    """Where the size of cache file `path` is recorded when it is written: `path`.size beside it."""
+    return path.with_name(path.name + ".size")
+
+
+@contextlib.contextmanager
+def cache_file(path: Path):
+    """`with cache_file(path) as tmp:` write cache file `path` at `tmp` (`io.written_atomically`); its size is
+    recorded beside it (`_size_record`, written atomically too) before it is renamed into place, so a whole
+    cache file always has its record, and one that lost bytes or was overwritten since is found out."""
+    with written_atomically(path) as tmp:
+        yield tmp
+        with written_atomically(_size_record(path)) as record:
+            record.write_text(f"{tmp.stat().st_size}\n")
+
+
+def cache_damage(path: Path) -> str | None:
+    """What is wrong with the cache file `path`, which exists: its size is not the one recorded when it was
+    written (truncated, emptied, appended to) or none is recorded, or Arrow cannot read its framing (garbage);
+    None when it is whole. Reads the headers only: no checksum of the data (that would read the whole cache
+    at every start)."""
+    try:
+        recorded = int(_size_record(path).read_text())
+    except (OSError, ValueError):
+        return f"no record of its size in {_size_record(path).name}"
+    size = path.stat().st_size
+    if size != recorded:
+        return f"{size:,} bytes where {recorded:,} were written"
+    try:
+        _read_stream(path)
+    except (OSError, pa.ArrowException) as e:
+        return f"not readable as Arrow ({str(e).splitlines()[0][:120]})"
+    return None
+
+
+def remove_damaged(paths: Iterable[Path]) -> dict[Path, str]:
+    """Check each cache file of `paths` that exists (`cache_damage`); remove each damaged one with its record,
+    named in a warning; {path: what was wrong} of those removed. A removed file is then made again, as a
+    missing one is, from its source."""
+    damaged = {}
+    for path in paths:
+        why = cache_damage(path) if path.is_file() else None
+        if why is not None:
+            log.warning("%s: damaged cache file (%s): removed; it is made again from its source", path, why)
+            path.unlink(missing_ok=True)
+            _size_record(path).unlink(missing_ok=True)
+            damaged[path] = why
+    return damaged
+
+
+def _rebuild_error(damaged: dict[Path, str], e: DataError) -> DataError:
+    """The error of a cache file that was damaged, and whose source cannot make it again: both named."""
+    files = "; ".join(f"{path}: damaged ({why})" for path, why in damaged.items())
+    return DataError(f"{files}, and removed; it cannot be made again: {e}")
 
 
 # --- pack -----------------------------------------------------------------------------------------
@@ -404,7 +473,7 @@ def pack_blocks(documents: Iterable[tuple[pa.ListArray, np.ndarray]], specials: 
     carry = np.empty(0, dtype=np.int32)  # the stream's ids not yet in a block
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with written_atomically(path) as tmp:
+        with cache_file(path) as tmp:
             # record batches of up to 65,536 blocks (datasets' default is 1,000): opening the file reads one
             # header per batch, so fewer batches keep a warm start's reads small at any corpus size
             writer = ArrowWriter(features=features, path=str(tmp), writer_batch_size=1 << 16)
@@ -526,13 +595,17 @@ def prepare_data(config: Config, tokenizer: Tokenizer, cache_dir: str | Path, do
     corpus = as_corpus(documents, data)
     paths = CachePaths.of(Path(cache_dir), corpus, tokenizer, data)
     splits = {"train": paths.train} | ({"eval": paths.eval} if data.eval_fraction > 0 else {})
-    if distributed.broadcast_flag(all(path.is_file() for path in splits.values()), dist):
+    damaged = remove_damaged(splits.values()) if dist.is_main else {}  # process 0 decides, and packs
+    if distributed.broadcast_flag(dist.is_main and all(path.is_file() for path in splits.values()), dist):
         log.info("blocks: cached in %s", paths.root)
     else:
-        _tokenize_share(corpus, _plain_copy(tokenizer), paths, dist)
-        distributed.barrier(dist, slow=True)
-        if dist.is_main:
-            _pack(corpus, paths, special_tokens(tokenizer), data)
+        try:
+            _tokenize_share(corpus, _plain_copy(tokenizer), paths, dist)
+            distributed.barrier(dist, slow=True)
+            if dist.is_main:
+                _pack(corpus, paths, special_tokens(tokenizer), data)
+        except DataError as e:
+            raise _rebuild_error(damaged, e) if damaged else e from None
         distributed.barrier(dist, slow=True)
     blocks = {name: _open_blocks(path) for name, path in splits.items()}
     return PretrainingData(train=blocks["train"], eval=blocks["eval"] if "eval" in blocks else _no_blocks(data.max_seq_len),
@@ -543,7 +616,11 @@ def _open_blocks(path: Path) -> datasets.Dataset:
     if not path.is_file():
         raise DataError(f"{path}: not found, though process 0 packed it: data.cache_dir must be one directory that "
                         "every process sees (shared storage), or prepared on each machine")
-    return datasets.Dataset.from_file(str(path))
+    try:
+        return datasets.Dataset.from_file(str(path))
+    except (OSError, pa.ArrowException) as e:  # damaged since process 0 checked or wrote it
+        raise DataError(f"{path}: damaged cache file ({str(e).splitlines()[0][:120]}); run again to make it "
+                        "again") from None
 
 
 def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dist: DistInfo) -> None:
@@ -554,6 +631,7 @@ def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dis
     for stale in stale_temporaries(directory) + stale_temporaries(paths.root):  # left by a killed preparation
         stale.unlink(missing_ok=True)
     mine = [i for i in range(len(corpus.pieces)) if i % dist.world_size == dist.rank]
+    damaged = remove_damaged(paths.pieces[i] for i in mine)
     todo = [i for i in mine if not paths.pieces[i].is_file()]
     log.info("tokens: %d of %d pieces cached%s", len(mine) - len(todo), len(mine),
              f" (the share of process {dist.rank} of {dist.world_size})" if dist.enabled else "")
@@ -569,7 +647,11 @@ def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dis
             if paths.pieces[i].is_file():
                 documents += _documents_in(read_piece(paths.pieces[i]))
                 continue
-            documents += tokenize_piece(corpus, corpus.pieces[i], tokenizer, paths.pieces[i], progress)
+            try:
+                documents += tokenize_piece(corpus, corpus.pieces[i], tokenizer, paths.pieces[i], progress)
+            except DataError as e:
+                was = {paths.pieces[i]: damaged[paths.pieces[i]]} if paths.pieces[i] in damaged else {}
+                raise _rebuild_error(was, e) if was else e from None
             written += paths.pieces[i].stat().st_size
         seconds = time.perf_counter() - started
         log.info("tokens: %.1f MB of text in %.1f s (%.2f MB/s) → %.1f MB of ids in %s", progress.n / 1e6,

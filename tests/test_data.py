@@ -564,3 +564,70 @@ def test_nothing_to_hold_out_is_refused(plays_sample, tokenizer, tmp_path):
     no_eval = D.prepare_data(files_config(str(tmp_path / "one.txt"), eval_fraction=0.0), tokenizer, tmp_path / "cache",
                              plan(config))
     assert len(no_eval.train) > 0 and len(no_eval.eval) == 0
+
+
+# --- damaged cache files ------------------------------------------------------------------------------
+
+
+DAMAGES = {"truncated": lambda data: data[:len(data) // 2], "emptied": lambda data: b"",
+           "garbled": lambda data: random.Random(0).randbytes(len(data))}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("kind", ["piece", "train blocks", "eval blocks"])
+def test_a_damaged_cache_file_is_named_removed_and_made_again(plays_sample, tokenizer, tmp_path, caplog, kind, damage):
+    """Every kind of cache file, damaged after it was written: the next run warns naming it, makes it again, and
+    ends with the blocks of a clean run. A piece is read only when blocks are packed: here for another
+    max_seq_len."""
+    config = files_config(write_files(tmp_path / "corpus", plays_sample[:1500], 3))
+    D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    if kind == "piece":
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, max_seq_len=24))
+        victim = sorted((tmp_path / "cache" / "pieces").glob("*.arrow"))[1]
+    else:
+        victim = next((tmp_path / "cache").glob(f"{kind.split()[0]}-blocks-*.arrow"))
+    whole = victim.read_bytes()
+    victim.write_bytes(DAMAGES[damage](whole))
+    with caplog.at_level("WARNING", logger="bertmath"):
+        again = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{victim}: damaged cache file (") \
+        and warnings[0].endswith("): removed; it is made again from its source"), warnings
+    assert victim.read_bytes() == whole  # made again, the same
+    clean = D.prepare_data(config, tokenizer, tmp_path / "clean", plan(config))
+    assert all(len(a) and torch.equal(a, b) for a, b in zip(all_blocks(again), all_blocks(clean)))
+    caplog.clear()
+    D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # whole again: no warning
+
+
+def test_what_the_size_record_and_the_framing_catch(plays_sample, tokenizer, tmp_path):
+    config = files_config(write_files(tmp_path / "corpus", plays_sample[:500], 1))
+    D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    piece = next((tmp_path / "cache" / "pieces").glob("*.arrow"))
+    record = piece.with_name(piece.name + ".size")
+    assert D.cache_damage(piece) is None and int(record.read_text()) == piece.stat().st_size
+    whole = piece.read_bytes()
+    piece.write_bytes(whole + b"\0")
+    assert D.cache_damage(piece) == f"{len(whole) + 1:,} bytes where {len(whole):,} were written"
+    piece.write_bytes(whole[:8] + bytes(len(whole) - 8))  # the same size, the framing zeroed
+    assert D.cache_damage(piece).startswith("not readable as Arrow")
+    piece.write_bytes(whole)
+    record.unlink()  # e.g. a file made by hand, or a copy without its record
+    assert D.cache_damage(piece) == f"no record of its size in {record.name}"
+
+
+def test_a_damaged_piece_whose_source_is_gone_is_one_line_naming_both(plays_sample, tokenizer, tmp_path):
+    config = files_config(write_files(tmp_path / "corpus", plays_sample[:1500], 3))
+    corpus = plan(config)
+    D.prepare_data(config, tokenizer, tmp_path / "cache", corpus)
+    victim = D.CachePaths.of(tmp_path / "cache", corpus, tokenizer, config.data).pieces[-1]
+    victim.write_bytes(b"")
+    source = Path(corpus.pieces[-1].name)
+    source.unlink()
+    repacked = dataclasses.replace(config, data=dataclasses.replace(config.data, max_seq_len=24))
+    with pytest.raises(DataError) as e:
+        D.prepare_data(repacked, tokenizer, tmp_path / "cache", corpus)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{victim}: damaged (0 bytes where ")
+    assert f"and removed; it cannot be made again: {source}: file not found" in message

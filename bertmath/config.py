@@ -200,6 +200,10 @@ class TrainConfig:
     save_every: int = 200  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2  # older step-XXXXXXX/ copies kept besides the latest
     resume: Literal["never", "auto", "required"] = "auto"  # auto: continue if out_dir has a checkpoint
+    # A resume compares the data the checkpoint was trained on (the corpus's files, data.max_seq_len,
+    # data.eval_fraction, the masking settings) with today's and refuses a change; true continues on the new
+    # data (with a warning): the step and the batch order go on, over the new blocks.
+    allow_data_change: bool = False
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
     max_time_minutes: float | None = None  # stop (and save) after this wall time

@@ -768,16 +768,17 @@ class Prepared:
 
 
 def prepare(config: Config, out_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-            dist: DistInfo = DistInfo()) -> Prepared:
+            dist: DistInfo = DistInfo(), corpus: Corpus | None = None) -> Prepared:
     """Everything before pretraining's first step: the tokenizer in out_dir (default train.out_dir; process 0
     trains or loads it first, the others then load what it saved) and the blocks in cache_dir (default
-    `default_cache_dir`; `prepare_data`, the pieces shared out among processes)."""
+    `default_cache_dir`; `prepare_data`, the pieces shared out among processes), of `corpus` (default: data's
+    own, planned here)."""
     started = time.perf_counter()
     out_dir = Path(config.train.out_dir if out_dir is None else out_dir)
     cache_dir = default_cache_dir(config) if cache_dir is None else Path(cache_dir)
     if dist.is_main:  # before any slow work, as train.out_dir is
         check_writable(cache_dir, "data.cache_dir")
-    corpus = Corpus.plan(config.data)
+    corpus = Corpus.plan(config.data) if corpus is None else corpus
     log.info("corpus: %d file(s), %.1f MB in %d piece(s) (data.source %s)", len(corpus.files),
              corpus.total_bytes / 1e6, len(corpus.pieces), config.data.source)
     tokenizer = None
@@ -788,6 +789,27 @@ def prepare(config: Config, out_dir: str | Path | None = None, cache_dir: str | 
     data = prepare_data(config, tokenizer, cache_dir, corpus, dist)
     return Prepared(tokenizer, data, CachePaths.of(cache_dir, corpus, tokenizer, config.data), corpus,
                     time.perf_counter() - started)
+
+
+# --- what a checkpoint was trained on -------------------------------------------------------------
+
+FINGERPRINT_KEYS = ("max_seq_len", "eval_fraction", "mlm_probability", "mask_token_probability",
+                    "random_token_probability", "whole_word_masking")  # the data.* settings that change the data
+
+
+def data_fingerprint(data: DataConfig, corpus: Corpus) -> dict:
+    """What a run trains on, for a checkpoint to record and a resume to compare: the corpus's identity (every
+    piece's key: its files' paths, sizes and modification times, data.source, data.max_documents, ...) and
+    the data.* settings that change the blocks or their masks."""
+    return {"corpus": corpus.identity()} | {key: getattr(data, key) for key in FINGERPRINT_KEYS}
+
+
+def data_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two data_fingerprints, in words: [] when the same data."""
+    changes = ["the corpus (its files: paths, sizes or modification times; or data.source, data.paths, "
+               "data.max_documents)"] if saved.get("corpus") != now["corpus"] else []
+    return changes + [f"data.{key}: {saved.get(key)} then, {now[key]} now" for key in FINGERPRINT_KEYS
+                      if saved.get(key) != now[key]]
 
 
 # --- order ----------------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ def transformers_like_directory(tmp: Path) -> None:
     (tmp / "bert" / "config.json").write_text('{"model_type": "bert", "transformers_version": "5.0.0"}')
 
 
+def copy_of_the_corpus(tmp: Path) -> None:
+    """The trained run's corpus, copied to tmp/copy.txt: the same text, another file."""
+    corpus = yaml.safe_load((tmp / "trained" / ckpt.CONFIG_FILE).read_text())["data"]["paths"][0]
+    shutil.copyfile(corpus, tmp / "copy.txt")
+
+
 def metrics(text: bytes | str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / "m").mkdir() or write(tmp / "m" / "metrics.jsonl", text)
 
@@ -143,6 +149,10 @@ CASES = [
     Case("pretrain: --resume without a checkpoint", FRESH + ("--resume",), ("no checkpoint",), may_create="fresh"),
     Case("pretrain: out_dir in use", RESUME, ("is in use by pid {pid}",),
          lambda tmp: ckpt.lock_run_dir(tmp / "trained")),
+    Case("pretrain: resume with another max_seq_len", RESUME + ("--set", "data.max_seq_len=16"),
+         ("cannot resume", "the data changed", "data.max_seq_len: 32 then, 16 now", "train.allow_data_change: true")),
+    Case("pretrain: resume on another corpus", RESUME + ("--set", "data.paths={tmp}/copy.txt"),
+         ("cannot resume", "the corpus (its files", "train.allow_data_change: true"), copy_of_the_corpus),
     Case("pretrain: latest model.safetensors truncated", RESUME,
          ("step-0000004/model.safetensors", "newest intact checkpoint is step-0000002"),
          lambda tmp: truncate(latest(tmp / "trained") / ckpt.MODEL_FILE)),

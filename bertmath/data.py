@@ -120,9 +120,11 @@ class SplitRule:
         return _buckets(units) < self.threshold
 
     @classmethod
-    def of(cls, texts: Iterable[tuple[np.ndarray, np.ndarray]], eval_fraction: float) -> "SplitRule":
+    def of(cls, texts: Iterable[tuple[np.ndarray, np.ndarray]], eval_fraction: float,
+           sample: bool = False) -> "SplitRule":
         """The rule for a corpus, from one pass over its texts' (digests (n, 16) uint8, part numbers (n,)), in
-        batches."""
+        batches. For a `sample` of the corpus (the tokenizer's), one document of one part is held out of
+        nothing rather than refused: the whole corpus may have more."""
         threshold = round(eval_fraction * HASH_BUCKETS)
         counts = _UnitCounts(threshold)
         most_parts = 0
@@ -138,6 +140,8 @@ class SplitRule:
                     else f"held-out split: every document {hashed}: all but the one with the largest are held out"
                     if rule.all_but else None)
             return dataclasses.replace(rule, note=note)
+        if most_parts < 2 and sample:
+            return cls(0)
         if most_parts < 2:
             copies = "one document" if counts.total == 1 else f"{counts.total} copies of one document"
             raise DataError(f"held-out split: the corpus is {copies}, not longer than one part ({PART_CHARS:,} "
@@ -252,7 +256,7 @@ class TokenizerSample:
         texts = [(batch.digest_matrix(), np.array(batch.parts)) for batch in self._batches()]  # 24 bytes a text
         if not sum(len(parts) for _, parts in texts):
             raise corpus.no_text()
-        self.rule = SplitRule.of(texts, eval_fraction)
+        self.rule = SplitRule.of(texts, eval_fraction, sample=True)
         self.documents = 0
 
     def _batches(self) -> Iterator[TextBatch]:

@@ -6,7 +6,9 @@
 
 Memory stays flat as the corpus grows: a piece is read, tokenised and written a few MB at a time, and every
 later pass (the split rule, packing, training) reads memory-mapped Arrow files. The cache (data.cache_dir):
-    pieces/<piece key>-<tokenizer key>.arrow   a piece's documents: their ids (no [CLS]/[SEP]) and digests
+    pieces/<piece key>-<tokenizer key>.arrow   a piece's texts (documents, and parts of documents longer than
+                                               corpus.PART_CHARS): their ids (no [CLS]/[SEP]), their documents'
+                                               digests and their part numbers
     {train,eval}-blocks-<key>.arrow            the packed blocks; key: every piece's key, the tokenizer, the
                                                split, max_documents, max_seq_len and the special ids
 Each file appears whole or not at all (written under a temporary name, then renamed): a killed preparation
@@ -18,7 +20,7 @@ overwritten) is named in a warning, removed and made again from its source, as a
 Packing (RoBERTa's FULL-SENTENCES, Liu+19 §4.2: blocks cross document boundaries, a separator between
 documents): the split's documents, in corpus order, each closed by a [SEP], form the stream
     d_1 [SEP] d_2 [SEP] ... d_n [SEP]
-which is cut into chunks of C = T - 2 ids; block k is [CLS] + stream[kC : (k+1)C] + [SEP], exactly T = max_seq_len ids.
+(a document cut into parts is its parts' ids back to back, as tokenising it whole gives them), which is cut into chunks of C = T - 2 ids; block k is [CLS] + stream[kC : (k+1)C] + [SEP], exactly T = max_seq_len ids.
 The last len(stream) mod C ids (fewer than C) are dropped.
 
 Order: micro-batch m holds positions [mB, (m+1)B) of the stream π_0 ‖ π_1 ‖ ..., π_e a permutation of the

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import datasets
 import numpy as np
@@ -89,18 +89,19 @@ def is_eval_document(text: str, eval_fraction: float) -> bool:
     return bool(_buckets(np.frombuffer(first, np.uint8)[None])[0] < round(eval_fraction * HASH_BUCKETS))
 
 
-def _part_digests(document: np.ndarray, parts: np.ndarray) -> np.ndarray:
-    """(n, 16) uint8: the identities of parts `parts` of the document of digest `document` (16 uint8):
-    blake2b(digest ‖ part number)."""
-    return np.frombuffer(b"".join(hashlib.blake2b(document.tobytes() + int(j).to_bytes(8, "big"), digest_size=16)
-                                  .digest() for j in parts), np.uint8).reshape(len(parts), 16)
+def _part_digests(digests: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8 digests of n texts' documents and (n,) part numbers → (n, 16) uint8: the parts'
+    identities, blake2b(document digest ‖ part number)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(d.tobytes() + int(j).to_bytes(8, "big"), digest_size=16).digest()
+                                  for d, j in zip(digests, parts)), np.uint8).reshape(len(parts), 16)
 
 
 @dataclass(frozen=True)
 class SplitRule:
     """Which texts are held out. The units split are the documents (identified by `digest`; a document cut into
-    parts goes whole to one side), or, when the corpus holds one distinct document, its parts (`by_part`,
-    identified by `_part_digests`; one part: nothing can be held out, a DataError).
+    parts goes whole to one side), or, when they are too few for the fraction and some are cut, the parts
+    (`by_part`, identified by `_part_digests`); one document of one part: nothing can be held out, a
+    DataError.
 
     A unit is held out when its bucket < threshold, unless that leaves a side empty: then only the unit(s)
     with the smallest (bucket, digest) go to eval (no eval unit otherwise), or all but those with the largest
@@ -114,7 +115,7 @@ class SplitRule:
 
     def is_eval(self, digests: np.ndarray, parts: np.ndarray) -> np.ndarray:
         """(n, 16) uint8 digests and (n,) part numbers of n texts → (n,) bool."""
-        units = _part_digests(digests[0], parts) if self.by_part and len(parts) else digests
+        units = _part_digests(digests, parts) if self.by_part else digests
         if self.only_eval is not None:
             return (units == np.frombuffer(self.only_eval, np.uint8)).all(axis=1)
         if self.all_but is not None:
@@ -122,45 +123,46 @@ class SplitRule:
         return _buckets(units) < self.threshold
 
     @classmethod
-    def of(cls, texts: Iterable[tuple[np.ndarray, np.ndarray]], eval_fraction: float,
+    def of(cls, texts: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], eval_fraction: float,
            sample: bool = False) -> "SplitRule":
-        """The rule for a corpus, from one pass over its texts' (digests (n, 16) uint8, part numbers (n,)), in
-        batches. For a `sample` of the corpus (the tokenizer's), one document of one part is held out of
-        nothing rather than refused: the whole corpus may have more."""
+        """The rule for a corpus, from its texts' (digests (n, 16) uint8, part numbers (n,)) in batches, as
+        `texts()` gives them: read once, or, when the documents are too few for eval_fraction (the buckets
+        leave a side empty) and some are cut into parts, three times, to split at the parts instead. For a
+        `sample` of the corpus (the tokenizer's), one document of one part is held out of nothing rather than
+        refused: the whole corpus may have more."""
         threshold = round(eval_fraction * HASH_BUCKETS)
-        counts = _UnitCounts(threshold)
-        most_parts = 0
-        for digests, parts in texts:
-            counts.add(digests[parts == 0])
+        documents, most_parts = _UnitCounts(threshold), 0
+        for digests, parts in texts():
+            documents.add(digests[parts == 0])
             most_parts = max(most_parts, int(parts.max()) + 1 if len(parts) else 0)
-        if eval_fraction == 0 or counts.total == 0:
+        if eval_fraction == 0 or documents.total == 0:
             return cls(threshold)
-        if counts.smallest != counts.largest:
-            rule = counts.rule(by_part=False)
-            hashed = f"of the {counts.total:,} documents falls under data.eval_fraction {eval_fraction} by its hash"
-            note = (f"held-out split: no document {hashed}: the one with the smallest is held out" if rule.only_eval
-                    else f"held-out split: every document {hashed}: all but the one with the largest are held out"
-                    if rule.all_but else None)
-            return dataclasses.replace(rule, note=note)
-        if most_parts < 2 and sample:
+        rule = documents.rule(by_part=False)
+        if rule.only_eval is None and rule.all_but is None:
+            return rule
+        count = f"{documents.total:,} document" + ("s" if documents.total > 1 else "")
+        if most_parts >= 2:  # too few documents, some of them cut: split at the parts
+            parts = _UnitCounts(threshold)
+            for digests, numbers in texts():
+                parts.add(_part_digests(digests, numbers))
+            rule = parts.rule(by_part=True)
+            held_out = sum(int(rule.is_eval(digests, numbers).sum()) for digests, numbers in texts())
+            return dataclasses.replace(rule, note=f"held-out split: {count}, too few for data.eval_fraction "
+                                                  f"{eval_fraction}: split at their {parts.total:,} parts instead "
+                                                  f"(documents longer than {PART_CHARS:,} characters are cut into "
+                                                  f"parts), {held_out:,} of them held out")
+        if documents.smallest != documents.largest:
+            hashed = f"of the {documents.total:,} falls under data.eval_fraction {eval_fraction} by its hash"
+            return dataclasses.replace(rule, note=f"held-out split: no document {hashed}: the one with the smallest "
+                                                  "is held out" if rule.only_eval else f"held-out split: every "
+                                                  f"document {hashed}: all but the one with the largest are held out")
+        if sample:
             return cls(0)
-        if most_parts < 2:
-            copies = "one document" if counts.total == 1 else f"{counts.total} copies of one document"
-            raise DataError(f"held-out split: the corpus is {copies}, not longer than one part ({PART_CHARS:,} "
-                            "characters), so nothing can be held out for "
-                            f"data.eval_fraction {eval_fraction}: give the corpus more documents (text files: a "
-                            "blank line between paragraphs), or set data.eval_fraction: 0 to train without a "
-                            "held-out measurement")
-        part_counts = _UnitCounts(threshold)
-        part_numbers = np.arange(most_parts)
-        part_counts.add(_part_digests(np.frombuffer(counts.smallest[1], np.uint8), part_numbers))
-        rule = part_counts.rule(by_part=True)
-        document = np.frombuffer(counts.smallest[1], np.uint8)[None].repeat(most_parts, axis=0)
-        held_out = int(rule.is_eval(document, part_numbers).sum())
-        return dataclasses.replace(rule, note=f"held-out split: the corpus is one document, too few for "
-                                              f"data.eval_fraction {eval_fraction}: it is split at its {most_parts} "
-                                              f"parts (cut at most every {PART_CHARS:,} characters), {held_out} of "
-                                              "them held out")
+        copies = "one document" if documents.total == 1 else f"{documents.total} copies of one document"
+        raise DataError(f"held-out split: the corpus is {copies}, not longer than one part ({PART_CHARS:,} "
+                        f"characters), so nothing can be held out for data.eval_fraction {eval_fraction}: give the "
+                        "corpus more documents (text files: a blank line between paragraphs), or set "
+                        "data.eval_fraction: 0 to train without a held-out measurement")
 
 
 class _UnitCounts:
@@ -206,7 +208,7 @@ class DocumentSplit:
 def split_documents(documents: datasets.Dataset | Sequence[str], eval_fraction: float) -> DocumentSplit:
     """Documents held in memory, split by `SplitRule` (what packing does to a corpus, piece by piece)."""
     batches = list(Corpus.of_texts(documents, DataConfig()).batches())
-    rule = SplitRule.of(((b.digest_matrix(), np.array(b.parts)) for b in batches), eval_fraction)
+    rule = SplitRule.of(lambda: ((b.digest_matrix(), np.array(b.parts)) for b in batches), eval_fraction)
     sides = {False: [], True: []}
     for batch in batches:
         for text, held_out in zip(batch.texts, rule.is_eval(batch.digest_matrix(), np.array(batch.parts))):
@@ -258,7 +260,7 @@ class TokenizerSample:
         texts = [(batch.digest_matrix(), np.array(batch.parts)) for batch in self._batches()]  # 24 bytes a text
         if not sum(len(parts) for _, parts in texts):
             raise corpus.no_text()
-        self.rule = SplitRule.of(texts, eval_fraction, sample=True)
+        self.rule = SplitRule.of(lambda: texts, eval_fraction, sample=True)
         self.documents = 0
 
     def _batches(self) -> Iterator[TextBatch]:
@@ -668,7 +670,7 @@ def _pack(corpus: Corpus, paths: CachePaths, specials: SpecialTokens, data: Data
     """Pack the train and eval blocks from the tokenised pieces (every process's), in corpus order."""
     tables = _piece_tables(corpus, paths, data.max_documents)
     _check_each_file_has_text(corpus, tables)
-    rule = SplitRule.of(((_digest_matrix(table), _parts(table)) for _, table in tables), data.eval_fraction)
+    rule = SplitRule.of(lambda: ((_digest_matrix(table), _parts(table)) for _, table in tables), data.eval_fraction)
     if rule.note:
         log.info("%s", rule.note)
     tokens = sum(len(chunk.flatten()) + len(chunk) for _, table in tables for chunk in table.column(0).chunks)

@@ -542,8 +542,8 @@ def test_one_document_is_split_at_its_parts_and_says_so(plays_sample, tokenizer,
         prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config, piece_bytes=10**6))
     notes = [r.getMessage() for r in caplog.records if "held-out split" in r.getMessage()]
     parts = D.read_piece(next((tmp_path / "cache" / "pieces").glob("*.arrow"))).num_rows
-    assert len(notes) == 1 and notes[0].startswith(f"held-out split: the corpus is one document, too few for "
-                                                   f"data.eval_fraction 0.1: it is split at its {parts} parts")
+    assert len(notes) == 1 and notes[0].startswith(f"held-out split: 1 document, too few for data.eval_fraction "
+                                                   f"0.1: split at their {parts} parts instead")
     assert len(prepared.eval) > 0 and len(prepared.train) > 5 * len(prepared.eval)
     whole = np.bincount(tokenizer.encode(text, add_special_tokens=False).ids, minlength=VOCAB)[5:]
     packed = sum(np.bincount(blocks.ravel(), minlength=VOCAB)[5:] for blocks in all_blocks(prepared))
@@ -631,3 +631,16 @@ def test_a_damaged_piece_whose_source_is_gone_is_one_line_naming_both(plays_samp
     message = str(e.value)
     assert "\n" not in message and message.startswith(f"{victim}: damaged (0 bytes where ")
     assert f"and removed; it cannot be made again: {source}: file not found" in message
+
+
+def test_documents_too_few_for_the_fraction_are_split_at_their_parts(plays_sample, monkeypatch):
+    """Two long documents and a fraction no document's hash falls under: not one whole document (half the corpus)
+    held out, but one part."""
+    from bertmath import corpus as C
+
+    monkeypatch.setattr(C, "PART_CHARS", 2_000)
+    texts = [long_document(plays_sample[:200], "lines"), long_document(plays_sample[200:400], "lines")]
+    split = D.split_documents(texts, eval_fraction=0.0001)
+    parts = [p for t in texts for p in C.cut_document(t)]
+    assert len(split.eval) == 1 and len(split.train) == len(parts) - 1 > 20
+    assert sorted(split.train + split.eval) == sorted(parts)

@@ -233,10 +233,11 @@ def model_files(model: nn.Module, config: Config, tokenizer: Tokenizer) -> dict[
 
 def save_training_state(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, config: Config, tokenizer: Tokenizer, train_state: dict,
-                        info: DistInfo, device: torch.device) -> Path | None:
+                        info: DistInfo, device: torch.device, data: dict | None = None) -> Path | None:
     """Save everything a run needs to continue exactly as step directory train_state["step"] of `out_dir`:
     model_files, the AdamW moments and each process's RNG state (OPTIMIZER_FILE: tensors only), and
-    `train_state` with the optimizer's hyper-parameters, the process count and the scaler (STATE_FILE).
+    `train_state` with the optimizer's hyper-parameters, the process count, the scaler and `data`, what the
+    run trains on (data.data_fingerprint, JSON), for a resume to compare (STATE_FILE).
     Every process calls it (FSDP gathers the shards, each process's RNG is gathered); rank 0 writes and
     gets the directory, the others None."""
     files = model_files(model, config, tokenizer)
@@ -250,7 +251,7 @@ def save_training_state(out_dir: Path, model: nn.Module, optimizer: torch.optim.
         if cuda is not None:
             tensors[f"rng.cuda.{rank}"] = cuda
     state = {"train_state": train_state, "param_groups": param_groups, "world_size": info.world_size,
-             "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+             "scaler": scaler.state_dict() if scaler.is_enabled() else None, "data": data}
     files[OPTIMIZER_FILE] = tensors
     files[STATE_FILE] = json.dumps(state, indent=1).encode()
     return save_checkpoint(out_dir, train_state["step"], files, keep=config.train.keep_checkpoints)
@@ -280,6 +281,13 @@ def restore_training_state(directory: Path, model: nn.Module, optimizer: torch.o
     if f"rng.cuda.{rank}" in tensors and device.type == "cuda":
         torch.cuda.set_rng_state(tensors[f"rng.cuda.{rank}"], device)
     return train_state, True
+
+
+def saved_data(directory: Path) -> dict | None:
+    """The data a checkpoint was trained on, as save_training_state recorded it; None for a checkpoint that
+    recorded none (written before checkpoints did, or by fine-tuning)."""
+    data = read_json(Path(directory) / STATE_FILE).get("data")
+    return data if isinstance(data, dict) else None
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -66,13 +66,16 @@ def cmd_pretrain(args) -> int:
     from .trainer import train
 
     summary = train(_run_config(args))
+    held_out = "no held-out measurement (data.eval_fraction: 0)"  # every run ends with this line, evaluated or not
     if summary.get("final_mask_accuracy") is not None:
-        print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "
-              f"({summary['tokens_per_s'] or 0:,.0f} tokens/s, {summary['precision']}); held-out [MASK] accuracy "
-              f"{summary['final_mask_accuracy']:.1%} (best {summary['best_mask_accuracy']:.1%} at step "
-              f"{summary['best_mask_step']}), {summary['final_mask_accuracy'] / max(summary['baseline_mask_accuracy'], 1e-9):.1f}x "
-              f"the unigram baseline {summary['baseline_mask_accuracy']:.1%}; accuracy over all chosen tokens "
-              f"{summary['final_eval_accuracy']:.1%}; checkpoint: {summary['out_dir']}")
+        held_out = (f"held-out [MASK] accuracy {summary['final_mask_accuracy']:.1%} (best "
+                    f"{summary['best_mask_accuracy']:.1%} at step {summary['best_mask_step']}), "
+                    f"{summary['final_mask_accuracy'] / max(summary['baseline_mask_accuracy'], 1e-9):.1f}x the unigram "
+                    f"baseline {summary['baseline_mask_accuracy']:.1%}; accuracy over all chosen tokens "
+                    f"{summary['final_eval_accuracy']:.1%}")
+    print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "
+          f"({summary['tokens_per_s'] or 0:,.0f} tokens/s, {summary['precision']}); {held_out}; checkpoint: "
+          f"{summary['out_dir']}")
     return 0
 
 

@@ -162,6 +162,8 @@ class DataConfig:
         _require(self.max_seq_len >= 8, "data.max_seq_len", f"must be at least 8, got {self.max_seq_len}")
         _require(self.source not in ("text", "jsonl", "parquet") or bool(self.paths), "data.paths",
                  f"data.source '{self.source}' needs at least one path")
+        for number, path in enumerate(self.paths, start=1):  # "" would name the current directory, or glob "/"
+            _require(bool(path.strip()), "data.paths", f"entry {number} is an empty path; name a file or a glob")
         _require(self.source in ("text", "jsonl", "parquet") or not self.paths, "data.paths",
                  f"data.source is '{self.source}', which reads no paths (set data.source: text, jsonl or parquet)")
         _require(self.source != "hub" or bool(self.hub_dataset), "data.hub_dataset",
@@ -201,6 +203,10 @@ class TrainConfig:
     save_every: int = 200  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2  # older step-XXXXXXX/ copies kept besides the latest
     resume: Literal["never", "auto", "required"] = "auto"  # auto: continue if out_dir has a checkpoint
+    # A resume compares the data the checkpoint was trained on (the corpus's files, data.max_seq_len,
+    # data.eval_fraction, the masking settings) with today's and refuses a change; true continues on the new
+    # data (with a warning): the step and the batch order go on, over the new blocks.
+    allow_data_change: bool = False
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each layer in backward: less memory, ~1/3 more compute
     max_time_minutes: float | None = None  # stop (and save) after this wall time

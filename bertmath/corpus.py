@@ -19,7 +19,12 @@ Whole files (text, documents: file) and the embedded corpus are one piece each; 
 row-group boundaries, hub datasets (memory-mapped Arrow once downloaded) at row ranges.
 
 A document is a stripped, non-blank text; `data.max_documents` keeps the first N of the whole corpus, in
-source order. Errors are `DataError`s naming the file and the line or byte offset.
+source order. A document of more than PART_CHARS characters is read and handed on as consecutive parts
+(`cut_document`): part j ends just past the last newline of the next PART_CHARS characters, else past their
+last blank, else after all of them; the parts joined are the document, and each carries its document's
+identity (`digest` of its first part, the whole document's when it is not cut) and its number j. Text files
+are cut as they stream, so no document is ever held whole. Errors are `DataError`s naming the file and the
+line or byte offset.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
+from stat import S_ISBLK, S_ISCHR, S_ISFIFO, S_ISSOCK
 from typing import Iterable, Iterator, Sequence
 
 import datasets
+import numpy as np
 import pyarrow as pa
 
 from .config import DataConfig
@@ -49,6 +55,11 @@ log = logging.getLogger(__name__)
 EMBEDDED_CORPUS = "corpus/shakespeare.jsonl.gz"  # inside the bertmath package; see corpus/README.md
 PIECE_BYTES = 64 * 2**20  # a piece's share of a file: small enough to spread over processes and to lose to a kill
 READ_BYTES = 4 * 2**20  # bytes read at a time within a piece: memory per reader stays about this
+# A document longer than this many characters is cut into parts of at most this many (`cut_document`): what
+# is tokenised at a time stays bounded, as the tokenizer's output takes ~140 bytes a character, whatever the
+# layout of the text (one sentence a line with no blank line, one long line). Above the longest embedded work
+# (175,629 characters), so nothing embedded is cut.
+PART_CHARS = 200_000
 _SEPARATOR = r"\n[ \t\r\f\v]*\n"  # a blank line: what parts paragraphs
 _PARAGRAPHS = re.compile(_SEPARATOR)
 _PARAGRAPH_BYTES = re.compile(_SEPARATOR.encode())
@@ -88,8 +99,82 @@ def _fingerprint(*parts: bytes | str) -> str:
 
 
 def digest(text: str) -> bytes:
-    """blake2b-128 of a document's UTF-8 text: its identity in the held-out rule and in cache keys."""
+    """blake2b-128 of a document's UTF-8 text: its identity in the held-out rule and in cache keys (of its
+    first part, for a document cut into parts)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+@dataclass
+class TextBatch:
+    """Consecutive texts of a piece, in source order: whole documents, and the parts of the documents longer
+    than PART_CHARS. A document's parts are consecutive texts, numbered 0, 1, ...; a whole document is part 0."""
+
+    texts: list[str]
+    parts: list[int]  # each text's number among its document's parts
+    digests: list[bytes]  # each text's document's identity: `digest` of its part 0
+
+    @property
+    def documents(self) -> int:
+        """How many documents start in this batch."""
+        return self.parts.count(0)
+
+    def digest_matrix(self) -> np.ndarray:
+        """The digests as a (len, 16) uint8 array."""
+        return np.frombuffer(b"".join(self.digests), np.uint8).reshape(len(self.digests), 16)
+
+
+def cut_document(text: str) -> list[str]:
+    """The parts of a document (see the module docstring): [text] when len(text) <= PART_CHARS; "".join(parts)
+    == text."""
+    parts, start = _cut(text, 0, len(text), PART_CHARS)
+    return parts + [text[start:]]
+
+
+def _cut(text: str, start: int, stop: int, bound: int) -> tuple[list[str], int]:
+    """Cut parts from text[start:] while more than `bound` characters remain before `stop`: (the parts, where
+    the rest begins). Each cut is made within the next `bound` characters, so stop need not be the end yet."""
+    parts = []
+    while stop - start > bound:
+        end = start + bound
+        cut = text.rfind("\n", start, end) + 1  # a line boundary, else a blank, else the bound itself
+        if cut <= start:
+            cut = max(text.rfind(blank, start, end) for blank in " \t\r\f\v") + 1
+        if cut <= start:
+            cut = end
+        parts.append(text[start:cut])
+        start = cut
+    return parts, start
+
+
+class _Batcher:
+    """Collects the parts of documents into TextBatches: each text's part number and its document's digest."""
+
+    def __init__(self):
+        self.texts, self.parts, self.digests = [], [], []
+        self.part, self.digest = 0, b""  # the document in progress: its next part's number, its identity
+
+    def add(self, parts: list[str], ends: bool) -> None:
+        """The next parts of the document in progress; `ends`: its last one is among them."""
+        for text in parts:
+            if self.part == 0:
+                self.digest = digest(text)
+            self.texts.append(text)
+            self.parts.append(self.part)
+            self.digests.append(self.digest)
+            self.part += 1
+        if ends:
+            self.part = 0
+
+    def whole(self, documents: Iterable[str]) -> "TextBatch":
+        """Whole documents (each cut by cut_document) as one batch."""
+        for text in documents:
+            self.add(cut_document(text), ends=True)
+        return self.take()
+
+    def take(self) -> TextBatch:
+        batch = TextBatch(self.texts, self.parts, self.digests)
+        self.texts, self.parts, self.digests = [], [], []
+        return batch
 
 
 class Corpus:
@@ -184,65 +269,66 @@ class Corpus:
         where = ", ".join(self.data.paths) if self.data.paths else self.files[0]
         return DataError(f"{where}: the corpus has no text (every document is empty or whitespace)")
 
-    def read(self, piece: Piece, max_bytes: int | None = None) -> Iterator[list[str]]:
+    def read(self, piece: Piece, max_bytes: int | None = None) -> Iterator[TextBatch]:
         """The documents of `piece` in batches, in source order; at most data.max_documents of them (no piece
-        can give the corpus more), and with `max_bytes`, only about its first max_bytes bytes of text."""
+        can give the corpus more), and with `max_bytes`, only about its first max_bytes bytes of text (then
+        perhaps the first parts of a document only)."""
         batches = self._batches(piece)
-        remaining, budget = self.data.max_documents, max_bytes
-        for batch in batches:
-            if remaining is not None:
-                batch = batch[:remaining]
-                remaining -= len(batch)
-            if budget is not None:
-                taken = 0
-                for taken, text in enumerate(batch, start=1):
-                    budget -= len(text) + 2
-                    if budget <= 0:
-                        break
-                batch = batch[:taken]
-            if batch:
-                yield batch
-            if remaining == 0 or (budget is not None and budget <= 0):
-                break
+        yield from _limited(batches, self.data.max_documents, max_bytes)
         batches.close()  # a reader stopped early closes its file now
         self._check_unchanged(piece)
 
-    def documents(self, max_bytes_per_piece: dict[int, int] | None = None) -> Iterator[str]:
-        """Every document in source order, the first data.max_documents of them; with `max_bytes_per_piece`
-        ({piece number: bytes}), only about that many bytes of each piece."""
-        texts = (text for number, piece in enumerate(self.pieces)
-                 for batch in self.read(piece, None if max_bytes_per_piece is None else max_bytes_per_piece[number])
-                 for text in batch)
-        return islice(texts, self.data.max_documents)
+    def batches(self, max_bytes_per_piece: dict[int, int] | None = None) -> Iterator[TextBatch]:
+        """Every piece's batches in source order, the first data.max_documents documents in all; with
+        `max_bytes_per_piece` ({piece number: bytes}), only about that many bytes of each piece."""
+        batches = (batch for number, piece in enumerate(self.pieces)
+                   for batch in self.read(piece, None if max_bytes_per_piece is None else max_bytes_per_piece[number]))
+        return _limited(batches, self.data.max_documents, None)
 
-    def _batches(self, piece: Piece) -> Iterator[list[str]]:
+    def documents(self) -> Iterator[str]:
+        """Every document whole (its parts joined), in source order, the first data.max_documents of them: for a
+        small corpus, or a look at one."""
+        parts: list[str] = []
+        for batch in self.batches():
+            for text, part in zip(batch.texts, batch.parts):
+                if part == 0 and parts:
+                    yield "".join(parts)
+                    parts = []
+                parts.append(text)
+        if parts:
+            yield "".join(parts)
+
+    def _batches(self, piece: Piece) -> Iterator[TextBatch]:
         data = self.data
+        batcher = _Batcher()
         if self._texts is not None:
-            yield from _in_batches(self._texts)
+            yield from map(batcher.whole, _in_batches(self._texts))
         elif self._table is not None:
-            yield from self._hub_batches(piece)
+            yield from map(batcher.whole, self._hub_batches(piece))
         elif data.source == "embedded":
             for text in _embedded_works():
-                yield list(_split_text(text, data.documents))
+                yield batcher.whole(_split_text(text, data.documents))
         elif data.source == "parquet":
-            yield from _parquet_batches(Path(piece.name), data.text_column, piece.begin, piece.end)
-        elif data.source == "text" and data.documents == "file":
-            yield list(_nonblank([_read_whole(self._stats[piece.file])]))
+            yield from map(batcher.whole, _parquet_batches(Path(piece.name), data.text_column, piece.begin, piece.end))
         elif data.source == "text":
-            yield from _paragraph_batches(self._chunks(piece, _PARAGRAPH_BYTES, 0))
+            yield from _text_batches(self._chunks(piece, _PARAGRAPH_BYTES, 0, whole_lines=False),
+                                     paragraphs=data.documents == "paragraph")
         elif data.source == "jsonl":
-            yield from _jsonl_batches(self._chunks(piece, _NEWLINE_BYTES, -1), piece.name, data.text_column)
+            yield from map(batcher.whole, _jsonl_batches(self._chunks(piece, _NEWLINE_BYTES, -1), piece.name,
+                                                         data.text_column))
         else:
             raise AssertionError(f"unhandled data.source {data.source!r}")  # config.py validates the choices
 
-    def _chunks(self, piece: Piece, boundary: re.Pattern, shift: int) -> Iterator[tuple[int, str]]:
+    def _chunks(self, piece: Piece, boundary: re.Pattern, shift: int, whole_lines: bool = True
+                ) -> Iterator[tuple[int, str]]:
         """The text of `piece` as (file offset, decoded text) chunks of about READ_BYTES, each ending at a
-        newline but the last: its byte range [a_k, a_{k+1}) as the module docstring defines."""
+        newline but the last (`whole_lines` false: or within a line longer than READ_BYTES): its byte range
+        [a_k, a_{k+1}) as the module docstring defines."""
         stat = self._stats[piece.file]
         with _open(stat) as f:
             start = 0 if piece.begin == 0 else _boundary(f, piece.begin + shift, boundary)
             end = stat.size if piece.end == stat.size else _boundary(f, piece.end + shift, boundary)
-            yield from _decoded_chunks(f, str(stat.path), start, end)
+            yield from _decoded_chunks(f, str(stat.path), start, end, whole_lines)
 
     def _hub_batches(self, piece: Piece) -> Iterator[list[str]]:
         column = self._table.data.column(self.data.text_column)
@@ -275,11 +361,23 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
             path = Path(expanded)
             if path.is_dir():
                 raise DataError(f"{pattern}: is a directory; name files or a glob such as {pattern}/*.txt")
+            if path.exists() and not path.is_file():
+                raise DataError(f"{pattern}: not a regular file but {_file_kind(path)}; name regular files in data.paths")
             if not path.is_file():
                 raise DataError(f"{pattern}: file not found")
             matches = [path]
         files.update(dict.fromkeys(matches))
     return list(files)
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that exists but is neither a regular file nor a directory is, in words (`path.exists()`
+    follows links: a link to a FIFO is a FIFO)."""
+    mode = os.stat(path).st_mode
+    kinds = [(S_ISFIFO, "FIFO (named pipe)"), (S_ISCHR, "character device"), (S_ISBLK, "block device"),
+             (S_ISSOCK, "socket")]
+    kind = next((kind for test, kind in kinds if test(mode)), "special file")
+    return f"a link to a {kind}" if path.is_symlink() else f"a {kind}"
 
 
 def _stat(path: Path, planned: bool = False) -> _FileStat:
@@ -317,11 +415,6 @@ def _read(f, size: int, path) -> bytes:
         raise DataError(f"{path}: cannot read ({e.strerror}) at byte {f.tell()}") from None
 
 
-def _read_whole(stat: _FileStat) -> str:
-    with _open(stat) as f:
-        return _utf8(_read(f, stat.size + 1, stat.path), stat.path, 0)
-
-
 def _utf8(raw: bytes, path, offset: int) -> str:
     try:
         return decode_utf8(raw, str(path), offset)
@@ -331,25 +424,29 @@ def _utf8(raw: bytes, path, offset: int) -> str:
 
 def _boundary(f, offset: int, boundary: re.Pattern) -> int:
     """1 + the start of the first match of `boundary` at or after byte `offset`: just past that match's first
-    newline (its first byte); the file's size if there is none."""
-    f.seek(max(offset, 0))
-    buffer, searched = b"", 0
+    newline (its first byte); the file's size if there is none. Holds about READ_BYTES of the file at a time,
+    however far the match lies (a text with no blank line has none)."""
+    base = max(offset, 0)
+    f.seek(base)
+    buffer = b""  # the file's bytes from `base`
     while True:
         block = _read(f, READ_BYTES, f.name)
         buffer += block
-        match = boundary.search(buffer, searched)
+        match = boundary.search(buffer)
         if match:
-            return max(offset, 0) + match.start() + 1
+            return base + match.start() + 1
         if not block:
-            return max(offset, 0) + len(buffer)
-        # a match cut by the block's end lies in the trailing blank run: search again from its start
-        searched = len(buffer) - (len(buffer) - len(buffer.rstrip(b" \t\r\f\v\n"))) - 1
-        searched = max(searched, 0)
+            return base + len(buffer)
+        # a match cut by the block's end lies in the trailing blank run: keep only that
+        kept = len(buffer.rstrip(b" \t\r\f\v\n"))
+        base, buffer = base + kept, buffer[kept:]
 
 
-def _decoded_chunks(f, path: str, start: int, end: int) -> Iterator[tuple[int, str]]:
+def _decoded_chunks(f, path: str, start: int, end: int, whole_lines: bool = True) -> Iterator[tuple[int, str]]:
     """[start, end) of the file as (offset, text) chunks ending at a newline (but the last); decoding never
-    cuts a character, since a newline byte is never part of one."""
+    cuts a character, since a newline byte is never part of one. Without `whole_lines`, a read that holds no
+    newline ends before its last character (and before a \r there, which may begin a \r\n): a line of any
+    length is then read a READ_BYTES at a time."""
     f.seek(start)
     position, carry, carry_offset = start, b"", start
     while position < end:
@@ -359,6 +456,11 @@ def _decoded_chunks(f, path: str, start: int, end: int) -> Iterator[tuple[int, s
         position += len(raw)
         data = carry + raw
         cut = data.rfind(b"\n") + 1 if position < end else len(data)
+        if not cut and not whole_lines:
+            cut = len(data) - 1
+            while cut > 0 and data[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: 10xxxxxx
+                cut -= 1
+            cut -= cut > 0 and data[cut - 1] == 0x0D
         if cut:
             yield carry_offset, _utf8(data[:cut], path, carry_offset)
             carry, carry_offset = data[cut:], carry_offset + cut
@@ -368,15 +470,43 @@ def _decoded_chunks(f, path: str, start: int, end: int) -> Iterator[tuple[int, s
         yield carry_offset, _utf8(carry, path, carry_offset)
 
 
-def _paragraph_batches(chunks: Iterable[tuple[int, str]]) -> Iterator[list[str]]:
-    """Documents between blank lines, a batch per chunk: splitting chunk by chunk, the last part carried over,
-    gives exactly the parts of splitting the whole (a separator ends at its second newline)."""
-    carry = ""
+def _text_batches(chunks: Iterable[tuple[int, str]], paragraphs: bool) -> Iterator[TextBatch]:
+    """The documents of a text, a batch per chunk: with `paragraphs`, those between blank lines (\r\n read as
+    \n), else the whole text as one; each cut as cut_document cuts it whole, while it streams.
+
+    Splitting chunk by chunk, the last paragraph carried over, gives exactly the paragraphs of splitting the
+    whole (a separator ends at its second newline; a chunk never ends between \r and \n). The carried text
+    is cut as soon as more than PART_CHARS characters of it are known to belong to its document (its
+    stripped length exceeds the bound): the same cuts as on the whole document, each made within the next
+    PART_CHARS characters, so that the carry stays under PART_CHARS + READ_BYTES characters."""
+    batcher = _Batcher()
+    carry = ""  # the document in progress, from the start of its next part (not lstripped while at part 0)
     for _, text in chunks:
-        parts = _PARAGRAPHS.split(carry + text)
-        carry = parts.pop()
-        yield list(_nonblank(part.replace("\r\n", "\n") for part in parts))
-    yield list(_nonblank([carry.replace("\r\n", "\n")]))
+        if paragraphs:
+            documents = _PARAGRAPHS.split(carry + text.replace("\r\n", "\n"))
+            carry = documents.pop()
+        else:
+            documents, carry = [], carry + text
+        for document in documents:
+            _end_document(batcher, document)
+        if len(carry) > PART_CHARS:
+            if batcher.part == 0:
+                carry = carry.lstrip()
+            parts, start = _cut(carry, 0, len(carry.rstrip()), PART_CHARS)
+            if parts:
+                batcher.add(parts, ends=False)
+                carry = carry[start:]
+        yield batcher.take()
+    _end_document(batcher, carry)
+    yield batcher.take()
+
+
+def _end_document(batcher: _Batcher, rest: str) -> None:
+    """The rest of the document in progress (all of it, unstripped, if no part is given yet)."""
+    rest = rest.rstrip() if batcher.part else rest.strip()
+    if rest:
+        batcher.add(cut_document(rest), ends=True)
+    batcher.part = 0
 
 
 def _jsonl_batches(chunks: Iterable[tuple[int, str]], path: str, column: str) -> Iterator[list[str]]:
@@ -478,6 +608,29 @@ def _split_text(text: str, documents: str) -> Iterator[str]:
     """documents="file": the whole text; "paragraph": each block between blank lines."""
     blocks = [text] if documents == "file" else _PARAGRAPHS.split(text.replace("\r\n", "\n"))
     return _nonblank(blocks)
+
+
+def _limited(batches: Iterable[TextBatch], max_documents: int | None, max_bytes: int | None) -> Iterator[TextBatch]:
+    """`batches` up to the first `max_documents` documents (with all their parts) and, with `max_bytes`, up to
+    the text that makes about that many bytes (each text counted with 2 more bytes, as of a separator)."""
+    if max_documents is None and max_bytes is None:
+        yield from batches
+        return
+    remaining, budget = max_documents, max_bytes
+    for batch in batches:
+        taken, done = 0, False
+        for taken, part in enumerate(batch.parts):
+            if (part == 0 and remaining == 0) or (budget is not None and budget <= 0):
+                done = True
+                break
+            remaining = remaining - (part == 0) if remaining is not None else None
+            budget = budget - len(batch.texts[taken]) - 2 if budget is not None else None
+        else:
+            taken = len(batch.parts)
+        if taken:
+            yield TextBatch(batch.texts[:taken], batch.parts[:taken], batch.digests[:taken])
+        if done:
+            return
 
 
 def _nonblank(texts: Iterable[str]) -> Iterator[str]:

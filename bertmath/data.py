@@ -6,16 +6,21 @@
 
 Memory stays flat as the corpus grows: a piece is read, tokenised and written a few MB at a time, and every
 later pass (the split rule, packing, training) reads memory-mapped Arrow files. The cache (data.cache_dir):
-    pieces/<piece key>-<tokenizer key>.arrow   a piece's documents: their ids (no [CLS]/[SEP]) and digests
+    pieces/<piece key>-<tokenizer key>.arrow   a piece's texts (documents, and parts of documents longer than
+                                               corpus.PART_CHARS): their ids (no [CLS]/[SEP]), their documents'
+                                               digests and their part numbers
     {train,eval}-blocks-<key>.arrow            the packed blocks; key: every piece's key, the tokenizer, the
                                                split, max_documents, max_seq_len and the special ids
 Each file appears whole or not at all (written under a temporary name, then renamed): a killed preparation
-leaves nothing a later run reads, and the later run tokenises only the pieces still missing.
+leaves nothing a later run reads, and the later run tokenises only the pieces still missing. Each has its
+size recorded beside it (<file>.size, written before the file is renamed into place) and is checked when a
+run would use it (`cache_damage`: that size, and Arrow's framing): one damaged since (truncated, emptied,
+overwritten) is named in a warning, removed and made again from its source, as a missing one is.
 
 Packing (RoBERTa's FULL-SENTENCES, Liu+19 §4.2: blocks cross document boundaries, a separator between
 documents): the split's documents, in corpus order, each closed by a [SEP], form the stream
     d_1 [SEP] d_2 [SEP] ... d_n [SEP]
-which is cut into chunks of C = T - 2 ids; block k is [CLS] + stream[kC : (k+1)C] + [SEP], exactly T = max_seq_len ids.
+(a document cut into parts is its parts' ids back to back, as tokenising it whole gives them), which is cut into chunks of C = T - 2 ids; block k is [CLS] + stream[kC : (k+1)C] + [SEP], exactly T = max_seq_len ids.
 The last len(stream) mod C ids (fewer than C) are dropped.
 
 Order: micro-batch m holds positions [mB, (m+1)B) of the stream π_0 ‖ π_1 ‖ ..., π_e a permutation of the
@@ -24,15 +29,17 @@ blocks seeded by (seed, e). `batch_indices` is a pure function of m, so resuming
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import datasets
 import numpy as np
@@ -44,17 +51,17 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .config import Config, DataConfig
-from .corpus import Corpus, Piece, digest, in_memory_dataset
+from .corpus import PART_CHARS, READ_BYTES, Corpus, Piece, TextBatch, cut_document, digest, in_memory_dataset
 from .distributed import DistInfo
 from .errors import DataError
-from .io import stale_temporaries, written_atomically
+from .io import check_writable, stale_temporaries, written_atomically
 from .tokenizer import SpecialTokens, load_tokenizer, save_tokenizer, special_tokens, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 HASH_BUCKETS = 10_000  # held-out rule: bucket(text) < eval_fraction * HASH_BUCKETS
-_CACHE_VERSION = "2"  # bump when the tokenised or packed layout changes, so old cache files are never read
-_PIECE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("digest", pa.binary(16))])
+_CACHE_VERSION = "3"  # bump when the tokenised or packed layout changes, so old cache files are never read
+_PIECE_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("digest", pa.binary(16)), ("part", pa.int32())])
 
 Documents = Corpus | datasets.Dataset | Sequence[str]  # a planned corpus, or documents in memory
 
@@ -75,48 +82,112 @@ def _buckets(digests: np.ndarray) -> np.ndarray:
 
 
 def is_eval_document(text: str, eval_fraction: float) -> bool:
-    """The held-out rule: blake2b(text) mod 10000 < eval_fraction · 10000. Depends on the text only, not on
-    the seed or the document's position (identical documents fall on the same side, so none leaks)."""
-    return bool(_buckets(np.frombuffer(digest(text), np.uint8)[None])[0] < round(eval_fraction * HASH_BUCKETS))
+    """The held-out rule: blake2b(text) mod 10000 < eval_fraction · 10000 (of its first part, for a document
+    cut into parts). Depends on the text only, not on the seed or the document's position (identical
+    documents fall on the same side, so none leaks)."""
+    first = digest(cut_document(text)[0])
+    return bool(_buckets(np.frombuffer(first, np.uint8)[None])[0] < round(eval_fraction * HASH_BUCKETS))
+
+
+def _part_digests(digests: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """(n, 16) uint8 digests of n texts' documents and (n,) part numbers → (n, 16) uint8: the parts'
+    identities, blake2b(document digest ‖ part number)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(d.tobytes() + int(j).to_bytes(8, "big"), digest_size=16).digest()
+                                  for d, j in zip(digests, parts)), np.uint8).reshape(len(parts), 16)
 
 
 @dataclass(frozen=True)
 class SplitRule:
-    """Which documents are held out: bucket < threshold, unless that leaves a side empty while the corpus has
-    two distinct documents: then only the document(s) with the smallest (bucket, digest) go to eval (no eval
-    document otherwise), or all but those with the largest stay in eval (no train document otherwise)."""
+    """Which texts are held out. The units split are the documents (identified by `digest`; a document cut into
+    parts goes whole to one side), or, when they are too few for the fraction and some are cut, the parts
+    (`by_part`, identified by `_part_digests`); one document of one part: nothing can be held out, a
+    DataError.
+
+    A unit is held out when its bucket < threshold, unless that leaves a side empty: then only the unit(s)
+    with the smallest (bucket, digest) go to eval (no eval unit otherwise), or all but those with the largest
+    stay in eval (no train unit otherwise)."""
 
     threshold: int
     only_eval: bytes | None = None
     all_but: bytes | None = None
+    by_part: bool = False
+    note: str | None = None  # what the corpus made the rule do besides the buckets, for the log
 
-    def is_eval(self, digests: np.ndarray) -> np.ndarray:
-        """(n, 16) uint8 digests → (n,) bool."""
+    def is_eval(self, digests: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """(n, 16) uint8 digests and (n,) part numbers of n texts → (n,) bool."""
+        units = _part_digests(digests, parts) if self.by_part else digests
         if self.only_eval is not None:
-            return (digests == np.frombuffer(self.only_eval, np.uint8)).all(axis=1)
+            return (units == np.frombuffer(self.only_eval, np.uint8)).all(axis=1)
         if self.all_but is not None:
-            return ~(digests == np.frombuffer(self.all_but, np.uint8)).all(axis=1)
-        return _buckets(digests) < self.threshold
+            return ~(units == np.frombuffer(self.all_but, np.uint8)).all(axis=1)
+        return _buckets(units) < self.threshold
 
     @classmethod
-    def of(cls, digest_batches: Iterable[np.ndarray], eval_fraction: float) -> "SplitRule":
-        """The rule for a corpus, from one pass over its documents' digests (in batches, (n, 16) uint8)."""
+    def of(cls, texts: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], eval_fraction: float,
+           sample: bool = False) -> "SplitRule":
+        """The rule for a corpus, from its texts' (digests (n, 16) uint8, part numbers (n,)) in batches, as
+        `texts()` gives them: read once, or, when the documents are too few for eval_fraction (the buckets
+        leave a side empty) and some are cut into parts, three times, to split at the parts instead. For a
+        `sample` of the corpus (the tokenizer's), one document of one part is held out of nothing rather than
+        refused: the whole corpus may have more."""
         threshold = round(eval_fraction * HASH_BUCKETS)
-        eval_count = total = 0
-        smallest = largest = None  # (bucket, digest)
-        for digests in digest_batches:
-            if len(digests):
-                buckets = _buckets(digests)
-                eval_count += int((buckets < threshold).sum())
-                total += len(digests)
-                low, high = _extremes(buckets, digests)
-                smallest = low if smallest is None else min(smallest, low)
-                largest = high if largest is None else max(largest, high)
-        if eval_fraction > 0 and smallest != largest and eval_count == 0:
-            return cls(threshold, only_eval=smallest[1])
-        if eval_fraction > 0 and smallest != largest and eval_count == total:
-            return cls(threshold, all_but=largest[1])
-        return cls(threshold)
+        documents, most_parts = _UnitCounts(threshold), 0
+        for digests, parts in texts():
+            documents.add(digests[parts == 0])
+            most_parts = max(most_parts, int(parts.max()) + 1 if len(parts) else 0)
+        if eval_fraction == 0 or documents.total == 0:
+            return cls(threshold)
+        rule = documents.rule(by_part=False)
+        if rule.only_eval is None and rule.all_but is None:
+            return rule
+        count = f"{documents.total:,} document" + ("s" if documents.total > 1 else "")
+        if most_parts >= 2:  # too few documents, some of them cut: split at the parts
+            parts = _UnitCounts(threshold)
+            for digests, numbers in texts():
+                parts.add(_part_digests(digests, numbers))
+            rule = parts.rule(by_part=True)
+            held_out = sum(int(rule.is_eval(digests, numbers).sum()) for digests, numbers in texts())
+            return dataclasses.replace(rule, note=f"held-out split: {count}, too few for data.eval_fraction "
+                                                  f"{eval_fraction}: split at their {parts.total:,} parts instead "
+                                                  f"(documents longer than {PART_CHARS:,} characters are cut into "
+                                                  f"parts), {held_out:,} of them held out")
+        if documents.smallest != documents.largest:
+            hashed = f"of the {documents.total:,} falls under data.eval_fraction {eval_fraction} by its hash"
+            return dataclasses.replace(rule, note=f"held-out split: no document {hashed}: the one with the smallest "
+                                                  "is held out" if rule.only_eval else f"held-out split: every "
+                                                  f"document {hashed}: all but the one with the largest are held out")
+        if sample:
+            return cls(0)
+        copies = "one document" if documents.total == 1 else f"{documents.total} copies of one document"
+        raise DataError(f"held-out split: the corpus is {copies}, not longer than one part ({PART_CHARS:,} "
+                        f"characters), so nothing can be held out for data.eval_fraction {eval_fraction}: give the "
+                        "corpus more documents (text files: a blank line between paragraphs), or set "
+                        "data.eval_fraction: 0 to train without a held-out measurement")
+
+
+class _UnitCounts:
+    """One pass over the units' digests: how many fall under the threshold, and the extreme (bucket, digest)."""
+
+    def __init__(self, threshold: int):
+        self.threshold, self.eval_count, self.total = threshold, 0, 0
+        self.smallest = self.largest = None  # (bucket, digest)
+
+    def add(self, digests: np.ndarray) -> None:
+        if len(digests):
+            buckets = _buckets(digests)
+            self.eval_count += int((buckets < self.threshold).sum())
+            self.total += len(digests)
+            low, high = _extremes(buckets, digests)
+            self.smallest = low if self.smallest is None else min(self.smallest, low)
+            self.largest = high if self.largest is None else max(self.largest, high)
+
+    def rule(self, by_part: bool) -> SplitRule:
+        """The buckets' rule, or its fallback when a side would be empty (two distinct units at least)."""
+        if self.eval_count == 0:
+            return SplitRule(self.threshold, only_eval=self.smallest[1], by_part=by_part)
+        if self.eval_count == self.total:
+            return SplitRule(self.threshold, all_but=self.largest[1], by_part=by_part)
+        return SplitRule(self.threshold, by_part=by_part)
 
 
 def _extremes(buckets: np.ndarray, digests: np.ndarray) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
@@ -128,7 +199,7 @@ def _extremes(buckets: np.ndarray, digests: np.ndarray) -> tuple[tuple[int, byte
 
 @dataclass(frozen=True)
 class DocumentSplit:
-    """Train and held-out documents, each in corpus order."""
+    """Train and held-out documents, each in corpus order (a document longer than PART_CHARS as its parts)."""
 
     train: list[str]
     eval: list[str]  # empty when eval_fraction == 0
@@ -136,14 +207,13 @@ class DocumentSplit:
 
 def split_documents(documents: datasets.Dataset | Sequence[str], eval_fraction: float) -> DocumentSplit:
     """Documents held in memory, split by `SplitRule` (what packing does to a corpus, piece by piece)."""
-    texts = list(documents["text"] if isinstance(documents, datasets.Dataset) else documents)
-    digests = _digests(texts)
-    is_eval = SplitRule.of([digests], eval_fraction).is_eval(digests)
-    return DocumentSplit(train=[t for t, e in zip(texts, is_eval) if not e], eval=[t for t, e in zip(texts, is_eval) if e])
-
-
-def _digests(texts: Sequence[str]) -> np.ndarray:
-    return np.frombuffer(b"".join(digest(t) for t in texts), np.uint8).reshape(len(texts), 16)
+    batches = list(Corpus.of_texts(documents, DataConfig()).batches())
+    rule = SplitRule.of(lambda: ((b.digest_matrix(), np.array(b.parts)) for b in batches), eval_fraction)
+    sides = {False: [], True: []}
+    for batch in batches:
+        for text, held_out in zip(batch.texts, rule.is_eval(batch.digest_matrix(), np.array(batch.parts))):
+            sides[bool(held_out)].append(text)
+    return DocumentSplit(train=sides[False], eval=sides[True])
 
 
 # --- tokenizer ------------------------------------------------------------------------------------
@@ -187,30 +257,29 @@ class TokenizerSample:
             {i: max(1, piece.size * sample_bytes // total) for i, piece in enumerate(corpus.pieces)}
         self.size = total if self.quota is None else sum(self.quota.values())
         self.passes = 0
-        digests = [_digests(batch) for batch in self._batches()]  # 16 bytes a document of the sample
-        if not sum(map(len, digests)):
+        texts = [(batch.digest_matrix(), np.array(batch.parts)) for batch in self._batches()]  # 24 bytes a text
+        if not sum(len(parts) for _, parts in texts):
             raise corpus.no_text()
-        self.rule = SplitRule.of(digests, eval_fraction)
+        self.rule = SplitRule.of(lambda: texts, eval_fraction, sample=True)
         self.documents = 0
 
-    def _batches(self) -> Iterator[list[str]]:
-        """The sample's documents in batches of 10,000, with a progress bar of its bytes."""
+    def _batches(self) -> Iterator[TextBatch]:
+        """The sample's texts in batches, with a progress bar of its bytes."""
         purpose = self.PASSES[min(self.passes, len(self.PASSES) - 1)]
         self.passes += 1
-        texts = self.corpus.documents(self.quota)
         with tqdm(total=self.size, unit="B", unit_scale=True, desc=f"tokenizer sample: {purpose}", leave=False,
                   dynamic_ncols=True) as progress:
-            while batch := list(islice(texts, 10_000)):
-                progress.update(sum(map(len, batch)))
+            for batch in self.corpus.batches(self.quota):
+                progress.update(sum(map(len, batch.texts)))
                 yield batch
 
     def __iter__(self) -> Iterator[list[str]]:
         self.documents = 0
         for batch in self._batches():
-            is_eval = self.rule.is_eval(_digests(batch))
-            train = [text for text, held_out in zip(batch, is_eval) if not held_out]
-            self.documents += len(train)
-            yield train
+            parts = np.array(batch.parts)
+            is_eval = self.rule.is_eval(batch.digest_matrix(), parts)
+            self.documents += int(((parts == 0) & ~is_eval).sum())
+            yield [text for text, held_out in zip(batch.texts, is_eval) if not held_out]
 
 
 def train_corpus_tokenizer(config: Config, documents: Documents | None = None) -> tuple[Tokenizer, int]:
@@ -222,6 +291,11 @@ def train_corpus_tokenizer(config: Config, documents: Documents | None = None) -
                                 show_progress=sample.size > 100_000_000)  # its merges take minutes there
     trained = tokenizer.get_vocab_size()
     if trained < config.model.vocab_size:
+        if sample.quota is not None:  # the sample, not the corpus, is what is too small
+            raise DataError(f"the tokenizer's sample (data.tokenizer_sample_bytes {config.data.tokenizer_sample_bytes:,} "
+                            f"of the corpus's {corpus.total_bytes:,} bytes: {sample.documents} train documents) is too "
+                            f"small for a {config.model.vocab_size}-token vocabulary: training made {trained}; raise "
+                            f"data.tokenizer_sample_bytes or set model.vocab_size: {trained}")
         raise DataError(f"the corpus ({sample.documents} train documents) is too small for a {config.model.vocab_size}-"
                         f"token vocabulary: training made {trained}; set model.vocab_size: {trained} or add text")
     check_vocab_size(tokenizer, config.model.vocab_size, "trained tokenizer")  # more: alphabet > vocab_size
@@ -258,22 +332,39 @@ def encode(tokenizer: Tokenizer, texts: list[str]) -> pa.ListArray:
 
 
 def tokenize_piece(corpus: Corpus, piece: Piece, tokenizer: Tokenizer, path: Path, progress=None) -> int:
-    """Write `piece`'s documents to `path` (Arrow: "input_ids" list<int32>, "digest" the 16-byte blake2b of the
-    text), a batch at a time, atomically; the number of documents."""
+    """Write `piece`'s texts to `path` (Arrow: "input_ids" list<int32>, "digest" the 16-byte identity of the
+    text's document, "part" its number among the document's parts), a batch at a time, atomically; the
+    number of documents. The tokenizer gets at most about READ_BYTES characters at a time (its output takes
+    ~140 bytes a character), however long the source's batches or documents."""
     count = read = 0
     try:
-        with written_atomically(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+        with cache_file(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_stream(sink, _PIECE_SCHEMA) as writer:
-            for texts in corpus.read(piece):
-                digests = pa.FixedSizeBinaryArray.from_buffers(
-                    pa.binary(16), len(texts), [None, pa.py_buffer(b"".join(digest(t) for t in texts))])
-                writer.write_batch(pa.record_batch([encode(tokenizer, texts), digests], schema=_PIECE_SCHEMA))
-                count += len(texts)
-                read += _advance(progress, sum(map(len, texts)))
+            for batch in corpus.read(piece):
+                for start, stop in _spans(batch.texts, READ_BYTES):
+                    texts = batch.texts[start:stop]
+                    digests = pa.FixedSizeBinaryArray.from_buffers(
+                        pa.binary(16), len(texts), [None, pa.py_buffer(b"".join(batch.digests[start:stop]))])
+                    parts = pa.array(batch.parts[start:stop], pa.int32())
+                    writer.write_batch(pa.record_batch([encode(tokenizer, texts), digests, parts], schema=_PIECE_SCHEMA))
+                    read += _advance(progress, sum(map(len, texts)))
+                count += batch.documents
     except OSError as e:
         raise _write_error(e, path, "tokens") from None
     _advance(progress, piece.size - read)  # the bar counts characters, the plan bytes: end the piece exactly
     return count
+
+
+def _spans(texts: list[str], max_chars: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) runs of consecutive texts of about max_chars characters in all (one text at least)."""
+    start = size = 0
+    for i, text in enumerate(texts):
+        if size and size + len(text) > max_chars:
+            yield start, i
+            start, size = i, 0
+        size += len(text)
+    if start < len(texts):
+        yield start, len(texts)
 
 
 def _advance(progress, n: int) -> int:
@@ -293,43 +384,112 @@ def _write_error(e: OSError, path: Path, what: str) -> DataError:
 
 def read_piece(path: Path) -> pa.Table:
     """A tokenised piece, memory-mapped (nothing read until used)."""
+    return _read_stream(path)
+
+
+def _read_stream(path: Path) -> pa.Table:
+    """An Arrow IPC stream file (a piece, or blocks as datasets writes them), memory-mapped: reading it parses
+    every message's framing (the headers), and no data."""
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_stream(source).read_all()
+
+
+# --- the cache's own checks -----------------------------------------------------------------------
+
+
+def _size_record(path: Path) -> Path:
+    """Where the size of cache file `path` is recorded when it is written: `path`.size beside it."""
+    return path.with_name(path.name + ".size")
+
+
+@contextlib.contextmanager
+def cache_file(path: Path):
+    """`with cache_file(path) as tmp:` write cache file `path` at `tmp` (`io.written_atomically`); its size is
+    recorded beside it (`_size_record`, written atomically too) before it is renamed into place, so a whole
+    cache file always has its record, and one that lost bytes or was overwritten since is found out."""
+    with written_atomically(path) as tmp:
+        yield tmp
+        with written_atomically(_size_record(path)) as record:
+            record.write_text(f"{tmp.stat().st_size}\n")
+
+
+def cache_damage(path: Path) -> str | None:
+    """What is wrong with the cache file `path`, which exists: its size is not the one recorded when it was
+    written (truncated, emptied, appended to) or none is recorded, or Arrow cannot read its framing (garbage);
+    None when it is whole. Reads the headers only: no checksum of the data (that would read the whole cache
+    at every start)."""
+    try:
+        recorded = int(_size_record(path).read_text())
+    except (OSError, ValueError):
+        return f"no record of its size in {_size_record(path).name}"
+    size = path.stat().st_size
+    if size != recorded:
+        return f"{size:,} bytes where {recorded:,} were written"
+    try:
+        _read_stream(path)
+    except (OSError, pa.ArrowException) as e:
+        return f"not readable as Arrow ({str(e).splitlines()[0][:120]})"
+    return None
+
+
+def remove_damaged(paths: Iterable[Path]) -> dict[Path, str]:
+    """Check each cache file of `paths` that exists (`cache_damage`); remove each damaged one with its record,
+    named in a warning; {path: what was wrong} of those removed. A removed file is then made again, as a
+    missing one is, from its source."""
+    damaged = {}
+    for path in paths:
+        why = cache_damage(path) if path.is_file() else None
+        if why is not None:
+            log.warning("%s: damaged cache file (%s): removed; it is made again from its source", path, why)
+            path.unlink(missing_ok=True)
+            _size_record(path).unlink(missing_ok=True)
+            damaged[path] = why
+    return damaged
+
+
+def _rebuild_error(damaged: dict[Path, str], e: DataError) -> DataError:
+    """The error of a cache file that was damaged, and whose source cannot make it again: both named."""
+    files = "; ".join(f"{path}: damaged ({why})" for path, why in damaged.items())
+    return DataError(f"{files}, and removed; it cannot be made again: {e}")
 
 
 # --- pack -----------------------------------------------------------------------------------------
 
 
-def _close_documents(values: np.ndarray, lengths: np.ndarray, sep: int) -> np.ndarray:
-    """Concatenate documents (flat `values`, per-document `lengths`) with a [SEP] after each: d_1 S d_2 S ..."""
-    ends = np.cumsum(lengths + 1)  # one past each document's [SEP]
-    stream = np.full(int(ends[-1]) if len(ends) else 0, sep, dtype=np.int32)
+def _close_documents(values: np.ndarray, lengths: np.ndarray, ends: np.ndarray, sep: int) -> np.ndarray:
+    """Concatenate texts (flat `values`, per-text `lengths`) with a [SEP] after each that `ends` a document:
+    d_1 S d_2 S ..., the parts of a document cut into parts back to back."""
+    stops = np.cumsum(lengths + ends)  # one past each text (and its [SEP])
+    stream = np.full(int(stops[-1]) if len(stops) else 0, sep, dtype=np.int32)
     is_text = np.ones(len(stream), dtype=bool)
-    is_text[ends - 1] = False
+    is_text[(stops - 1)[ends]] = False
     stream[is_text] = values
     return stream
 
 
-def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_len: int, path: Path,
-                name: str = "train", progress=None) -> datasets.Dataset:
-    """Tokenised documents (batches of list<int32>) → Dataset of blocks [CLS] + C ids + [SEP] (C = seq_len - 2),
+def pack_blocks(documents: Iterable[tuple[pa.ListArray, np.ndarray]], specials: SpecialTokens, seq_len: int,
+                path: Path, name: str = "train", progress=None, eval_fraction: float = 0.0) -> datasets.Dataset:
+    """Tokenised documents (batches of (list<int32>, (n,) bool: whether each text ends its document, rather
+    than being followed by the next part of it)) → Dataset of blocks [CLS] + C ids + [SEP] (C = seq_len - 2),
     column "input_ids" fixed-length int32, written atomically to `path` and memory-mapped (random access,
     nothing loaded). The stream's last len mod C ids are dropped. A split shorter than one chunk is a
-    DataError, but for a held-out split with no document at all (none fell to it): that has no blocks."""
+    DataError, but for a held-out split with no document at all (none fell to it): that has no blocks.
+    `eval_fraction`: the data.eval_fraction that made a held-out split, for that error."""
     chunk = seq_len - 2
     features = _block_features(seq_len)
     num_documents = num_stream = num_blocks = 0
     carry = np.empty(0, dtype=np.int32)  # the stream's ids not yet in a block
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with written_atomically(path) as tmp:
+        with cache_file(path) as tmp:
             # record batches of up to 65,536 blocks (datasets' default is 1,000): opening the file reads one
             # header per batch, so fewer batches keep a warm start's reads small at any corpus size
             writer = ArrowWriter(features=features, path=str(tmp), writer_batch_size=1 << 16)
             try:
-                for ids in documents:
+                for ids, ends in documents:
                     lengths = ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
-                    stream = np.concatenate([carry, _close_documents(ids.flatten().to_numpy(), lengths, specials.sep)])
+                    stream = np.concatenate([carry, _close_documents(ids.flatten().to_numpy(), lengths, ends,
+                                                                     specials.sep)])
                     full = len(stream) // chunk
                     blocks = np.empty((full, seq_len), dtype=np.int32)
                     blocks[:, 0], blocks[:, -1] = specials.cls, specials.sep
@@ -338,15 +498,16 @@ def pack_blocks(documents: Iterable[pa.ListArray], specials: SpecialTokens, seq_
                     if full:
                         writer.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(blocks.ravel(),
                                                                                                    seq_len)}))
-                    num_documents += len(lengths)
-                    num_stream += len(lengths) + int(lengths.sum())
+                    num_documents += int(ends.sum())
+                    num_stream += int(ends.sum() + lengths.sum())
                     num_blocks += full
                     if progress is not None:
-                        progress.update(len(lengths) + int(lengths.sum()))
+                        progress.update(int(ends.sum() + lengths.sum()))
                 if num_blocks == 0 and (num_documents or name != "eval"):
                     raise DataError(f"{name} split: {num_stream} tokens ({num_documents} documents and their [SEP]s), "
                                     f"but one sequence needs {chunk} (data.max_seq_len {seq_len} minus [CLS] and "
-                                    "[SEP]); add text" + (", raise data.eval_fraction" if name == "eval" else "")
+                                    "[SEP]); " + (f"raise data.eval_fraction (now {eval_fraction}: the share of the "
+                                                  "documents held out)" if name == "eval" else "add text")
                                     + " or lower data.max_seq_len")
                 writer.finalize()
             finally:
@@ -442,13 +603,17 @@ def prepare_data(config: Config, tokenizer: Tokenizer, cache_dir: str | Path, do
     corpus = as_corpus(documents, data)
     paths = CachePaths.of(Path(cache_dir), corpus, tokenizer, data)
     splits = {"train": paths.train} | ({"eval": paths.eval} if data.eval_fraction > 0 else {})
-    if distributed.broadcast_flag(all(path.is_file() for path in splits.values()), dist):
+    damaged = remove_damaged(splits.values()) if dist.is_main else {}  # process 0 decides, and packs
+    if distributed.broadcast_flag(dist.is_main and all(path.is_file() for path in splits.values()), dist):
         log.info("blocks: cached in %s", paths.root)
     else:
-        _tokenize_share(corpus, _plain_copy(tokenizer), paths, dist)
-        distributed.barrier(dist, slow=True)
-        if dist.is_main:
-            _pack(corpus, paths, special_tokens(tokenizer), data)
+        try:
+            _tokenize_share(corpus, _plain_copy(tokenizer), paths, dist)
+            distributed.barrier(dist, slow=True)
+            if dist.is_main:
+                _pack(corpus, paths, special_tokens(tokenizer), data)
+        except DataError as e:
+            raise _rebuild_error(damaged, e) if damaged else e from None
         distributed.barrier(dist, slow=True)
     blocks = {name: _open_blocks(path) for name, path in splits.items()}
     return PretrainingData(train=blocks["train"], eval=blocks["eval"] if "eval" in blocks else _no_blocks(data.max_seq_len),
@@ -459,7 +624,11 @@ def _open_blocks(path: Path) -> datasets.Dataset:
     if not path.is_file():
         raise DataError(f"{path}: not found, though process 0 packed it: data.cache_dir must be one directory that "
                         "every process sees (shared storage), or prepared on each machine")
-    return datasets.Dataset.from_file(str(path))
+    try:
+        return datasets.Dataset.from_file(str(path))
+    except (OSError, pa.ArrowException) as e:  # damaged since process 0 checked or wrote it
+        raise DataError(f"{path}: damaged cache file ({str(e).splitlines()[0][:120]}); run again to make it "
+                        "again") from None
 
 
 def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dist: DistInfo) -> None:
@@ -470,6 +639,7 @@ def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dis
     for stale in stale_temporaries(directory) + stale_temporaries(paths.root):  # left by a killed preparation
         stale.unlink(missing_ok=True)
     mine = [i for i in range(len(corpus.pieces)) if i % dist.world_size == dist.rank]
+    damaged = remove_damaged(paths.pieces[i] for i in mine)
     todo = [i for i in mine if not paths.pieces[i].is_file()]
     log.info("tokens: %d of %d pieces cached%s", len(mine) - len(todo), len(mine),
              f" (the share of process {dist.rank} of {dist.world_size})" if dist.enabled else "")
@@ -483,9 +653,13 @@ def _tokenize_share(corpus: Corpus, tokenizer: Tokenizer, paths: CachePaths, dis
             if limit is not None and documents >= limit:
                 break
             if paths.pieces[i].is_file():
-                documents += read_piece(paths.pieces[i]).num_rows
+                documents += _documents_in(read_piece(paths.pieces[i]))
                 continue
-            documents += tokenize_piece(corpus, corpus.pieces[i], tokenizer, paths.pieces[i], progress)
+            try:
+                documents += tokenize_piece(corpus, corpus.pieces[i], tokenizer, paths.pieces[i], progress)
+            except DataError as e:
+                was = {paths.pieces[i]: damaged[paths.pieces[i]]} if paths.pieces[i] in damaged else {}
+                raise _rebuild_error(was, e) if was else e from None
             written += paths.pieces[i].stat().st_size
         seconds = time.perf_counter() - started
         log.info("tokens: %.1f MB of text in %.1f s (%.2f MB/s) → %.1f MB of ids in %s", progress.n / 1e6,
@@ -496,13 +670,15 @@ def _pack(corpus: Corpus, paths: CachePaths, specials: SpecialTokens, data: Data
     """Pack the train and eval blocks from the tokenised pieces (every process's), in corpus order."""
     tables = _piece_tables(corpus, paths, data.max_documents)
     _check_each_file_has_text(corpus, tables)
-    rule = SplitRule.of((_digest_matrix(table) for _, table in tables), data.eval_fraction)
+    rule = SplitRule.of(lambda: ((_digest_matrix(table), _parts(table)) for _, table in tables), data.eval_fraction)
+    if rule.note:
+        log.info("%s", rule.note)
     tokens = sum(len(chunk.flatten()) + len(chunk) for _, table in tables for chunk in table.column(0).chunks)
     splits = [("train", paths.train)] + ([("eval", paths.eval)] if data.eval_fraction > 0 else [])
     with tqdm(total=tokens, unit="tok", unit_scale=True, desc="packing", dynamic_ncols=True) as progress:
         for name, path in splits:
-            documents = (ids for _, table in tables for ids in _split_batches(table, rule, name == "eval"))
-            pack_blocks(documents, specials, data.max_seq_len, path, name, progress)
+            documents = (texts for _, table in tables for texts in _split_batches(table, rule, name == "eval"))
+            pack_blocks(documents, specials, data.max_seq_len, path, name, progress, data.eval_fraction)
 
 
 def _piece_tables(corpus: Corpus, paths: CachePaths, limit: int | None) -> list[tuple[int, pa.Table]]:
@@ -517,10 +693,21 @@ def _piece_tables(corpus: Corpus, paths: CachePaths, limit: int | None) -> list[
                             "storage), or prepared on each machine")
         table = read_piece(path)
         if limit is not None:
-            table = table.slice(0, limit - documents)
-        documents += table.num_rows
+            starts = np.flatnonzero(_parts(table) == 0)  # the rows where documents start
+            if len(starts) > limit - documents:
+                table = table.slice(0, int(starts[limit - documents]))
+        documents += _documents_in(table)
         tables.append((i, table))
     return tables
+
+
+def _parts(table: pa.Table) -> np.ndarray:
+    """The "part" column: each text's number among its document's parts."""
+    return table.column("part").to_numpy()
+
+
+def _documents_in(table: pa.Table) -> int:
+    return int((_parts(table) == 0).sum())
 
 
 def _check_each_file_has_text(corpus: Corpus, tables: list[tuple[int, pa.Table]]) -> None:
@@ -543,10 +730,18 @@ def _digest_matrix(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     return np.frombuffer(column.buffers()[1], np.uint8, 16 * len(column), 16 * column.offset).reshape(-1, 16)
 
 
-def _split_batches(table: pa.Table, rule: SplitRule, held_out: bool) -> Iterator[pa.ListArray]:
-    """The documents of one side of the split, a batch at a time."""
+def _split_batches(table: pa.Table, rule: SplitRule, held_out: bool) -> Iterator[tuple[pa.ListArray, np.ndarray]]:
+    """The texts of one side of the split, a batch at a time, each with whether a [SEP] follows it: where its
+    document ends, or where the next part of it fell to the other side (split at parts)."""
+    parts = _parts(table)
+    side = rule.is_eval(_digest_matrix(table), parts)
+    ends = np.ones(len(parts), dtype=bool)  # a piece ends with the end of a document
+    ends[:-1] = (parts[1:] == 0) | (side[1:] != side[:-1])
+    offset = 0
     for batch in table.to_batches():
-        yield batch.column("input_ids").filter(pa.array(rule.is_eval(_digest_matrix(batch)) == held_out))
+        mine = side[offset:offset + batch.num_rows] == held_out
+        yield batch.column("input_ids").filter(pa.array(mine)), ends[offset:offset + batch.num_rows][mine]
+        offset += batch.num_rows
 
 
 # --- one preparation, many processes --------------------------------------------------------------
@@ -581,14 +776,17 @@ class Prepared:
 
 
 def prepare(config: Config, out_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-            dist: DistInfo = DistInfo()) -> Prepared:
+            dist: DistInfo = DistInfo(), corpus: Corpus | None = None) -> Prepared:
     """Everything before pretraining's first step: the tokenizer in out_dir (default train.out_dir; process 0
     trains or loads it first, the others then load what it saved) and the blocks in cache_dir (default
-    `default_cache_dir`; `prepare_data`, the pieces shared out among processes)."""
+    `default_cache_dir`; `prepare_data`, the pieces shared out among processes), of `corpus` (default: data's
+    own, planned here)."""
     started = time.perf_counter()
     out_dir = Path(config.train.out_dir if out_dir is None else out_dir)
     cache_dir = default_cache_dir(config) if cache_dir is None else Path(cache_dir)
-    corpus = Corpus.plan(config.data)
+    if dist.is_main:  # before any slow work, as train.out_dir is
+        check_writable(cache_dir, "data.cache_dir")
+    corpus = Corpus.plan(config.data) if corpus is None else corpus
     log.info("corpus: %d file(s), %.1f MB in %d piece(s) (data.source %s)", len(corpus.files),
              corpus.total_bytes / 1e6, len(corpus.pieces), config.data.source)
     tokenizer = None
@@ -599,6 +797,27 @@ def prepare(config: Config, out_dir: str | Path | None = None, cache_dir: str | 
     data = prepare_data(config, tokenizer, cache_dir, corpus, dist)
     return Prepared(tokenizer, data, CachePaths.of(cache_dir, corpus, tokenizer, config.data), corpus,
                     time.perf_counter() - started)
+
+
+# --- what a checkpoint was trained on -------------------------------------------------------------
+
+FINGERPRINT_KEYS = ("max_seq_len", "eval_fraction", "mlm_probability", "mask_token_probability",
+                    "random_token_probability", "whole_word_masking")  # the data.* settings that change the data
+
+
+def data_fingerprint(data: DataConfig, corpus: Corpus) -> dict:
+    """What a run trains on, for a checkpoint to record and a resume to compare: the corpus's identity (every
+    piece's key: its files' paths, sizes and modification times, data.source, data.max_documents, ...) and
+    the data.* settings that change the blocks or their masks."""
+    return {"corpus": corpus.identity()} | {key: getattr(data, key) for key in FINGERPRINT_KEYS}
+
+
+def data_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two data_fingerprints, in words: [] when the same data."""
+    changes = ["the corpus (its files: paths, sizes or modification times; or data.source, data.paths, "
+               "data.max_documents)"] if saved.get("corpus") != now["corpus"] else []
+    return changes + [f"data.{key}: {saved.get(key)} then, {now[key]} now" for key in FINGERPRINT_KEYS
+                      if saved.get(key) != now[key]]
 
 
 # --- order ----------------------------------------------------------------------------------------

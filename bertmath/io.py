@@ -141,16 +141,21 @@ def _running(pid: int) -> bool:
     return True
 
 
-def check_writable(out_dir: Path) -> None:
-    """Fail before any slow work if train.out_dir cannot hold what a run writes (created if missing)."""
-    out_dir = Path(out_dir)
+def check_writable(directory: Path, key: str = "train.out_dir") -> None:
+    """Fail before any slow work if `directory` (the value of config key `key`: train.out_dir, data.cache_dir)
+    cannot hold what a run writes there (created if missing): it or a parent of it is a file (check_output),
+    or it cannot be created or written (permissions, a read-only filesystem)."""
+    directory = Path(directory)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
+        check_output(directory, directory=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
+    except OutputError as e:
+        raise OutputError(f"{key}: {e}") from None
     except OSError as e:
-        raise OutputError(f"train.out_dir: {out_dir} is not writable ({e.strerror or e})") from None
+        raise OutputError(f"{key}: {directory} is not writable ({e.strerror or e})") from None
 
 
 def check_output(path: str | Path, directory: bool = False) -> Path:

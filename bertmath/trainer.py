@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed, metrics
 from .config import Config, DataConfig, TrainConfig
-from .data import PretrainingData, batch_indices, prepare
+from .corpus import Corpus
+from .data import PretrainingData, batch_indices, data_changes, data_fingerprint, prepare
 from .errors import BertmathError, CheckpointError, TrainingError
 from .hardware import AUTOCAST_DTYPES, autocast, resolve_device, resolve_precision
 from .io import atomic_write_text, check_writable
@@ -215,6 +216,7 @@ class Trainer:
         # Built by _prepare when the run starts (it reads the corpus and builds the model: slow, and collective).
         self.tokenizer: Tokenizer | None = None
         self.data: PretrainingData | None = None
+        self.data_fingerprint: dict | None = None  # data.data_fingerprint of what it trains on (pretraining)
         self.specials: SpecialTokens | None = None
         self.is_continuation: torch.Tensor | None = None  # whole-word masking: which ids continue a word
         self.probe_inputs = self.probe_labels = self.eval_inputs = self.eval_labels = None  # fixed held-out batches
@@ -257,7 +259,10 @@ class Trainer:
 
     def _prepare(self) -> None:
         config, train = self.config, self.config.train
-        prepared = prepare(config, self.out_dir, dist=self.dist)
+        corpus = Corpus.plan(config.data)  # file metadata only: the data is compared before it is prepared
+        self.data_fingerprint = data_fingerprint(config.data, corpus)
+        self._check_data()
+        prepared = prepare(config, self.out_dir, dist=self.dist, corpus=corpus)
         self.tokenizer, self.data = prepared.tokenizer, prepared.data
         log.info("data: prepared in %.1f s", prepared.seconds)
         self.specials = special_tokens(self.tokenizer)
@@ -267,6 +272,26 @@ class Trainer:
 
         torch.manual_seed(train.seed)  # the same initial weights in every process
         self._setup_training(BertForMaskedLM(config.model))
+
+    def _check_data(self) -> None:
+        """A resumed run goes on with the data its checkpoint was trained on: a change (data_changes) is refused
+        in one line naming it, unless train.allow_data_change, which warns. A checkpoint that recorded no data
+        (written before checkpoints did) is resumed, and that said once."""
+        if self.resume_from is None:
+            return
+        saved = ckpt.saved_data(self.resume_from)
+        if saved is None:
+            log.info("%s records no data fingerprint (saved before checkpoints did): whether the corpus, "
+                     "data.max_seq_len or the masking changed since is not checked", self.resume_from)
+            return
+        changes = data_changes(saved, self.data_fingerprint)
+        if changes and not self.config.train.allow_data_change:
+            raise CheckpointError(f"cannot resume from {self.resume_from}: the data changed since it was saved "
+                                  f"({'; '.join(changes)}); undo the change, choose another train.out_dir, or set "
+                                  "train.allow_data_change: true to continue on the new data")
+        if changes:
+            log.warning("resuming from %s on changed data (%s), as train.allow_data_change allows: the step and the "
+                        "batch order go on over the new blocks", self.resume_from, "; ".join(changes))
 
     def _setup_training(self, model: nn.Module) -> None:
         """Put `model` on the device (compiled, wrapped for DDP/FSDP), build AdamW and the grad scaler, seed
@@ -314,7 +339,8 @@ class Trainer:
     def _save(self) -> Path | None:
         """Write a checkpoint of the whole training state (checkpoint.save_training_state; every process takes part)."""
         return ckpt.save_training_state(self.out_dir, self.model, self.optimizer, self.scaler, self.config,
-                                        self.tokenizer, asdict(self.state), self.dist, self.device)
+                                        self.tokenizer, asdict(self.state), self.dist, self.device,
+                                        self.data_fingerprint)
 
     def _restore(self, directory: Path) -> None:
         train_state, rng_restored = ckpt.restore_training_state(directory, self.model, self.optimizer, self.scaler,

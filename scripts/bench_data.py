@@ -3,9 +3,12 @@ growing size, cold and warm, beside `tokenizers` alone and a run_mlm.py-style pr
 
     python scripts/bench_data.py --sizes 0.4 1.2 --out bench_data.json
     python scripts/bench_data.py --sizes 4 --no-warm --no-baseline --out bench_data_4gb.json
+    python scripts/bench_data.py --sizes 0.4 --layouts paragraph lines line --no-warm --no-baseline
 
 For each size S (GB of UTF-8 text, in files of --file-mb MB: paragraphs of lines drawn with a fixed seed from
-the embedded Shakespeare corpus, written once under --work and reused):
+the embedded Shakespeare corpus, written once under --work and reused) and each layout of that text
+(--layouts: `paragraph`, a blank line between paragraphs; `lines`, one line a row with no blank line, so each
+file is one document under data.documents: paragraph; `line`, each file one line):
     cold   `bertmath pretrain configs/small.yaml` with data.source text, data.tokenizer given (an 8,192-WordPiece
            vocabulary trained once on the embedded corpus), train.max_steps 2, a new out_dir and cache_dir:
            the whole preparation, then two steps. Its MB/s: S over the "data: prepared in T s" it logs.
@@ -111,11 +114,18 @@ def shakespeare_lines() -> list[str]:
     return [line.strip() for work in works for line in work.splitlines() if len(line.strip()) > 20]
 
 
-def write_corpus(directory: Path, gigabytes: float, file_mb: float, seed: int = 0) -> list[Path]:
-    """Files of about file_mb MB, gigabytes GB in all: paragraphs of 2 to 11 random corpus lines, a blank line
-    between them. Written once: a directory holding a matching manifest is reused."""
+LAYOUTS = {"paragraph": ("\n", "\n\n"), "lines": ("\n", "\n"), "line": (" ", " ")}  # (within, between) paragraphs
+
+
+def write_corpus(directory: Path, gigabytes: float, file_mb: float, seed: int = 0, layout: str = "paragraph"
+                 ) -> list[Path]:
+    """Files of about file_mb MB, gigabytes GB in all: paragraphs of 2 to 11 random corpus lines, laid out as
+    `layout` says (LAYOUTS: the same text but for the separators). Written once: a directory holding a
+    matching manifest is reused."""
     manifest = directory / "manifest.json"
-    wanted = {"gigabytes": gigabytes, "file_mb": file_mb, "seed": seed}
+    wanted = {"gigabytes": gigabytes, "file_mb": file_mb, "seed": seed} | \
+        ({"layout": layout} if layout != "paragraph" else {})
+    within, between = LAYOUTS[layout]
     count = max(1, round(gigabytes * 1000 / file_mb))
     files = [directory / f"part-{i:05d}.txt" for i in range(count)]
     if manifest.is_file() and json.loads(manifest.read_text()) == wanted and all(f.is_file() for f in files):
@@ -127,10 +137,10 @@ def write_corpus(directory: Path, gigabytes: float, file_mb: float, seed: int = 
     for path in files:
         size, paragraphs = 0, []
         while size < target:
-            paragraph = " ".join(rng.choices(lines, k=rng.randint(2, 11)))
+            paragraph = within.join(rng.choices(lines, k=rng.randint(2, 11)))
             paragraphs.append(paragraph)
             size += len(paragraph) + 2
-        path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+        path.write_text(between.join(paragraphs) + "\n", encoding="utf-8")
     manifest.write_text(json.dumps(wanted))
     return files
 
@@ -230,12 +240,13 @@ print(len(blocks), "blocks")
 '''
 
 
-def measure_size(gigabytes: float, args, tokenizer_path: Path) -> dict:
-    files = write_corpus(args.work / f"corpus-{gigabytes:g}gb", gigabytes, args.file_mb)
+def measure_size(gigabytes: float, args, tokenizer_path: Path, layout: str = "paragraph") -> dict:
+    name = f"{gigabytes:g}gb" + (f"-{layout}" if layout != "paragraph" else "")
+    files = write_corpus(args.work / f"corpus-{name}", gigabytes, args.file_mb, layout=layout)
     size_mb = corpus_bytes(files) / 1e6
     files_glob = str(files[0].parent / "part-*.txt")
-    runs = Path(tempfile.mkdtemp(prefix=f"runs-{gigabytes:g}gb-", dir=args.work))
-    row = {"gigabytes": gigabytes, "text_mb": size_mb, "files": len(files)}
+    runs = Path(tempfile.mkdtemp(prefix=f"runs-{name}-", dir=args.work))
+    row = {"gigabytes": gigabytes, "layout": layout, "text_mb": size_mb, "files": len(files)}
     cold = run_measured(pretrain_command(files_glob, tokenizer_path, runs / "cold", runs / "cache", args.steps, args.set))
     if cold["returncode"]:
         raise SystemExit(f"cold run failed:\n{cold['stderr'][-3000:]}")
@@ -249,7 +260,7 @@ def measure_size(gigabytes: float, args, tokenizer_path: Path) -> dict:
             raise SystemExit(f"warm run failed:\n{warm['stderr'][-3000:]}")
         row["warm"] = {k: warm[k] for k in ("wall_s", "peak_anon_gb", "peak_pss_gb")} | {
             "prepare_s": prepared_seconds(warm["stderr"])}
-    if args.baseline:
+    if args.baseline and layout == "paragraph":  # the encode calls take a document at a time: paragraphs only
         row["tokenizers_alone"] = tokenizers_alone(tokenizer_path, files, int(args.baseline_mb * 1e6))
         if seconds:
             row["ratio_to_encode_batch"] = row["cold"]["prepare_mb_per_s"] / row["tokenizers_alone"]["encode_batch"]
@@ -283,8 +294,9 @@ def table(report: dict) -> str:
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         cold, warm, alone = r["cold"], r.get("warm"), r.get("tokenizers_alone")
+        layout = f" ({r['layout']})" if r.get("layout", "paragraph") != "paragraph" else ""
         lines.append(
-            f"| {r['text_mb'] / 1000:.2f} GB | {r['files']} | {cold['wall_s']:.0f} s | "
+            f"| {r['text_mb'] / 1000:.2f} GB{layout} | {r['files']} | {cold['wall_s']:.0f} s | "
             f"{cold['prepare_mb_per_s'] or 0:.2f} | {cold['peak_anon_gb']:.2f} / {cold['peak_pss_gb']:.2f} GB | "
             + (f"{warm['wall_s']:.1f} s ({warm['prepare_s']:.1f} s) | {warm['peak_anon_gb']:.2f} / "
                f"{warm['peak_pss_gb']:.2f} GB | " if warm else "– | – | ")
@@ -296,12 +308,21 @@ def table(report: dict) -> str:
             lines.append(f"\nrun_mlm.py-style at {r['text_mb'] / 1000:.2f} GB: {m['wall_s']:.0f} s "
                          f"({m['mb_per_s']:.2f} MB/s), peak anon {m['peak_anon_gb']:.2f} GB, with files "
                          f"{m['peak_pss_gb']:.2f} GB")
+    for r in (r for r in report["rows"] if r.get("layout", "paragraph") != "paragraph"):
+        reference = next((p for p in report["rows"] if p.get("layout", "paragraph") == "paragraph"
+                          and p.get("gigabytes") == r["gigabytes"]), None)
+        if reference:
+            lines.append(f"\n{r['layout']} at {r['text_mb'] / 1000:.2f} GB: cold peak anon "
+                         f"{r['cold']['peak_anon_gb'] / reference['cold']['peak_anon_gb']:.3f}x the paragraph "
+                         "layout's")
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[0.4, 1.2], help="corpus sizes in GB")
+    p.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=["paragraph"],
+                   help="how the text is laid out (each size is measured in each)")
     p.add_argument("--file-mb", type=float, default=50.0, help="size of each corpus file (MB)")
     p.add_argument("--work", type=Path, default=Path("data/bench_data"), help="where corpora and runs go")
     p.add_argument("--steps", type=int, default=2, help="train.max_steps of each pretrain run")
@@ -317,7 +338,8 @@ def main(argv=None) -> dict:
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer_path = tokenizer_file(args.work)
     report = {"cpu": cpu_flags(), "cores": len(os.sched_getaffinity(0)), "command": " ".join(sys.argv),
-              "rows": [measure_size(size, args, tokenizer_path) for size in args.sizes]}
+              "rows": [measure_size(size, args, tokenizer_path, layout) for size in args.sizes
+                       for layout in args.layouts]}
     print(table(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

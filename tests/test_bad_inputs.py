@@ -80,6 +80,12 @@ def transformers_like_directory(tmp: Path) -> None:
     (tmp / "bert" / "config.json").write_text('{"model_type": "bert", "transformers_version": "5.0.0"}')
 
 
+def copy_of_the_corpus(tmp: Path) -> None:
+    """The trained run's corpus, copied to tmp/copy.txt: the same text, another file."""
+    corpus = yaml.safe_load((tmp / "trained" / ckpt.CONFIG_FILE).read_text())["data"]["paths"][0]
+    shutil.copyfile(corpus, tmp / "copy.txt")
+
+
 def metrics(text: bytes | str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / "m").mkdir() or write(tmp / "m" / "metrics.jsonl", text)
 
@@ -114,18 +120,47 @@ CASES = [
          exit_code=2),
     # pretrain: config, corpus, out_dir, and resuming from a damaged latest step
     Case("pretrain: out_dir is a file", ("pretrain", "{config}", "--set", "train.out_dir={tmp}/taken.txt"),
-         ("taken.txt", "not writable"), lambda tmp: write(tmp / "taken.txt", "mine")),
+         ("train.out_dir", "taken.txt: is a file"), lambda tmp: write(tmp / "taken.txt", "mine")),
     Case("pretrain: wrong type", ("pretrain", "{config}", "--set", "train.max_steps=abc"),
          ("train.max_steps", "expected int"), exit_code=2),
     Case("pretrain: empty corpus", FRESH + ("--set", "data.paths={tmp}/empty.txt"), ("empty.txt", "no text"),
          lambda tmp: write(tmp / "empty.txt", " \n\n "), may_create="fresh"),
     Case("pretrain: missing corpus", FRESH + ("--set", "data.paths={tmp}/nope.txt"), ("nope.txt",),
          may_create="fresh"),
+    Case("pretrain: corpus is a FIFO", FRESH + ("--set", "data.paths={tmp}/fifo"),
+         ("fifo", "not a regular file but a FIFO"), lambda tmp: os.mkfifo(tmp / "fifo"), may_create="fresh"),
+    Case("pretrain: corpus links to a device", FRESH + ("--set", "data.paths={tmp}/null.txt"),
+         ("null.txt", "not a regular file but a link to a character device"),
+         lambda tmp: os.symlink("/dev/null", tmp / "null.txt"), may_create="fresh"),
+    Case("pretrain: empty corpus path", FRESH + ("--set", 'data.paths=[""]'), ("data.paths", "empty path"),
+         exit_code=2),
+    Case("pretrain: cache_dir is a file", FRESH + ("--set", "data.cache_dir={tmp}/taken.txt"),
+         ("data.cache_dir", "taken.txt: is a file"), lambda tmp: write(tmp / "taken.txt", "mine"), may_create="fresh"),
+    Case("prepare: cache_dir under a file", ("prepare", "{config}", "--set", "train.out_dir={tmp}/fresh", "--set",
+                                             "data.cache_dir={tmp}/taken.txt/cache"),
+         ("data.cache_dir", "cannot be created", "taken.txt is a file"), lambda tmp: write(tmp / "taken.txt", "mine"),
+         may_create="fresh"),
+    Case("pretrain: tokenizer sample too small", FRESH + ("--set", "data.tokenizer_sample_bytes=10", "--set",
+                                                          "model.vocab_size=120"),
+         ("data.tokenizer_sample_bytes 10", "raise data.tokenizer_sample_bytes"), may_create="fresh"),
+    Case("pretrain: eval_fraction too small", FRESH + ("--set", "data.paths={tmp}/distinct.txt", "--set",
+                                                       "data.eval_fraction=0.0001"),
+         ("eval split", "raise data.eval_fraction (now 0.0001"), lambda tmp: write(tmp / "distinct.txt", "\n\n".join(
+             f"paragraph {i}" for i in range(3000))),
+         may_create="fresh"),
+    Case("pretrain: one short document", FRESH + ("--set", "data.paths={tmp}/one.txt"),
+         ("held-out split", "nothing can be held out", "set data.eval_fraction: 0"),
+         lambda tmp: write(tmp / "one.txt", "\n".join(f"line {i} of a text with no blank line" for i in range(200))),
+         may_create="fresh"),
     Case("pretrain: oversize max_seq_len", FRESH + ("--set", "data.max_seq_len=100000"), ("data.max_seq_len",),
          may_create="fresh"),
     Case("pretrain: --resume without a checkpoint", FRESH + ("--resume",), ("no checkpoint",), may_create="fresh"),
     Case("pretrain: out_dir in use", RESUME, ("is in use by pid {pid}",),
          lambda tmp: ckpt.lock_run_dir(tmp / "trained")),
+    Case("pretrain: resume with another max_seq_len", RESUME + ("--set", "data.max_seq_len=16"),
+         ("cannot resume", "the data changed", "data.max_seq_len: 32 then, 16 now", "train.allow_data_change: true")),
+    Case("pretrain: resume on another corpus", RESUME + ("--set", "data.paths={tmp}/copy.txt"),
+         ("cannot resume", "the corpus (its files", "train.allow_data_change: true"), copy_of_the_corpus),
     Case("pretrain: latest model.safetensors truncated", RESUME,
          ("step-0000004/model.safetensors", "newest intact checkpoint is step-0000002"),
          lambda tmp: truncate(latest(tmp / "trained") / ckpt.MODEL_FILE)),

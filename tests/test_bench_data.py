@@ -22,6 +22,20 @@ def test_the_synthetic_corpus_is_sized_seeded_and_reused(tmp_path):
     assert 400_000 < sum(len(p) + 2 for batch in batches for p in batch) < 600_000
 
 
+def test_the_layouts_hold_the_same_text_but_for_its_separators(tmp_path):
+    bench = load_script("bench_data")
+    files = {layout: bench.write_corpus(tmp_path / layout, gigabytes=0.002, file_mb=1.0, layout=layout)
+             for layout in ("paragraph", "lines", "line")}
+    texts = {layout: [f.read_text() for f in paths] for layout, paths in files.items()}
+    assert all(len(paths) == 2 for paths in files.values())
+    assert all(t.count("\n\n") > 100 for t in texts["paragraph"])
+    assert all("\n\n" not in t and t.count("\n") > 1000 for t in texts["lines"])  # one document a file
+    assert all(t.count("\n") == 1 and t.endswith("\n") for t in texts["line"])  # one line a file
+    words = {layout: [t.split() for t in ts] for layout, ts in texts.items()}
+    assert words["paragraph"] == words["lines"] == words["line"]
+    assert bench.write_corpus(tmp_path / "lines", gigabytes=0.002, file_mb=1.0, layout="lines") == files["lines"]
+
+
 def test_the_memory_of_a_process_tree_counts_its_children(tmp_path):
     """A parent whose child holds 300 MB of anonymous memory: the tree's anonymous peak sees it."""
     bench = load_script("bench_data")
@@ -44,6 +58,11 @@ def test_the_log_line_it_reads_and_the_table_it_writes():
     text = bench.table({"rows": [row]})
     assert "| 0.40 GB | 8 | 90 s | 5.00 | 1.10 / 1.50 GB | 12.0 s (0.0 s) | 0.90 / 1.00 GB | 5.50 / 6.00 | 0.91 / 0.83 |" \
         in text
+    lines = {"gigabytes": 0.4, "layout": "lines", "text_mb": 400.0, "files": 8,
+             "cold": {"wall_s": 95.0, "prepare_mb_per_s": 4.8, "peak_anon_gb": 1.21, "peak_pss_gb": 1.6}}
+    text = bench.table({"rows": [row | {"gigabytes": 0.4, "layout": "paragraph"}, lines]})
+    assert "| 0.40 GB (lines) | 8 | 95 s | 4.80 | 1.21 / 1.60 GB | – | – | – | – |" in text
+    assert "lines at 0.40 GB: cold peak anon 1.100x the paragraph layout's" in text
 
 
 @pytest.mark.slow

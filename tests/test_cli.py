@@ -208,3 +208,31 @@ def test_a_reader_that_stops_after_one_line_ends_the_command_quietly(command, pi
     assert first.strip(), err
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
     assert code == 141, (code, err)
+
+
+def test_pretrain_on_one_document_evaluates_and_always_ends_with_its_summary_line(tmp_path, capsys):
+    """A corpus of one document (one sentence a line, no blank line) longer than the cut bound is split at its
+    parts, so it is evaluated; without a held-out set the run still ends with its summary line."""
+    import yaml
+
+    from bertmath.corpus import PART_CHARS
+    from test_trainer import tiny_config_tree
+
+    tree = tiny_config_tree(tmp_path, max_steps=2, eval_every=2, save_every=2, eval_batches=1)
+    corpus = Path(tree["data"]["paths"][0])
+    lines = corpus.read_text().replace("\n\n", "\n")
+    corpus.write_text(lines * (2 * PART_CHARS // len(lines) + 1))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    evaluated = run_main(capsys, "pretrain", str(config))
+    assert evaluated.returncode == 0, evaluated.stderr
+    last = evaluated.stdout.splitlines()[-1]
+    assert last.startswith("done: 2 steps") and "held-out [MASK] accuracy" in last
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_mask_accuracy"] is not None and summary["final_eval_loss"] is not None
+    plain = run_main(capsys, "pretrain", str(config), "--set", "data.eval_fraction=0", "--set",
+                     f"train.out_dir={tmp_path / 'plain'}")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines()[-1].startswith("done: 2 steps, ") and \
+        plain.stdout.splitlines()[-1].endswith(f"no held-out measurement (data.eval_fraction: 0); checkpoint: "
+                                               f"{tmp_path / 'plain'}")

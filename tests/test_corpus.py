@@ -274,3 +274,60 @@ def test_bad_jsonl_and_parquet(tmp_path):
     fake.write_text("not parquet")
     assert _data_error(DataConfig(source="parquet", paths=[str(fake)])).startswith(
         f"{fake}: not a readable Parquet file")
+
+
+# --- documents longer than PART_CHARS ---------------------------------------------------------------
+
+
+def test_a_long_document_is_cut_at_lines_else_blanks_else_the_bound(monkeypatch):
+    assert C.PART_CHARS == 200_000  # the bound the README states
+    works = C._embedded_works()
+    assert max(map(len, works)) < C.PART_CHARS  # nothing embedded is cut: its tokenizer and blocks stay as they were
+    assert C.cut_document("x" * C.PART_CHARS) == ["x" * C.PART_CHARS]
+    assert C.cut_document("x" * (C.PART_CHARS + 1)) == ["x" * C.PART_CHARS, "x"]
+    monkeypatch.setattr(C, "PART_CHARS", 10)
+    assert C.cut_document("one two\nthree four five\nsix") == ["one two\n", "three ", "four five\n", "six"]
+    assert C.cut_document("abcdefghijklmnopqrstuvwxy") == ["abcdefghij", "klmnopqrst", "uvwxy"]
+    assert C.cut_document("a\tb c\fd e f g h i j") == ["a\tb c\fd e ", "f g h i j"]
+    rng = random.Random(0)
+    for _ in range(200):
+        text = "".join(rng.choice(["word", " ", "\n", "é", "longerword"]) for _ in range(rng.randint(1, 80)))
+        parts = C.cut_document(text)
+        assert "".join(parts) == text and all(len(p) <= 10 for p in parts) and all(parts)
+
+
+@pytest.mark.parametrize("documents_mode", ["paragraph", "file"])
+@pytest.mark.parametrize("read_bytes", [7, 64, 1000])
+def test_long_documents_stream_in_the_parts_of_each_cut_whole(tmp_path, monkeypatch, documents_mode, read_bytes):
+    """Random texts with paragraphs far longer than the bound, in one long line or many lines with no blank one,
+    read a few bytes at a time: the same parts, with the same part numbers and digests, as cutting each document
+    read whole; no text longer than the bound, nor any batch longer than the bound and one read."""
+    monkeypatch.setattr(C, "PART_CHARS", 40)
+    monkeypatch.setattr(C, "READ_BYTES", read_bytes)
+    rng = random.Random(read_bytes)
+    texts = []
+    for i in range(5):
+        line = lambda: " ".join(rng.choice(["ab", "cdé", "efghijklmnop", " ", "\t"]) for _ in range(rng.randint(1, 60)))
+        text = rng.choice(["\n", "\r\n", "\n\n", " \n"]).join(line() for _ in range(rng.randint(1, 12)))
+        texts.append(text)
+        (tmp_path / f"{i}.txt").write_text(text, encoding="utf-8", newline="")
+    config = DataConfig(source="text", paths=[str(tmp_path / f"{i}.txt") for i in range(5)], documents=documents_mode)
+    plan = C.Corpus.plan(config, piece_bytes=150)
+    whole = whole_file_paragraphs(texts) if documents_mode == "paragraph" else [t.strip() for t in texts]
+    expected = [(part, j, C.digest(C.cut_document(d)[0])) for d in whole for j, part in enumerate(C.cut_document(d))]
+    batches = list(plan.batches())
+    assert [t for b in batches for t in zip(b.texts, b.parts, b.digests)] == expected
+    assert any(j > 2 for _, j, _ in expected)  # several documents of several parts
+    assert all(sum(map(len, b.texts)) <= 40 + 2 * read_bytes for b in batches if len(b.texts) > 1)
+    assert list(plan.documents()) == whole  # the parts joined are the documents
+    assert [len(list(C.Corpus.plan(dataclasses.replace(config, max_documents=n), 150).documents())) for n in (1, 3)] \
+        == [1, 3]
+
+
+def test_documents_in_memory_are_cut_too(monkeypatch):
+    monkeypatch.setattr(C, "PART_CHARS", 10)
+    corpus = C.Corpus.of_texts(["short", "one two three four five six"], DataConfig())
+    [batch] = list(corpus.batches())
+    assert batch.texts == ["short", "one two ", "three ", "four five ", "six"] and batch.parts == [0, 0, 1, 2, 3]
+    assert batch.digests == [C.digest("short")] + [C.digest("one two ")] * 4 and batch.documents == 2
+    assert list(corpus.documents()) == ["short", "one two three four five six"]

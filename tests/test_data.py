@@ -58,8 +58,12 @@ def test_split_keeps_one_document_on_each_side():
     assert len(split.train) == 1 and len(split.eval) == 1
     split = D.split_documents(["first document", "second document"], eval_fraction=1.0)
     assert len(split.train) == 1 and len(split.eval) == 1
-    assert len(D.split_documents(["only one"], eval_fraction=0.5).train) + \
-        len(D.split_documents(["only one"], eval_fraction=0.5).eval) == 1
+    for copies in (["only one"], ["only one"] * 3):  # nothing to hold out: refused, saying how to go on
+        with pytest.raises(DataError, match=r"^held-out split: the corpus is (one document|3 copies of one document), "
+                                            r"not longer than one part .* nothing can be held out for "
+                                            r"data.eval_fraction 0.5: .* set data.eval_fraction: 0"):
+            D.split_documents(copies, eval_fraction=0.5)
+    assert D.split_documents(["only one"], eval_fraction=0.0) == D.DocumentSplit(["only one"], [])
 
 
 def test_eval_blocks_do_not_depend_on_seed(plays_sample, tokenizer, tmp_path):
@@ -497,3 +501,146 @@ def test_the_tokenizer_learns_from_a_bounded_sample_spread_over_the_corpus(plays
     twice, _ = sample(8, 2)
     assert 0.7 * size < sum(len(t) + 2 for t in twice) < 1.3 * size  # the same cost from twice the text
     assert sample(4, 1) == (once, vocabulary)  # deterministic
+
+
+# --- documents longer than the bound: cut, tokenised a part at a time, packed back to back ------------
+
+
+def long_document(plays_sample, layout: str) -> str:
+    """One document of ~60,000 characters: speeches one a line with no blank line, or all on one line."""
+    speeches = [" ".join(t.split()) for t in plays_sample[:400]]
+    return ("\n" if layout == "lines" else " ").join(speeches)
+
+
+@pytest.mark.parametrize("layout", ["lines", "one line"])
+def test_a_long_document_tokenises_as_a_whole_and_packs_contiguously(plays_sample, tokenizer, tmp_path, monkeypatch,
+                                                                     layout):
+    from bertmath import corpus as C
+
+    monkeypatch.setattr(C, "PART_CHARS", 2_000)
+    text = long_document(plays_sample, layout)
+    (tmp_path / "one.txt").write_text(text + "\n", encoding="utf-8")
+    config = files_config(str(tmp_path / "one.txt"), eval_fraction=0.0)
+    prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config, piece_bytes=10**6))
+    [piece] = [D.read_piece(p) for p in (tmp_path / "cache" / "pieces").glob("*.arrow")]
+    assert piece.column("part").to_pylist() == list(range(piece.num_rows)) and piece.num_rows >= len(text) // 2_000
+    whole = tokenizer.encode(text, add_special_tokens=False).ids
+    assert [i for ids in piece.column("input_ids").to_pylist() for i in ids] == whole  # cut at blanks: the same ids
+    interior = prepared.batch("train", range(len(prepared.train)))[:, 1:-1].reshape(-1).tolist()
+    sep = special_tokens(tokenizer).sep
+    assert interior == (whole + [sep])[:len(interior)] and len(whole) + 1 - len(interior) < 30  # no [SEP] between parts
+
+
+def test_one_document_is_split_at_its_parts_and_says_so(plays_sample, tokenizer, tmp_path, monkeypatch, caplog):
+    from bertmath import corpus as C
+
+    monkeypatch.setattr(C, "PART_CHARS", 2_000)
+    text = long_document(plays_sample, "lines")
+    (tmp_path / "one.txt").write_text(text, encoding="utf-8")
+    config = files_config(str(tmp_path / "one.txt"), eval_fraction=0.1)
+    with caplog.at_level("INFO", logger="bertmath"):
+        prepared = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config, piece_bytes=10**6))
+    notes = [r.getMessage() for r in caplog.records if "held-out split" in r.getMessage()]
+    parts = D.read_piece(next((tmp_path / "cache" / "pieces").glob("*.arrow"))).num_rows
+    assert len(notes) == 1 and notes[0].startswith(f"held-out split: 1 document, too few for data.eval_fraction "
+                                                   f"0.1: split at their {parts} parts instead")
+    assert len(prepared.eval) > 0 and len(prepared.train) > 5 * len(prepared.eval)
+    whole = np.bincount(tokenizer.encode(text, add_special_tokens=False).ids, minlength=VOCAB)[5:]
+    packed = sum(np.bincount(blocks.ravel(), minlength=VOCAB)[5:] for blocks in all_blocks(prepared))
+    assert (packed <= whole).all() and whole.sum() - packed.sum() < 2 * 30  # each part on one side, once
+    again = D.split_documents([text], 0.1)
+    assert again.train and again.eval and sorted(again.train + again.eval, key=text.index) == C.cut_document(text)
+
+
+def test_nothing_to_hold_out_is_refused(plays_sample, tokenizer, tmp_path):
+    text = long_document(plays_sample, "lines")  # one document, shorter than the bound: one part
+    (tmp_path / "one.txt").write_text(text, encoding="utf-8")
+    config = files_config(str(tmp_path / "one.txt"))
+    with pytest.raises(DataError, match=r"^held-out split: the corpus is one document, not longer than one part "
+                                        r"\(200,000 characters\), so nothing can be held out for data.eval_fraction "
+                                        r"0.05: .* or set data.eval_fraction: 0 to train without a held-out measurement$"):
+        D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    assert not list((tmp_path / "cache").glob("*blocks*"))
+    no_eval = D.prepare_data(files_config(str(tmp_path / "one.txt"), eval_fraction=0.0), tokenizer, tmp_path / "cache",
+                             plan(config))
+    assert len(no_eval.train) > 0 and len(no_eval.eval) == 0
+
+
+# --- damaged cache files ------------------------------------------------------------------------------
+
+
+DAMAGES = {"truncated": lambda data: data[:len(data) // 2], "emptied": lambda data: b"",
+           "garbled": lambda data: random.Random(0).randbytes(len(data))}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("kind", ["piece", "train blocks", "eval blocks"])
+def test_a_damaged_cache_file_is_named_removed_and_made_again(plays_sample, tokenizer, tmp_path, caplog, kind, damage):
+    """Every kind of cache file, damaged after it was written: the next run warns naming it, makes it again, and
+    ends with the blocks of a clean run. A piece is read only when blocks are packed: here for another
+    max_seq_len."""
+    config = files_config(write_files(tmp_path / "corpus", plays_sample[:1500], 3))
+    D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    if kind == "piece":
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, max_seq_len=24))
+        victim = sorted((tmp_path / "cache" / "pieces").glob("*.arrow"))[1]
+    else:
+        victim = next((tmp_path / "cache").glob(f"{kind.split()[0]}-blocks-*.arrow"))
+    whole = victim.read_bytes()
+    victim.write_bytes(DAMAGES[damage](whole))
+    with caplog.at_level("WARNING", logger="bertmath"):
+        again = D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{victim}: damaged cache file (") \
+        and warnings[0].endswith("): removed; it is made again from its source"), warnings
+    assert victim.read_bytes() == whole  # made again, the same
+    clean = D.prepare_data(config, tokenizer, tmp_path / "clean", plan(config))
+    assert all(len(a) and torch.equal(a, b) for a, b in zip(all_blocks(again), all_blocks(clean)))
+    caplog.clear()
+    D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # whole again: no warning
+
+
+def test_what_the_size_record_and_the_framing_catch(plays_sample, tokenizer, tmp_path):
+    config = files_config(write_files(tmp_path / "corpus", plays_sample[:500], 1))
+    D.prepare_data(config, tokenizer, tmp_path / "cache", plan(config))
+    piece = next((tmp_path / "cache" / "pieces").glob("*.arrow"))
+    record = piece.with_name(piece.name + ".size")
+    assert D.cache_damage(piece) is None and int(record.read_text()) == piece.stat().st_size
+    whole = piece.read_bytes()
+    piece.write_bytes(whole + b"\0")
+    assert D.cache_damage(piece) == f"{len(whole) + 1:,} bytes where {len(whole):,} were written"
+    piece.write_bytes(whole[:8] + bytes(len(whole) - 8))  # the same size, the framing zeroed
+    assert D.cache_damage(piece).startswith("not readable as Arrow")
+    piece.write_bytes(whole)
+    record.unlink()  # e.g. a file made by hand, or a copy without its record
+    assert D.cache_damage(piece) == f"no record of its size in {record.name}"
+
+
+def test_a_damaged_piece_whose_source_is_gone_is_one_line_naming_both(plays_sample, tokenizer, tmp_path):
+    config = files_config(write_files(tmp_path / "corpus", plays_sample[:1500], 3))
+    corpus = plan(config)
+    D.prepare_data(config, tokenizer, tmp_path / "cache", corpus)
+    victim = D.CachePaths.of(tmp_path / "cache", corpus, tokenizer, config.data).pieces[-1]
+    victim.write_bytes(b"")
+    source = Path(corpus.pieces[-1].name)
+    source.unlink()
+    repacked = dataclasses.replace(config, data=dataclasses.replace(config.data, max_seq_len=24))
+    with pytest.raises(DataError) as e:
+        D.prepare_data(repacked, tokenizer, tmp_path / "cache", corpus)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{victim}: damaged (0 bytes where ")
+    assert f"and removed; it cannot be made again: {source}: file not found" in message
+
+
+def test_documents_too_few_for_the_fraction_are_split_at_their_parts(plays_sample, monkeypatch):
+    """Two long documents and a fraction no document's hash falls under: not one whole document (half the corpus)
+    held out, but one part."""
+    from bertmath import corpus as C
+
+    monkeypatch.setattr(C, "PART_CHARS", 2_000)
+    texts = [long_document(plays_sample[:200], "lines"), long_document(plays_sample[200:400], "lines")]
+    split = D.split_documents(texts, eval_fraction=0.0001)
+    parts = [p for t in texts for p in C.cut_document(t)]
+    assert len(split.eval) == 1 and len(split.train) == len(parts) - 1 > 20
+    assert sorted(split.train + split.eval) == sorted(parts)

@@ -205,6 +205,56 @@ def test_resume_with_a_different_model_config_is_an_error(tmp_path):
         train(config_from_dict(tree))
 
 
+DATA_CHANGES = {  # what a test changes, and the words of the change the refusal names
+    "corpus file": (lambda tree: Path(tree["data"]["paths"][0]).open("a").write("\n\nA new last paragraph."),
+                    "the corpus (its files: paths, sizes or modification times"),
+    "max_seq_len": (lambda tree: tree["data"].update(max_seq_len=16), "data.max_seq_len: 32 then, 16 now"),
+    "masking rate": (lambda tree: tree["data"].update(mlm_probability=0.3), "data.mlm_probability: 0.15 then, 0.3 now"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(DATA_CHANGES))
+def test_resume_after_a_data_change_is_refused_naming_it_and_allowed_with_the_switch(tmp_path, caplog, change):
+    tree = tiny_config_tree(tmp_path, max_steps=4, save_every=4, eval_every=4)
+    train(config_from_dict(tree))
+    out = Path(tree["train"]["out_dir"])
+    saved = ckpt.saved_data(ckpt.latest_checkpoint(out))
+    assert saved is not None and saved["max_seq_len"] == 32 and len(saved["corpus"]) == 32
+    make, words = DATA_CHANGES[change]
+    make(tree)
+    tree["train"]["max_steps"] = 6
+    with pytest.raises(CheckpointError) as e:
+        train(config_from_dict(tree))
+    message = str(e.value)
+    assert message.startswith(f"cannot resume from {out / 'step-0000004'}: the data changed since it was saved (")
+    assert words in message and message.endswith("or set train.allow_data_change: true to continue on the new data")
+    assert not [w for _, w in DATA_CHANGES.values() if w != words and w in message]  # this change only
+    assert ckpt.latest_checkpoint(out).name == "step-0000004"
+    tree["train"]["allow_data_change"] = True
+    with caplog.at_level("WARNING", logger="bertmath"):
+        summary = train(config_from_dict(tree))
+    assert summary["steps"] == 6
+    assert [r.getMessage() for r in caplog.records if "changed data" in r.getMessage()][0].startswith(
+        f"resuming from {out / 'step-0000004'} on changed data ({words}")
+    tree["train"].update(max_steps=8, allow_data_change=False)  # the new data is now the checkpoint's
+    assert train(config_from_dict(tree))["steps"] == 8
+
+
+def test_a_checkpoint_without_a_data_fingerprint_still_resumes(tmp_path, caplog):
+    """Checkpoints written before they recorded their data: resumed, and that said once."""
+    tree = tiny_config_tree(tmp_path, max_steps=4, save_every=4, eval_every=4)
+    train(config_from_dict(tree))
+    state_file = ckpt.latest_checkpoint(Path(tree["train"]["out_dir"])) / ckpt.STATE_FILE
+    state = json.loads(state_file.read_text())
+    del state["data"]
+    state_file.unlink()  # a hard link shared with out_dir: write a new file
+    state_file.write_text(json.dumps(state))
+    tree["train"]["max_steps"] = 6
+    with caplog.at_level("INFO", logger="bertmath"):
+        assert train(config_from_dict(tree))["steps"] == 6
+    assert len([r for r in caplog.records if "records no data fingerprint" in r.getMessage()]) == 1
+
+
 def test_resume_never_refuses_to_overwrite(tmp_path):
     tree = tiny_config_tree(tmp_path, max_steps=4)
     train(config_from_dict(tree))
@@ -237,7 +287,7 @@ def test_out_dir_not_writable_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     tree = tiny_config_tree(tmp_path, out_dir=str(blocker / "run"))
-    with pytest.raises(BertmathError, match="not writable"):
+    with pytest.raises(BertmathError, match=r"^train.out_dir: .*/file/run: cannot be created: .*/file is a file$"):
         train(config_from_dict(tree))
 
 

@@ -63,9 +63,12 @@ def _run_config(args):
 
 
 def cmd_pretrain(args) -> int:
+    from .distributed import is_main_process
     from .trainer import train
 
     summary = train(_run_config(args))
+    if not is_main_process():  # under torchrun, rank 0 alone reports
+        return 0
     held_out = "no held-out measurement (data.eval_fraction: 0)"  # every run ends with this line, evaluated or not
     if summary.get("final_mask_accuracy") is not None:
         held_out = (f"held-out [MASK] accuracy {summary['final_mask_accuracy']:.1%} (best "

@@ -52,6 +52,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """Whether this process reports: rank 0 of a torchrun job, or a process on its own."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def process_label() -> str:
     """' [rank r/P]' inside a torchrun job (for one-line error messages), '' otherwise."""
     return f" [rank {os.environ['RANK']}/{os.environ['WORLD_SIZE']}]" if launched_by_torchrun() else ""

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -39,8 +38,7 @@ from pathlib import Path
 import torch
 
 from bertmath.batching import length_batches, padding_share
-from bertmath.config import DataConfig
-from bertmath.corpus import load_documents
+from bertmath.corpus import embedded_sentences
 from bertmath.fill_mask import FillMask
 from bertmath.hardware import cpu_class, cpu_flags
 
@@ -51,9 +49,7 @@ HF_BATCH = 32  # the pipeline's and the loops' batch size (the issue's measureme
 
 def corpus_sentences(count: int, seed: int, min_words: int = 6, max_words: int = 60) -> list[str]:
     """`count` sentences of the embedded corpus, one word of each (a seeded choice) replaced by [MASK]."""
-    text = " ".join(load_documents(DataConfig(source="embedded", documents="work"))["text"])
-    pieces = (" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text))
-    candidates = [s for s in pieces if min_words <= len(s.split()) <= max_words]
+    candidates = embedded_sentences(min_words, max_words)
     rng = random.Random(seed)
     chosen = rng.sample(candidates, count)
     masked = []

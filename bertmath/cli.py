@@ -233,6 +233,38 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from . import distributed
+    from .errors import DataError
+    from .tasks.search import Searcher
+
+    queries = _read_texts(args.queries)
+    if not queries:
+        raise DataError("no query: give --query Q (repeatable; '-' reads one query per line from stdin)")
+    info = distributed.DistInfo()
+    device = args.device
+    if distributed.launched_by_torchrun():  # every process embeds its share of the documents; rank 0 answers
+        info = distributed.join("cuda" if device.startswith("cuda") else "cpu", "ddp", timeout_minutes=60)
+        device = f"cuda:{info.local_rank}" if device == "cuda" else device
+        if not info.is_main:
+            logging.getLogger("bertmath").setLevel(logging.WARNING)
+    try:
+        searcher = Searcher.from_pretrained(args.checkpoint, args.docs, device=device, batch_size=args.batch_size,
+                                            chunk_size=args.chunk_size, info=info)
+    finally:
+        distributed.cleanup(info)
+    if not info.is_main:
+        return 0
+    for n, (query, hits) in enumerate(zip(queries, searcher(queries, top_k=args.top_k))):
+        if args.json:
+            print(json.dumps({"query": query, "hits": [hit.to_dict() for hit in hits]}, ensure_ascii=False))
+            continue
+        print(("\n" if n else "") + query)
+        for rank, hit in enumerate(hits, 1):
+            print(f"  {rank:2d}. {hit.score:.4f}  line {hit.line}: {hit.text}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .pretrained import export_checkpoint
 
@@ -393,6 +425,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint that says nothing)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("search", help="the documents (lines of a file) nearest each query by cosine similarity of "
+                                      "their embeddings; the documents' vectors are kept beside the file")
+    p.add_argument("checkpoint", help="sentence-transformers folder, bertmath run or step directory, or a transformers "
+                                      "directory (as for bertmath encode)")
+    p.add_argument("--docs", required=True, metavar="FILE",
+                   help="UTF-8 text file, one document per line (blank lines skipped); its vectors are written "
+                        "beside it once (FILE.bertmath-KEY.npy) and reused while FILE and the checkpoint are unchanged")
+    p.add_argument("--query", dest="queries", action="append", default=[], metavar="Q", required=True,
+                   help="a query; repeatable; '-' reads one query per line from stdin")
+    p.add_argument("--top-k", type=int, default=5, help="documents per query, best first (default 5)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per query: {query, hits: [{score, line, text}]}")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass at most (default 32)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="documents embedded per step, each process's unit of work under torchrun (default 4096)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each "
+                                                   "process its own GPU)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export",
                        help="write a checkpoint in transformers' layout (config.json, model.safetensors, tokenizer)")

@@ -33,7 +33,7 @@ import torch
 
 from bertmath.batching import length_batches, padding_share
 from bertmath.corpus import embedded_sentences
-from bertmath.hardware import cpu_class, cpu_flags
+from bertmath.hardware import cpu_report
 from bertmath.tasks.encode import Embedder
 
 log = logging.getLogger("bench_encode")
@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         row["bertmath_speedup"] = round(ours_rate / row["sentences_per_s"], 2)
     report = {"sentences": len(sentences), "tokens": sum(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
-              "max_tokens": max(lengths), "rounds": args.rounds, "batch_size": args.batch_size,
-              "threads": torch.get_num_threads(), "cpu_class": cpu_class(),
-              "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))), "torch": torch.__version__,
+              "max_tokens": max(lengths), "rounds": args.rounds, "batch_size": args.batch_size, **cpu_report(),
               "sentence_transformers": __import__("sentence_transformers").__version__,
               "transformers": __import__("transformers").__version__, "rows": rows}
     print(json.dumps(report, indent=1) if args.json else markdown(report))

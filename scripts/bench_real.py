@@ -40,7 +40,7 @@ import torch
 from bertmath.batching import length_batches, padding_share
 from bertmath.corpus import embedded_sentences
 from bertmath.fill_mask import FillMask
-from bertmath.hardware import cpu_class, cpu_flags
+from bertmath.hardware import cpu_report
 
 log = logging.getLogger("bench_real")
 
@@ -173,10 +173,7 @@ def main(argv=None) -> dict:
     for row in rows:
         row["bertmath_speedup"] = round(ours_rate / row["sentences_per_s"], 2)
     report = {"sentences": len(sentences), "tokens": sum(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
-              "max_tokens": max(lengths), "rounds": args.rounds, "top_k": args.top_k, "threads": torch.get_num_threads(),
-              "cpu_class": cpu_class(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))),
-              "torch": torch.__version__, "rows": rows}
+              "max_tokens": max(lengths), "rounds": args.rounds, "top_k": args.top_k, **cpu_report(), "rows": rows}
     report["transformers"] = __import__("transformers").__version__
     if args.json:
         print(json.dumps(report, indent=1))

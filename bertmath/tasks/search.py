@@ -26,6 +26,7 @@ P processes write the same bytes (tests/test_tasks_search.py).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -133,15 +134,14 @@ def chunk_share(count: int, chunk_size: int, info: DistInfo) -> list[tuple[int, 
 
 
 def build_index(embedder: Embedder, docs: Path, info: DistInfo = DistInfo(), chunk_size: int = CHUNK_SIZE,
-                batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+                batch_size: int = BATCH_SIZE, lines: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The memory-mapped vectors and the lines of `docs` (see the module docstring): read when there, else computed
-    (by every process of `info`, each its chunk_share) and written. Every process calls it and gets the index."""
+    (by every process of `info`, each its chunk_share) and written. Every process calls it and gets the index.
+    lines: scan_documents(docs), when the caller has it."""
     if chunk_size < 1:
         raise ConfigError(f"chunk_size: must be at least 1, got {chunk_size}")
     docs = Path(docs)
-    if docs.is_dir():
-        raise DataError(f"{docs}: is a directory; give a text file with one document per line")
-    lines = scan_documents(docs)
+    lines = scan_documents(docs) if lines is None else lines
     vectors_path, lines_path = index_paths(docs, embedder.identity)
     index = open_index(vectors_path, lines_path, embedder.dimension)
     if index is not None:
@@ -183,7 +183,7 @@ def build_index(embedder: Embedder, docs: Path, info: DistInfo = DistInfo(), chu
 def _remove_stale(docs: Path, vectors_path: Path, lines_path: Path) -> None:
     """Vectors of the same checkpoint for an earlier version of `docs` (same first half of the key)."""
     prefix = vectors_path.name[:len(f"{docs.name}.bertmath-") + 8]
-    for path in docs.parent.glob(f"{prefix}*.npy"):
+    for path in docs.parent.glob(f"{glob.escape(prefix)}*.npy"):
         if path not in (vectors_path, lines_path):
             path.unlink(missing_ok=True)
 
@@ -228,9 +228,9 @@ class Searcher:
         docs = Path(docs)
         if not docs.exists():
             raise DataError(f"{docs}: documents file not found")
-        scan_documents(docs)  # a bad file fails before the (slow) load
+        lines = scan_documents(docs)  # a bad file fails before the (slow) load
         embedder = Embedder.from_pretrained(checkpoint, device=device)
-        return cls(embedder, docs, *build_index(embedder, docs, info, chunk_size, batch_size))
+        return cls(embedder, docs, *build_index(embedder, docs, info, chunk_size, batch_size, lines))
 
     def __call__(self, queries: list[str] | str, top_k: int = 5) -> list[list[Hit]]:
         """The top_k documents of each query, best first."""

@@ -406,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per input, one per line")
     p.set_defaults(func=cmd_fill_mask)
 
-    p = sub.add_parser("encode", help="sentence embeddings: one vector per text (a sentence-transformers folder, or any "
-                                      "BERT, RoFormer or ModernBERT checkpoint)")
+    p = sub.add_parser("encode", help="sentence embeddings: one vector per text (a sentence-transformers folder, or "
+                                      "any BERT, RoFormer or ModernBERT checkpoint)")
     p.add_argument("checkpoint", help="sentence-transformers folder, bertmath run or step directory (task.kind "
                                       "embedding, or any: then mean pooling), or a transformers directory")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="text to embed; '-' reads one text per line from stdin")

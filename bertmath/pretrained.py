@@ -315,7 +315,8 @@ def read_sentence_transformers(directory: Path, max_positions: int) -> SentenceE
     if paths[0] not in ("", "."):
         raise CheckpointError(f"{where}: the Transformer is in {paths[0]}/, not in the folder itself; bertmath "
                               "reads folders saved by sentence-transformers ≥ 2 (Transformer at the top)")
-    pooling = pooling_from_st(read_json(directory / paths[1] / "config.json"), str(directory / paths[1] / "config.json"))
+    pooling_file = directory / paths[1] / "config.json"
+    pooling = pooling_from_st(read_json(pooling_file), str(pooling_file))
     if len(paths) == 3 and (directory / paths[2] / "config.json").is_file():
         normalized = read_json(directory / paths[2] / "config.json").get("module_input_name", "sentence_embedding")
         if normalized != "sentence_embedding":

@@ -3,16 +3,18 @@ side in one process, on the same folder (all-MiniLM-L6-v2 from the PyPI package 
 layers, D 384, mean pooling, normalised, 256 tokens at most).
 
   bertmath                Embedder.encode(sentences, batch_size): texts batched by token length (at most
-                          batch_size texts and 8,192 positions a batch, ≤ 10% padding), the padding taken out
-                          inside the encoder (model.Unpadded), torch's fused kernels
+                          batch_size texts and 8,192 positions a batch, ≤ 10% padding), torch's fused kernels
+  bertmath unpadded       the same, with the padding taken out inside the encoder (Embedder unpad=True,
+                          model.Unpadded: a gather and a scatter around each attention)
   sentence-transformers   SentenceTransformer.encode(sentences, batch_size): texts sorted by character length,
                           batches of batch_size padded to their longest, transformers' BertModel (sdpa)
 
 The inputs: N sentences of the embedded corpus (Shakespeare: split at . ! ?, 6 to 60 words, a seeded sample).
-Both in fp32 and inference mode, with --threads threads. Each round runs both systems once over all N sentences,
-in alternating order; sentences/s is the median over rounds. Agreement: the largest |difference| of any vector
+All in fp32 and inference mode, with --threads threads. Each round runs every system once over all N sentences,
+in a rotated order; sentences/s is the median over rounds. Agreement: the largest |difference| of any vector
 element, and the smallest cosine between the two systems' vectors of a sentence. Padding: the share of the
-positions computed that are padding (for sentence-transformers, of its batches' padded shapes).
+positions computed that are padding (for sentence-transformers, of its batches' padded shapes; none for
+bertmath unpadded's dense layers).
 
   python scripts/bench_encode.py                                   # 2,000 sentences, 5 rounds, batch 32, 2 threads
   python scripts/bench_encode.py --sentences 200 --rounds 1 --json --out encode.json
@@ -74,10 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     theirs = SentenceTransformer(str(folder), device="cpu")
     lengths = [len(ids) for ids in embedder.tokenize(sentences).ids]
 
+    unpadded = Embedder.from_pretrained(folder, unpad=True)
     systems = {"bertmath": lambda s: embedder.encode(s, batch_size=args.batch_size),
+               "bertmath unpadded": lambda s: unpadded.encode(s, batch_size=args.batch_size),
                "sentence-transformers": lambda s: torch.from_numpy(
                    theirs.encode(s, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False))}
-    padding = {"bertmath": padding_share(lengths, length_batches(lengths, max_batch=args.batch_size)),
+    ours_padding = padding_share(lengths, length_batches(lengths, max_batch=args.batch_size))
+    padding = {"bertmath": ours_padding, "bertmath unpadded": 0.0,
                "sentence-transformers": st_padding(lengths, sentences, args.batch_size)}
     names = list(systems)
     for name in names:  # warm-up on a slice: first-call costs out of the timing
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     vectors = {}
     with torch.inference_mode():
         for r in range(args.rounds):
-            for name in names[r % 2:] + names[:r % 2]:
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 start = time.perf_counter()
                 vectors[name] = systems[name](sentences)
                 seconds[name].append(time.perf_counter() - start)

@@ -10,8 +10,9 @@ How a checkpoint pools, whether it normalises and its L come from the checkpoint
 a sentence-transformers folder's modules, a bertmath run fine-tuned with task.kind embedding, else
 sentence-transformers' defaults for a plain encoder: mean pooling, no normalisation, said in one log line).
 Texts are batched by token length (batching.length_batches: at most `batch_size` texts and MAX_TOKENS padded
-positions a batch, little padding), and the encoder takes the padding out (model.Unpadded); a batch of equal
-lengths runs with no mask at all. The vectors come back in input order and equal those of one text at a time
+positions a batch, at most 10% of them padding), so that the encoder computes little padding without taking it
+out (model.Unpadded's gather and scatter cost more on a CPU than such padding: `unpad` turns them on); a batch
+of equal lengths runs with no mask at all. The vectors come back in input order and equal those of one text at a time
 (tests/test_tasks_encode.py: sentence-transformers' `encode` on the same folder within 1e-5).
 The training side of task.kind embedding (its TaskShape) is another module's; this one is inference.
 """
@@ -53,12 +54,16 @@ class Embedder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", pooling: str | None = None,
-                        normalize: bool | None = None, max_seq_len: int | None = None) -> "Embedder":
+                        normalize: bool | None = None, max_seq_len: int | None = None,
+                        unpad: bool = False) -> "Embedder":
         """A sentence-transformers folder (Transformer → Pooling → Normalize; BERT, RoFormer or ModernBERT), a
         bertmath run or step directory (fine-tuned with task.kind embedding, or any other: then mean pooling),
         or a transformers BERT, RoFormer or ModernBERT directory. pooling, normalize, max_seq_len: instead of
         what the checkpoint says (max_seq_len at most its positions). The model runs torch's fused kernels
-        (model.fused, tested equal to functional.py's from-scratch ops), in float32."""
+        (model.fused, tested equal to functional.py's from-scratch ops), in float32.
+        unpad: take a batch's padding out inside the encoder (model.config.unpad). Off: length batches hold
+        little padding (2.5% of 2,000 corpus sentences in batches of 32), and on a CPU the gather and scatter
+        around each attention cost more than computing it (docs/benchmarks.md, sentence embeddings)."""
         device = resolve_device(device)
         if pooling is not None and pooling not in BF.POOLING:
             raise ConfigError(f"pooling: {pooling!r} is not one of {', '.join(BF.POOLING)}")
@@ -73,8 +78,9 @@ class Embedder:
         if max_seq_len is not None:
             changes["max_seq_len"] = min(max_seq_len, config.max_position_embeddings)
         encoding = dataclasses.replace(encoding, **changes)
-        model = build_from_state(BertForSentenceEmbedding, dataclasses.replace(config, fused=True), state,
-                                 str(directory), pooling=encoding.pooling, normalize=False)
+        config = dataclasses.replace(config, fused=True, unpad=unpad)
+        model = build_from_state(BertForSentenceEmbedding, config, state, str(directory), pooling=encoding.pooling,
+                                 normalize=False)
         identity = f"{checkpoint_identity(directory)}:{encoding.pooling}:{encoding.max_seq_len}:{encoding.lowercase}"
         return cls(model.to(device), tokenizer, encoding, device, identity)
 

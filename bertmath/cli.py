@@ -231,6 +231,64 @@ def cmd_tag(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    from .errors import DataError
+    from .io import atomic_save_npy, check_output
+    from .tasks.encode import Embedder
+
+    if args.out is not None:
+        check_output(args.out)  # before the (slow) load
+    texts = _read_texts(args.texts, args.files)
+    if not texts:
+        raise DataError("no input text: give TEXT, '-' for stdin or --file (stdin and the files were empty)")
+    embedder = Embedder.from_pretrained(args.checkpoint, device=args.device)
+    vectors = embedder.encode(texts, batch_size=args.batch_size, normalize=args.normalize)
+    if args.out is not None:
+        atomic_save_npy(vectors.numpy(), Path(args.out))
+        print(f"wrote {len(texts)} x {vectors.shape[1]} float32 vectors to {args.out} ({embedder.describe()})")
+    elif args.json:
+        for text, vector in zip(texts, vectors.tolist()):
+            print(json.dumps({"text": text, "embedding": vector}, ensure_ascii=False))
+    else:
+        print(f"{len(texts)} x {vectors.shape[1]} ({embedder.describe()})")
+        for text, vector in zip(texts, vectors.tolist()):
+            shown = " ".join(f"{x:+.4f}" for x in vector[:4])
+            print(f"[{shown} ...]  {text if len(text) <= 60 else text[:57] + '...'}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from . import distributed
+    from .errors import DataError
+    from .tasks.search import Searcher
+
+    queries = _read_texts(args.queries)
+    if not queries:
+        raise DataError("no query: give --query Q (repeatable; '-' reads one query per line from stdin)")
+    info = distributed.DistInfo()
+    device = args.device
+    if distributed.launched_by_torchrun():  # every process embeds its share of the documents; rank 0 answers
+        info = distributed.join("cuda" if device.startswith("cuda") else "cpu", "ddp", timeout_minutes=60)
+        device = f"cuda:{info.local_rank}" if device == "cuda" else device
+        if not info.is_main:
+            logging.getLogger("bertmath").setLevel(logging.WARNING)
+    try:
+        searcher = Searcher.from_pretrained(args.checkpoint, args.docs, device=device, batch_size=args.batch_size,
+                                            chunk_size=args.chunk_size, info=info)
+    finally:
+        distributed.cleanup(info)
+    if not info.is_main:
+        return 0
+    for n, (query, hits) in enumerate(zip(queries, searcher(queries, top_k=args.top_k))):
+        if args.json:
+            print(json.dumps({"query": query, "hits": [hit.to_dict() for hit in hits]}, ensure_ascii=False))
+            continue
+        print(("\n" if n else "") + query)
+        for rank, hit in enumerate(hits, 1):
+            print(f"  {rank:2d}. {hit.score:.4f}  line {hit.line}: {hit.text}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .pretrained import export_checkpoint
 
@@ -375,6 +433,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input, one per line")
     p.set_defaults(func=cmd_fill_mask)
+
+    p = sub.add_parser("encode", help="sentence embeddings: one vector per text (a sentence-transformers folder, or "
+                                      "any BERT, RoFormer or ModernBERT checkpoint)")
+    p.add_argument("checkpoint", help="sentence-transformers folder, bertmath run or step directory (task.kind "
+                                      "embedding, or any: then mean pooling), or a transformers directory")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="text to embed; '-' reads one text per line from stdin")
+    p.add_argument("--file", dest="files", action="append", default=[], metavar="FILE",
+                   help="read one text per line from FILE (UTF-8; blank lines skipped; '-': stdin); repeatable. Many "
+                        "texts are batched by length, and the vectors come in input order")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--out", default=None, metavar="FILE.npy",
+                       help="write the (N, D) float32 vectors to this .npy file (numpy.load reads it)")
+    shown.add_argument("--json", action="store_true",
+                       help="print one JSON object per text, one per line: {text, embedding: [D numbers]}")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass at most (default 32)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="unit-length vectors (default: as the checkpoint says; mean pooling without, for a "
+                        "checkpoint that says nothing)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("search", help="the documents (lines of a file) nearest each query by cosine similarity of "
+                                      "their embeddings; the documents' vectors are kept beside the file")
+    p.add_argument("checkpoint", help="sentence-transformers folder, bertmath run or step directory, or a transformers "
+                                      "directory (as for bertmath encode)")
+    p.add_argument("--docs", required=True, metavar="FILE",
+                   help="UTF-8 text file, one document per line (blank lines skipped); its vectors are written "
+                        "beside it once (FILE.bertmath-KEY.npy) and reused while FILE and the checkpoint are unchanged")
+    p.add_argument("--query", dest="queries", action="append", default=[], metavar="Q", required=True,
+                   help="a query; repeatable; '-' reads one query per line from stdin")
+    p.add_argument("--top-k", type=int, default=5, help="documents per query, best first (default 5)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per query: {query, hits: [{score, line, text}]}")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass at most (default 32)")
+    p.add_argument("--chunk-size", type=int, default=4096,
+                   help="documents embedded per step, each process's unit of work under torchrun (default 4096)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each "
+                                                   "process its own GPU)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export",
                        help="write a checkpoint in transformers' layout (config.json, model.safetensors, tokenizer)")

@@ -604,6 +604,14 @@ def _embedded_works() -> list[str]:
                         "reinstall bertmath") from None
 
 
+def embedded_sentences(min_words: int = 6, max_words: int = 60) -> list[str]:
+    """The sentences of the embedded works (split after . ! ?, whitespace collapsed) of min_words to max_words
+    words, in corpus order: real text of natural length, for benchmarks and tests to sample from."""
+    text = " ".join(_embedded_works())
+    pieces = (" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text))
+    return [s for s in pieces if min_words <= len(s.split()) <= max_words]
+
+
 def _split_text(text: str, documents: str) -> Iterator[str]:
     """documents="file": the whole text; "paragraph": each block between blank lines."""
     blocks = [text] if documents == "file" else _PARAGRAPHS.split(text.replace("\r\n", "\n"))

@@ -79,6 +79,14 @@ def cpu_class() -> str:
     return "other"
 
 
+def cpu_report() -> dict:
+    """What a CPU benchmark's figures depend on, for its report: torch's threads, the CPU class, the best kernels
+    torch's CPU capability allows, the CPU's AVX/AMX flags, torch's version."""
+    return {"threads": torch.get_num_threads(), "cpu_class": cpu_class(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))), "torch": torch.__version__}
+
+
 def native_bf16(device: torch.device) -> tuple[bool, str]:
     """(whether `device` multiplies bf16 natively, why). On CPU both the flags and torch's oneDNN must agree:
     oneDNN may be held below the CPU's best instructions (ONEDNN_MAX_CPU_ISA), and then bf16 is emulated."""

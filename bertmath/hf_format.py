@@ -271,8 +271,12 @@ def _activation(hf: dict, key: str, default: str, where: str) -> str:
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """transformers' BertConfig, RoFormerConfig or ModernBertConfig (as a dict from config.json) → ModelConfig;
     a setting bertmath's model cannot reproduce exactly is a CheckpointError naming the key."""
+    model_type = hf.get("model_type", "bert")  # old BERT files name none
+    if model_type not in LAYOUTS:
+        raise CheckpointError(f"{where}: model_type {model_type!r} is not an encoder bertmath implements "
+                              f"({', '.join(LAYOUTS)})")
     translate = {"roformer": _config_from_roformer, "modernbert": _config_from_modernbert}.get(
-        hf.get("model_type"), _config_from_bert)
+        model_type, _config_from_bert)
     try:
         return translate(hf, where)
     except KeyError as e:
@@ -500,3 +504,56 @@ def roformer_position_table(config: ModelConfig) -> Tensor:
     angle = BF.rotary_angles(config.max_position_embeddings, config.head_size, ROFORMER_ROPE_BASE,
                              torch.empty(0, dtype=torch.float64))  # (P, Dh/2)
     return torch.cat([angle.sin(), angle.cos()], dim=-1).float()
+
+
+# --- sentence-transformers' folders -----------------------------------------------------------------------
+#
+#   modules.json                      the pipeline: [{idx, name, path, type}] — Transformer ("" = this folder),
+#                                     Pooling (1_Pooling/), Normalize (2_Normalize/, optional; may have no folder)
+#   sentence_bert_config.json         {"max_seq_length": L, "do_lower_case": false} (sentence-transformers ≥ 3
+#                                     may leave L out: then tokenizer_config.json's model_max_length)
+#   1_Pooling/config.json             which pooling: "pooling_mode" (≥ 6) or one pooling_mode_*_tokens flag (< 6)
+#   config_sentence_transformers.json versions, prompts, similarity_fn_name
+# bertmath reads and writes the pipelines Transformer → Pooling (mean, cls or max) → Normalize?; a module of
+# another kind (Dense, LayerNorm, ...) would change the vectors, and is refused by name.
+
+ST_MODULE_KINDS = ("Transformer", "Pooling", "Normalize")
+# The type names export writes: the short aliases every sentence-transformers since 2.0 resolves.
+ST_MODULE_TYPES = {kind: f"sentence_transformers.models.{kind}" for kind in ST_MODULE_KINDS}
+ST_MODULE_PATHS = {"Transformer": "", "Pooling": "1_Pooling", "Normalize": "2_Normalize"}
+# sentence-transformers' < 6 flags, in the order Pooling concatenates them, and bertmath's names for them
+_ST_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                     "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                     "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def st_module_kind(type_name: str, where: str) -> str:
+    """"Transformer", "Pooling" or "Normalize" for a modules.json type (sentence_transformers.models.Pooling,
+    sentence_transformers.sentence_transformer.modules.pooling.Pooling, ...); a CheckpointError naming any other
+    module: its output is not bertmath's."""
+    kind = type_name.rsplit(".", 1)[-1]
+    if kind not in ST_MODULE_KINDS:
+        raise CheckpointError(f"{where}: module {type_name!r} is not supported (bertmath embeds with "
+                              f"{' → '.join(ST_MODULE_KINDS)} only)")
+    return kind
+
+
+def pooling_from_st(config: dict, where: str) -> str:
+    """bertmath's sentence_pooling (functional.POOLING: mean, cls, max) from a 1_Pooling/config.json, either
+    format; a CheckpointError naming a mode bertmath does not pool with, or several concatenated."""
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    else:
+        modes = [name for flag, name in _ST_POOLING_FLAGS.items() if config.get(flag)] or ["mean"]
+    if len(modes) != 1 or modes[0] not in BF.POOLING:
+        raise CheckpointError(f"{where}: pooling mode {'+'.join(map(str, modes))} is not supported (bertmath pools "
+                              f"with one of {', '.join(BF.POOLING)})")
+    return modes[0]
+
+
+def pooling_to_st(pooling: str, dimension: int) -> dict:
+    """1_Pooling/config.json for `pooling` over D = `dimension`, in the format of sentence-transformers 2.0
+    (the four flags it knows, as all-MiniLM-L6-v2's file), which every later version reads (6 converts it)."""
+    flags = {flag: name == pooling for flag, name in list(_ST_POOLING_FLAGS.items())[:4]}
+    return {"word_embedding_dimension": dimension, **flags}

@@ -14,6 +14,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -90,6 +91,16 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metada
     with _replacing(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def atomic_save_npy(array: np.ndarray, path: Path) -> None:
+    """`array` as a .npy file at `path` (numpy's format, readable by np.load with mmap_mode), written atomically."""
+    path = Path(path)
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
             os.fsync(f.fileno())
 
 

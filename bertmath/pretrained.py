@@ -12,11 +12,13 @@ transformers' `pytorch_model.bin`).
 from __future__ import annotations
 
 import dataclasses
-
+import hashlib
 import json
 import logging
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import torch
@@ -26,8 +28,9 @@ from torch import Tensor
 from .checkpoint import CONFIG_FILE, MODEL_FILE, latest_checkpoint, load_state_into, model_state, read_config
 from .config import ModelConfig
 from .errors import BertmathError, CheckpointError, OutputError
-from .hf_format import (BERT, LAYOUTS, MODERNBERT, ROFORMER, check_head, config_from_hf, config_to_hf, family,
-                        head_kind, kind_of_architectures, layout_of, roformer_position_table, state_dict_from_hf,
+from .hf_format import (BERT, LAYOUTS, MODERNBERT, ROFORMER, ST_MODULE_PATHS, ST_MODULE_TYPES, check_head,
+                        config_from_hf, config_to_hf, family, head_kind, kind_of_architectures, layout_of,
+                        pooling_from_st, pooling_to_st, roformer_position_table, st_module_kind, state_dict_from_hf,
                         state_dict_to_hf)
 from .io import atomic_save_safetensors, atomic_write_text, check_output, read_json, read_safetensors
 from .model import (BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
@@ -127,10 +130,12 @@ def load_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
     return build_from_state(cls, config, state, str(directory)).to(device).eval()
 
 
-def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str):
-    """`cls(config)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has one,
-    a sequence or token classifier as many labels as the state's classifier has rows. A task model from a
-    checkpoint with another task's head is a CheckpointError: its head would be new, untrained weights."""
+def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str, **head):
+    """`cls(config, **head)` with `state` (bertmath names) loaded; a BertModel gets a pooler only if `state` has
+    one, a sequence or token classifier as many labels as the state's classifier has rows; `head`: the other
+    arguments of a model with no weights of its own (BertForSentenceEmbedding's pooling and normalize). A task
+    model from a checkpoint with another task's head is a CheckpointError: its head would be new, untrained
+    weights."""
     kind = next((k for k, c in HEAD_CLASSES.items() if c is cls), None)
     if kind in ("classifier", "tokens", "span") and head_kind(state, source=1) != kind:
         raise CheckpointError(f"{where}: not a fine-tuned {_TASK_NAMES[kind]} (it has {_HEAD_NAMES[head_kind(state, 1)]});"
@@ -140,7 +145,7 @@ def build_from_state(cls, config, state: dict[str, torch.Tensor], where: str):
     elif cls in (BertForSequenceClassification, BertForTokenClassification):
         model = cls(config, num_labels=classifier_labels_count(state, where))
     else:
-        model = cls(config)
+        model = cls(config, **head)
     load_state_into(model, state, where)
     return model
 
@@ -251,6 +256,136 @@ def read_with_tokenizer(path: str | Path) -> tuple[Path, ModelConfig, dict[str, 
     return read_resolved(path, read)
 
 
+# --- sentence embeddings: how a checkpoint pools, and sentence-transformers' folders ---------------------------
+
+
+@dataclass(frozen=True)
+class SentenceEncoding:
+    """How a checkpoint turns a text into one vector: its first L tokens ([CLS] and [SEP] included) through the
+    encoder, e = pool(h), ê = e/‖e‖ when `normalize`. `source` says who said so: "sentence-transformers" (the
+    folder's modules.json), "task" (a bertmath run fine-tuned with task.kind embedding), or "default" (nobody:
+    sentence-transformers' own defaults for a plain encoder, mean pooling and no normalisation)."""
+
+    pooling: str  # functional.POOLING: mean, cls, max
+    normalize: bool
+    max_seq_len: int  # L
+    lowercase: bool = False  # sentence_bert_config.json's do_lower_case: lowercase before the tokenizer
+    source: str = "default"
+
+
+ST_MODULES_FILE = "modules.json"
+ST_CONFIG_FILE = "sentence_bert_config.json"
+ST_META_FILE = "config_sentence_transformers.json"
+ST_POOLING_FILE = f"{ST_MODULE_PATHS['Pooling']}/config.json"
+ST_NORMALIZE_FILE = f"{ST_MODULE_PATHS['Normalize']}/config.json"
+ST_FILES = (ST_MODULES_FILE, ST_CONFIG_FILE, ST_META_FILE, ST_POOLING_FILE, ST_NORMALIZE_FILE)
+
+
+def sentence_encoding(directory: Path, config: ModelConfig) -> SentenceEncoding:
+    """The SentenceEncoding a checkpoint directory records: a sentence-transformers folder's, a bertmath
+    embedding run's (task.kind embedding: task.sentence_pooling, task.normalize, task.max_seq_len), else the
+    default (source "default"). L never exceeds the model's positions."""
+    directory = Path(directory)
+    limit = config.max_position_embeddings
+    if (directory / ST_MODULES_FILE).is_file():
+        return read_sentence_transformers(directory, limit)
+    if (directory / CONFIG_FILE).is_file():
+        task = read_config(directory).task
+        if task is not None and task.kind == "embedding":
+            return SentenceEncoding(task.sentence_pooling, task.normalize, min(task.max_seq_len, limit), source="task")
+    return SentenceEncoding("mean", False, min(_tokenizer_max_length(directory) or limit, limit))
+
+
+def read_sentence_transformers(directory: Path, max_positions: int) -> SentenceEncoding:
+    """The SentenceEncoding of a sentence-transformers folder: modules.json must be Transformer (in this folder)
+    → Pooling → Normalize (optional); the pooling from its config.json (hf_format.pooling_from_st); L from
+    sentence_bert_config.json's max_seq_length, else tokenizer_config.json's model_max_length (sentence-
+    transformers ≥ 3 keeps it there), capped at the model's positions as sentence-transformers caps it.
+    A CheckpointError naming the module or file otherwise."""
+    where = str(directory / ST_MODULES_FILE)
+    modules = read_json(directory / ST_MODULES_FILE)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise CheckpointError(f"{where}: expected a list of modules, got {type(modules).__name__}")
+    modules = sorted(modules, key=lambda m: m.get("idx", 0))
+    kinds = [st_module_kind(str(m.get("type", "")), where) for m in modules]
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        raise CheckpointError(f"{where}: modules {' → '.join(kinds)}; bertmath embeds with Transformer → Pooling "
+                              "→ Normalize (optional)")
+    paths = [str(m.get("path", "")) for m in modules]
+    if paths[0] not in ("", "."):
+        raise CheckpointError(f"{where}: the Transformer is in {paths[0]}/, not in the folder itself; bertmath "
+                              "reads folders saved by sentence-transformers ≥ 2 (Transformer at the top)")
+    pooling_file = directory / paths[1] / "config.json"
+    pooling = pooling_from_st(read_json(pooling_file), str(pooling_file))
+    if len(paths) == 3 and (directory / paths[2] / "config.json").is_file():
+        normalized = read_json(directory / paths[2] / "config.json").get("module_input_name", "sentence_embedding")
+        if normalized != "sentence_embedding":
+            raise CheckpointError(f"{directory / paths[2] / 'config.json'}: Normalize of {normalized!r}; bertmath "
+                                  "normalises the sentence embedding only")
+    settings = read_json(directory / ST_CONFIG_FILE) if (directory / ST_CONFIG_FILE).is_file() else {}
+    length = settings.get("max_seq_length") or _tokenizer_max_length(directory) or max_positions
+    return SentenceEncoding(pooling, len(kinds) == 3, min(int(length), max_positions),
+                            bool(settings.get("do_lower_case", False)), source="sentence-transformers")
+
+
+def _tokenizer_max_length(directory: Path) -> int | None:
+    """tokenizer_config.json's model_max_length, when the directory has one."""
+    path = Path(directory) / "tokenizer_config.json"
+    length = read_json(path).get("model_max_length") if path.is_file() else None
+    return int(length) if isinstance(length, (int, float)) and length >= 1 else None
+
+
+def sentence_transformers_files(encoding: SentenceEncoding, dimension: int) -> dict[str, str]:
+    """The files that make an exported transformers directory a sentence-transformers folder too, by name:
+    modules.json (Transformer → Pooling → Normalize when `encoding.normalize`), 1_Pooling/config.json,
+    sentence_bert_config.json, config_sentence_transformers.json, 2_Normalize/config.json when normalising.
+    Written in sentence-transformers 2.0's format (all-MiniLM-L6-v2's), which every later version reads."""
+    kinds = ["Transformer", "Pooling"] + (["Normalize"] if encoding.normalize else [])
+    modules = [{"idx": i, "name": str(i), "path": ST_MODULE_PATHS[kind], "type": ST_MODULE_TYPES[kind]}
+               for i, kind in enumerate(kinds)]
+    meta = {"__version__": {"bertmath": _bertmath_version(), "pytorch": torch.__version__},
+            "model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+            "similarity_fn_name": "cosine"}
+    files = {ST_MODULES_FILE: modules, ST_POOLING_FILE: pooling_to_st(encoding.pooling, dimension),
+             ST_CONFIG_FILE: {"max_seq_length": encoding.max_seq_len, "do_lower_case": encoding.lowercase},
+             ST_META_FILE: meta}
+    if encoding.normalize:
+        files[ST_NORMALIZE_FILE] = {"module_input_name": "sentence_embedding",
+                                    "module_output_name": "sentence_embedding"}
+    return {name: json.dumps(value, indent=2) + "\n" for name, value in files.items()}
+
+
+def _bertmath_version() -> str:
+    try:
+        return version("bertmath")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def read_sentence_encoder(path: str | Path) -> tuple[Path, ModelConfig, dict[str, Tensor], Tokenizer, SentenceEncoding]:
+    """read_with_tokenizer(path) and the checkpoint's SentenceEncoding, all from one step directory."""
+    def read(kind: str, directory: Path) -> tuple:
+        tokenizer = load_checkpoint_tokenizer(directory)
+        directory, config, state = read_checkpoint(directory)
+        return directory, config, state, tokenizer, sentence_encoding(directory, config)
+
+    return read_resolved(path, read)
+
+
+def checkpoint_identity(directory: Path) -> str:
+    """A digest that changes when the checkpoint in `directory` does: its absolute path and each file's name,
+    size and modification time (the weights, the configs, sentence-transformers' module files). Cheap: nothing
+    is read. For keying what was computed from the checkpoint (search's document vectors)."""
+    directory = Path(directory).resolve()
+    files = [p for p in sorted(directory.iterdir()) if p.is_file()]
+    files += [directory / name for name in (ST_POOLING_FILE, ST_NORMALIZE_FILE) if (directory / name).is_file()]
+    h = hashlib.blake2b(str(directory).encode(), digest_size=16)
+    for path in files:
+        st = path.stat()
+        h.update(f"\0{path.relative_to(directory)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
 # --- fine-tuned classifiers ----------------------------------------------------------------------------------
 
 
@@ -294,8 +429,9 @@ def check_export_target(out_dir: str | Path) -> Path:
     or it holds a previous export, i.e. a config.json with a "model_type" export writes (bert, roformer,
     modernbert) and "exported_by": "bertmath"
     and no "transformers_version" (transformers adds that key whenever it saves a model, e.g. one fine-tuned
-    from the export, and then the directory is no longer ours to overwrite). An export replaces only the six
-    files it writes there. OutputError otherwise: an existing file, another program's directory."""
+    from the export, and then the directory is no longer ours to overwrite). An export replaces only the
+    files it writes there (and a previous export's sentence-transformers files). OutputError otherwise: an
+    existing file, another program's directory."""
     out_dir = check_output(out_dir, directory=True)
     try:
         if not out_dir.exists() or not any(out_dir.iterdir()):
@@ -326,13 +462,17 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     A checkpoint with an MLM head is exported as <Twin>ForMaskedLM, a fine-tuned classifier as
     <Twin>ForSequenceClassification (with its label names; its pooler must be the twin's, model.pooler), a token
     classifier as <Twin>ForTokenClassification (with its tag names), a question-answering model as
-    <Twin>ForQuestionAnswering, one with no head (a sentence encoder) as the bare <Twin>Model.
+    <Twin>ForQuestionAnswering, one with no head (a sentence encoder) as the bare <Twin>Model. A checkpoint that
+    pools (a sentence-transformers folder, a bertmath run fine-tuned with task.kind embedding: its
+    SentenceEncoding) also gets sentence-transformers' files (sentence_transformers_files), so that
+    `SentenceTransformer(out_dir)` loads the same folder and gives bertmath's vectors; a previous export's such
+    files that this one does not write are removed.
     The tied decoder weight is not stored (transformers re-ties it from the word embeddings; safetensors cannot
     store two names for one tensor); an untied one is. BERT's and RoFormer's decoder bias is stored under both
     its names, `cls.predictions.bias` and `cls.predictions.decoder.bias` (a copy): transformers 5 reads the latter
     when the decoder is untied. RoFormer's sinusoidal table (`encoder.embed_positions.weight`) is written too."""
     out_dir = check_export_target(out_dir)
-    directory, config, state, tokenizer = read_with_tokenizer(checkpoint_path)
+    directory, config, state, tokenizer, encoding = read_sentence_encoder(checkpoint_path)
     layout = family(config)  # first: a model transformers cannot represent fails here
     hf_config = {**config_to_hf(config), **EXPORT_MARK}
     kind = head_kind(state, source=1)
@@ -379,12 +519,18 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
         "special_tokens_map.json": json.dumps(special_map, indent=2) + "\n",
         "vocab.txt": "".join(f"{token}\n" for token, _ in vocab),
     }
+    if encoding.source != "default":  # it pools: a sentence-transformers folder too
+        texts.update(sentence_transformers_files(encoding, config.hidden_size))
+    stale = [out_dir / name for name in ST_FILES if name not in texts and (out_dir / name).is_file()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / HF_CONFIG_FILE, texts.pop(HF_CONFIG_FILE))  # first: it marks the export
         atomic_save_safetensors(hf_state, out_dir / HF_WEIGHTS_FILE, metadata={"format": "pt"})
         for name, text in texts.items():
+            (out_dir / name).parent.mkdir(exist_ok=True)
             atomic_write_text(out_dir / name, text)
+        for path in stale:  # a previous export's sentence-transformers files this one does not have
+            path.unlink()
     except OSError as e:  # no permission, a full disk: the user's to fix, said in one line
         raise OutputError(f"{out_dir}: cannot write the export ({e.strerror or e})") from None
     log.debug("exported %s to %s (%s)", directory, out_dir, hf_config["architectures"][0])

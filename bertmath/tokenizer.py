@@ -128,6 +128,15 @@ def encode_for_model(tokenizer: Tokenizer, text: str, max_tokens: int) -> Encodi
     return encoding
 
 
+def lowercasing(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of `tokenizer` that lowercases the text first (Lowercase before its own normaliser), as
+    sentence-transformers does for do_lower_case: idempotent on a tokenizer that lowercases already."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    steps = [normalizers.Lowercase()] + ([copy.normalizer] if copy.normalizer is not None else [])
+    copy.normalizer = normalizers.Sequence(steps)
+    return copy
+
+
 def check_length(length: int, text: str, max_tokens: int, where: str = "", fix: str = "shorten it") -> None:
     """An InputError naming `text` (after `where`) and saying `fix` if its `length` tokens ([CLS] and [SEP]
     included) are more than `max_tokens`, the model's max_position_embeddings."""

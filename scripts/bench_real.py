@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -39,10 +38,9 @@ from pathlib import Path
 import torch
 
 from bertmath.batching import length_batches, padding_share
-from bertmath.config import DataConfig
-from bertmath.corpus import load_documents
+from bertmath.corpus import embedded_sentences
 from bertmath.fill_mask import FillMask
-from bertmath.hardware import cpu_class, cpu_flags
+from bertmath.hardware import cpu_report
 
 log = logging.getLogger("bench_real")
 
@@ -51,9 +49,7 @@ HF_BATCH = 32  # the pipeline's and the loops' batch size (the issue's measureme
 
 def corpus_sentences(count: int, seed: int, min_words: int = 6, max_words: int = 60, mask: bool = True) -> list[str]:
     """`count` sentences of the embedded corpus, one word of each (a seeded choice) replaced by [MASK] (with `mask`)."""
-    text = " ".join(load_documents(DataConfig(source="embedded", documents="work"))["text"])
-    pieces = (" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text))
-    candidates = [s for s in pieces if min_words <= len(s.split()) <= max_words]
+    candidates = embedded_sentences(min_words, max_words)
     rng = random.Random(seed)
     chosen = rng.sample(candidates, count)
     if not mask:
@@ -176,10 +172,7 @@ def main(argv=None) -> dict:
     for row in rows:
         row["bertmath_speedup"] = round(ours_rate / row["sentences_per_s"], 2)
     report = {"sentences": len(sentences), "tokens": sum(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
-              "max_tokens": max(lengths), "rounds": args.rounds, "top_k": args.top_k, "threads": torch.get_num_threads(),
-              "cpu_class": cpu_class(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))),
-              "torch": torch.__version__, "rows": rows}
+              "max_tokens": max(lengths), "rounds": args.rounds, "top_k": args.top_k, **cpu_report(), "rows": rows}
     report["transformers"] = __import__("transformers").__version__
     return emit(report, args.json, args.out, markdown)
 

@@ -86,6 +86,14 @@ def copy_of_the_corpus(tmp: Path) -> None:
     shutil.copyfile(corpus, tmp / "copy.txt")
 
 
+def not_an_encoder(tmp: Path) -> None:
+    """A directory with a tokenizer and a transformers config.json of a model bertmath does not implement."""
+    (tmp / "gpt").mkdir()
+    (tmp / "gpt" / "config.json").write_text('{"model_type": "gpt2", "n_embd": 8, "n_layer": 2}')
+    (tmp / "gpt" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+    write(tmp / "docs.txt", "a document\n")
+
+
 def metrics(text: bytes | str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / "m").mkdir() or write(tmp / "m" / "metrics.jsonl", text)
 
@@ -209,6 +217,27 @@ CASES = [
     Case("tag: no text at all", ("tag", "{run}"), ("no input text", "--file")),
     Case("tag: missing --file", ("tag", "{run}", "--file", "{tmp}/nope.txt"), ("nope.txt", "cannot read")),
     Case("tag: no token head", ("tag", "{run}", "Hamlet"), ("not a fine-tuned token classifier", "task.kind: tokens")),
+    # encode: input, the checkpoint, --out
+    Case("encode: no text at all", ("encode", "{run}"), ("no input text", "--file")),
+    Case("encode: empty stdin", ("encode", "{run}", "-"), ("no input text",), stdin=""),
+    Case("encode: missing checkpoint", ("encode", "{tmp}/nope", "a text"), ("nope", "not found")),
+    Case("encode: checkpoint without an encoder", ("encode", "{tmp}/gpt", "a text"),
+         ("gpt/config.json", "model_type 'gpt2' is not an encoder"), not_an_encoder),
+    Case("encode: --out is a directory", ("encode", "{run}", "a text", "--out", "{tmp}/mine"),
+         ("mine", "is a directory"), foreign_directory),
+    # search: the documents file, the checkpoint
+    Case("search: binary --docs", ("search", "{run}", "--docs", "{tmp}/docs.bin", "--query", "q"),
+         ("docs.bin", "not UTF-8", "offset 0"), lambda tmp: write(tmp / "docs.bin", b"\x89PNG\r\n\x1a\n\xff")),
+    Case("search: empty --docs", ("search", "{run}", "--docs", "{tmp}/docs.txt", "--query", "q"),
+         ("docs.txt", "no documents"), lambda tmp: write(tmp / "docs.txt", "")),
+    Case("search: missing --docs", ("search", "{run}", "--docs", "{tmp}/nope.txt", "--query", "q"),
+         ("nope.txt", "not found")),
+    Case("search: --docs is a directory", ("search", "{run}", "--docs", "{tmp}/mine", "--query", "q"),
+         ("mine", "cannot read"), foreign_directory),
+    Case("search: checkpoint without an encoder", ("search", "{tmp}/gpt", "--docs", "{tmp}/docs.txt", "--query", "q"),
+         ("model_type 'gpt2' is not an encoder",), not_an_encoder),
+    Case("search: empty stdin for --query", ("search", "{run}", "--docs", "{tmp}/docs.txt", "--query", "-"),
+         ("no query",), lambda tmp: write(tmp / "docs.txt", "a document\n"), stdin=""),
     # export: what OUT may be, and damaged sources
     Case("export: OUT is a file", ("export", "{run}", "{tmp}/taken.txt"), ("taken.txt", "is a file"),
          lambda tmp: write(tmp / "taken.txt", "mine")),

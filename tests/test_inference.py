@@ -170,7 +170,8 @@ def test_precision_prepares_and_autocasts(machine, tiny_config):
 # --- the commands ---------------------------------------------------------------------------------------------
 
 COMMANDS = {"fill-mask": ["fill-mask", "CKPT", "a [MASK]"], "classify": ["classify", "CKPT", "a text"],
-            "tag": ["tag", "CKPT", "a text"], "answer": ["answer", "CKPT", "--question", "q", "--context", "c"]}
+            "tag": ["tag", "CKPT", "a text"], "answer": ["answer", "CKPT", "--question", "q", "--context", "c"],
+            "encode": ["encode", "CKPT", "a text"], "search": ["search", "CKPT", "--docs", "DOCS", "--query", "q"]}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -186,7 +187,9 @@ def test_every_inference_command_takes_precision(command):
 def test_unavailable_precision_is_a_one_line_error_before_loading(machine, capsys, tmp_path, command, precision, words):
     """On an AVX2-only CPU: exit 2 and one line, before the (missing) checkpoint is even looked at."""
     machine(AVX2)
-    args = [tmp_path / "missing" if a == "CKPT" else a for a in COMMANDS[command]]
+    (tmp_path / "docs.txt").write_text("a document\n")  # search reads its documents file first
+    args = [tmp_path / "missing" if a == "CKPT" else tmp_path / "docs.txt" if a == "DOCS" else a
+            for a in COMMANDS[command]]
     assert main([str(a) for a in args] + ["--precision", precision]) == 2
     from helpers import assert_one_line_error
     assert_one_line_error(capsys, command, f"precision {precision}", *words)
@@ -214,3 +217,26 @@ def test_fill_mask_precisions_and_summary_line(tmp_path, capsys, machine):
             if isinstance(module, Int8Linear):
                 module.packed_w = None
     assert [r.masks[0].chosen.token for r in int8.predict(texts)] == [r.masks[0].chosen.token for r in fp32.predict(texts)]
+
+
+def test_embedder_precisions_keep_the_vectors(tmp_path, capsys, machine):
+    """encode at int8 (the from-scratch kernel where oneDNN would saturate) keeps each vector's direction: cosine
+    to fp32's above 0.99 on a tiny trained encoder; the command's summary line names the precision."""
+    from helpers import make_bertmath_run
+    from bertmath.tasks.encode import Embedder
+
+    run = make_bertmath_run(tmp_path / "run", seed=0, train_steps=30)
+    texts = ["the cat sat on the mat .", "my sister laughed at the teacher .", "a dog ran home"]
+    fp32 = Embedder.from_pretrained(run, precision="fp32").encode(texts, normalize=True)
+    assert main(["encode", str(run), *texts, "--precision", "fp32", "--json"]) == 0
+    assert "bertmath encode: 3 texts, precision fp32 (asked for)" in capsys.readouterr().err
+    machine(AVX512_VNNI)  # int8 allowed
+    int8 = Embedder.from_pretrained(run, precision="int8")
+    assert int8.precision.name == "int8" and isinstance(int8.model.bert.encoder.layers[0].feed_forward.up, Int8Linear)
+    if not REAL_INT8:
+        for module in int8.model.modules():
+            if isinstance(module, Int8Linear):
+                module.packed_w = None
+    cosine = (int8.encode(texts, normalize=True) * fp32).sum(-1)
+    assert (cosine > 0.99).all(), cosine
+    assert not torch.equal(int8.encode(texts, normalize=True), fp32)  # int8 did run: the vectors moved a little

@@ -31,6 +31,7 @@ from .. import functional as BF
 from ..batching import MAX_TOKENS, predict_in_batches
 from ..errors import ConfigError, InputError
 from ..hardware import resolve_device
+from ..inference import Precision
 from ..model import BertForSentenceEmbedding
 from ..pretrained import SentenceEncoding, build_from_state, checkpoint_identity, read_sentence_encoder
 from ..tokenizer import lowercasing, special_tokens
@@ -45,9 +46,10 @@ class Embedder:
     """A BertForSentenceEmbedding with its tokenizer and SentenceEncoding; `encode` gives one vector per text."""
 
     def __init__(self, model: BertForSentenceEmbedding, tokenizer: Tokenizer, encoding: SentenceEncoding,
-                 device: torch.device | str = "cpu", identity: str = ""):
+                 device: torch.device | str = "cpu", identity: str = "", precision: Precision | None = None):
         assert not model.normalize, "the embedder normalises, per call"
         self.model, self.encoding, self.device = model.eval(), encoding, torch.device(device)
+        self.precision = precision or Precision.of("fp32", self.device)
         self.tokenizer = lowercasing(tokenizer) if encoding.lowercase else tokenizer
         self.pad_id = special_tokens(tokenizer).pad
         self.identity = identity  # what the vectors depend on: the checkpoint's files and the encoding
@@ -55,7 +57,7 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", pooling: str | None = None,
                         normalize: bool | None = None, max_seq_len: int | None = None,
-                        unpad: bool = False) -> "Embedder":
+                        unpad: bool = False, precision: str = "fp32") -> "Embedder":
         """A sentence-transformers folder (Transformer → Pooling → Normalize; BERT, RoFormer or ModernBERT), a
         bertmath run or step directory (fine-tuned with task.kind embedding, or any other: then mean pooling),
         or a transformers BERT, RoFormer or ModernBERT directory. pooling, normalize, max_seq_len: instead of
@@ -63,8 +65,11 @@ class Embedder:
         (model.fused, tested equal to functional.py's from-scratch ops), in float32.
         unpad: take a batch's padding out inside the encoder (model.config.unpad). Off: length batches hold
         little padding (2.5% of 2,000 corpus sentences in batches of 32), and on a CPU the gather and scatter
-        around each attention cost more than computing it (docs/benchmarks.md, sentence embeddings)."""
+        around each attention cost more than computing it (docs/benchmarks.md, sentence embeddings).
+        precision: fp32, bf16, int8 or auto (inference.Precision; a ConfigError where the hardware lacks bf16 or int8
+        instructions); the vectors are returned in float32 whatever it is."""
         device = resolve_device(device)
+        precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
         if pooling is not None and pooling not in BF.POOLING:
             raise ConfigError(f"pooling: {pooling!r} is not one of {', '.join(BF.POOLING)}")
         if max_seq_len is not None and max_seq_len < 2:
@@ -78,11 +83,12 @@ class Embedder:
         if max_seq_len is not None:
             changes["max_seq_len"] = min(max_seq_len, config.max_position_embeddings)
         encoding = dataclasses.replace(encoding, **changes)
-        config = dataclasses.replace(config, fused=True, unpad=unpad)
-        model = build_from_state(BertForSentenceEmbedding, config, state, str(directory), pooling=encoding.pooling,
-                                 normalize=False)
-        identity = f"{checkpoint_identity(directory)}:{encoding.pooling}:{encoding.max_seq_len}:{encoding.lowercase}"
-        return cls(model.to(device), tokenizer, encoding, device, identity)
+        config = dataclasses.replace(config, **precision.switches(), unpad=unpad)
+        model = precision.prepare(build_from_state(BertForSentenceEmbedding, config, state, str(directory),
+                                                   pooling=encoding.pooling, normalize=False))
+        identity = (f"{checkpoint_identity(directory)}:{encoding.pooling}:{encoding.max_seq_len}:{encoding.lowercase}:"
+                    f"{precision.name}")
+        return cls(model.to(device), tokenizer, encoding, device, identity, precision)
 
     @property
     def dimension(self) -> int:
@@ -120,7 +126,7 @@ class Embedder:
         lengths = [len(ids) for ids in encoded.ids]
         out = torch.empty(len(encoded), self.dimension)
         for batch, result in predict_in_batches(self.model, lengths, lambda b: self._inputs(encoded, b), batch_size,
-                                                self.device, max_tokens=max_tokens):
+                                                self.device, self.precision.autocast, max_tokens):
             out[batch] = result.embeddings.float().cpu()
         normalize = self.encoding.normalize if normalize is None else normalize
         return BF.l2_normalize(out) if normalize else out

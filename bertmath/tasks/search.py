@@ -221,15 +221,15 @@ class Searcher:
 
     @classmethod
     def from_pretrained(cls, checkpoint: str | Path, docs: str | Path, device: str | torch.device = "cpu",
-                        batch_size: int = BATCH_SIZE, chunk_size: int = CHUNK_SIZE, info: DistInfo = DistInfo()
-                        ) -> "Searcher":
+                        batch_size: int = BATCH_SIZE, chunk_size: int = CHUNK_SIZE, info: DistInfo = DistInfo(),
+                        precision: str = "fp32") -> "Searcher":
         """The embedder of `checkpoint` (Embedder.from_pretrained) and the vectors of `docs`: reused from beside it,
         else computed (under torchrun by every process of `info`, each its share) and kept there."""
         docs = Path(docs)
         if not docs.exists():
             raise DataError(f"{docs}: documents file not found")
         lines = scan_documents(docs)  # a bad file fails before the (slow) load
-        embedder = Embedder.from_pretrained(checkpoint, device=device)
+        embedder = Embedder.from_pretrained(checkpoint, device=device, precision=precision)
         return cls(embedder, docs, *build_index(embedder, docs, info, chunk_size, batch_size, lines))
 
     def __call__(self, queries: list[str] | str, top_k: int = 5) -> list[list[Hit]]:

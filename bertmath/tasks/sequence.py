@@ -46,7 +46,7 @@ class Examples:
 # --- task files -------------------------------------------------------------------------------------------
 
 
-def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
+def task_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
     """(line number, {column: value}) of every example row; a missing column is a TaskDataError."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl"):
@@ -116,7 +116,7 @@ def read_examples(path: str | Path, task: TaskConfig) -> Examples:
     """The examples of one task file, labels checked against the task."""
     path = Path(path)
     texts, labels = [], []
-    for number, row in _rows(path, [*task.text_columns, task.label_column]):
+    for number, row in task_rows(path, [*task.text_columns, task.label_column]):
         where = f"{path}:{number}"
         for column in task.text_columns:
             if not isinstance(row[column], str):

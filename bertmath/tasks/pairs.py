@@ -18,7 +18,6 @@ Unsupervised SimCSE: Gao, Yao & Chen 2021, §3; Sentence-BERT's pooling and pair
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from ..model import BertForSentenceEmbedding
 from ..tokenizer import special_tokens
 from . import contrastive, retrieval, scores
 from .encoding import Encoded, collate, encode
-from .sequence import task_rows
+from .sequence import parse_number, task_rows
 from .shape import TaskShape
 
 log = logging.getLogger(__name__)
@@ -84,12 +83,7 @@ def _text(row: dict, column: str, where: str) -> str:
 
 def _score(value, score_range: list[float], where: str) -> float:
     """(y − low)/(high − low) of a row's score y ∈ [low, high] = task.score_range."""
-    try:
-        y = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        y = math.nan
-    if not math.isfinite(y):
-        raise TaskDataError(f"{where}: score {value!r} is not a number")
+    y = parse_number(value, "score", where)
     low, high = score_range
     if not low <= y <= high:
         raise TaskDataError(f"{where}: score {y:g} is outside task.score_range [{low:g}, {high:g}] (set "

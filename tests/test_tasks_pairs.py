@@ -236,3 +236,15 @@ def test_simcse_on_the_embedded_corpus(tmp_path, init_run):
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 3 and all(0 < x < 10 for x in losses)
     assert eval_records(tmp_path / "run")[-1]["metric"] == "spearman"
+
+
+def test_make_pairs_writes_pair_files_the_shape_reads(tmp_path):
+    """scripts/make_pairs.py: STS-B pairs scored >= 4 and the QA fixtures' questions with their passages."""
+    from helpers import load_script
+    (tmp_path / "stsb").mkdir()
+    (tmp_path / "stsb" / "train.jsonl").write_text(STSB_TRAIN.read_text())
+    assert load_script("make_pairs").main(["--tasks", str(tmp_path)]) == 0
+    pairs = read_pairs(tmp_path / "stsb" / "pairs_train.jsonl", [0, 5], "pairs")
+    assert len(pairs) == sum(r["score"] >= 4 for r in stsb_rows()) > 0
+    qa = read_pairs(tmp_path / "qa_pairs" / "dev.jsonl", [0, 5], "pairs")
+    assert 0 < len(qa) < 92 and all(q.startswith(("Who says", "What follows")) for q in qa.columns["anchor"])

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .distributed import process_label
@@ -106,11 +107,12 @@ def cmd_finetune(args) -> int:
 
     config = _run_config(args)
     summary = finetune(config)
+    task = replace(config.task, metric=summary["metric"])  # as the run resolved it (embedding: by the eval file)
     if summary.get("scores"):
         print(f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['time_s']:.0f} s "
               f"({summary['tokens_per_s'] or 0:,.0f} tokens/s, {summary['precision']}); on "
               f"{summary['eval_examples']:,} eval examples: "
-              f"{describe_scores(summary['scores'], summary['baseline'], config.task)}; best {summary['metric']} "
+              f"{describe_scores(summary['scores'], summary['baseline'], task)}; best {summary['metric']} "
               f"{summary['best_metric']:.3f} at step {summary['best_step']}; checkpoint: {summary['out_dir']}")
     return 0
 

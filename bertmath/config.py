@@ -234,10 +234,16 @@ class TrainConfig:
 
 
 TaskKind = Literal["sequence", "tokens", "span", "embedding"]
-TaskMetric = Literal["accuracy", "f1", "matthews", "pearson", "spearman", "precision", "recall", "exact_match"]
-# The scores each kind of task reports (its task.metric picks one); the first is the default.
+TaskMetric = Literal["accuracy", "f1", "matthews", "pearson", "spearman", "precision", "recall", "exact_match",
+                     "ndcg@10", "mrr@10", "map@100", "recall@1", "recall@5", "recall@10"]
+# The scores each kind of task reports (its task.metric picks one); the first is the default. An embedding task is
+# scored as similarity (an eval file of scored pairs: the cosine's correlation with the scores) or as retrieval
+# (an eval file of anchor/positive pairs: each anchor a query, the positives its relevant documents).
 TASK_METRICS = {"classification": ("accuracy", "f1", "matthews"), "regression": ("pearson", "spearman"),
-                "tokens": ("f1", "precision", "recall", "accuracy"), "span": ("f1", "exact_match")}
+                "tokens": ("f1", "precision", "recall", "accuracy"), "span": ("f1", "exact_match"),
+                "similarity": ("spearman", "pearson"),
+                "retrieval": ("ndcg@10", "mrr@10", "map@100", "recall@1", "recall@5", "recall@10")}
+EmbeddingLoss = Literal["mnrl", "cached_mnrl", "cosent"]
 
 
 @dataclass(frozen=True)
@@ -245,10 +251,12 @@ class TaskConfig:
     """A fine-tuning task (`bertmath finetune`): labelled examples, the checkpoint to start from, the score.
     The model's shape comes from `init`; `train:` holds the optimisation as for pretraining. BERT's four task
     shapes (Devlin et al. 2019, Figure 4) are three kinds: a sentence or a pair classified or scored (sequence),
-    a label per token (tokens), an answer span in a passage (span)."""
+    a label per token (tokens), an answer span in a passage (span); a fourth, embedding, trains a text's vector
+    (Sentence-BERT, Reimers & Gurevych 2019) on pairs."""
 
     # sequence: one label (or score) per text or pair (.csv/.tsv/.jsonl); tokens: a tag per word (CoNLL column
-    # files, or .jsonl with `tokens` and `tags`); span: the answer's start and end in a passage (SQuAD JSON)
+    # files, or .jsonl with `tokens` and `tags`); span: the answer's start and end in a passage (SQuAD JSON);
+    # embedding: a text → a vector (.csv/.tsv/.jsonl of anchor/positive[/negative] or sentence1/sentence2/score)
     kind: TaskKind = "sequence"
 
     # bertmath run or step directory, or a transformers BERT, RoFormer or ModernBERT directory (e.g. MiniLM's)
@@ -288,15 +296,42 @@ class TaskConfig:
     # mean of the real tokens (Sentence-BERT, Reimers & Gurevych 2019), [CLS]'s, or the per-dimension max
     sentence_pooling: SentencePooling = "mean"
     normalize: bool = True  # embedding: ê = e / ‖e‖₂, so that a dot product is the cosine similarity
+    # embedding: the training loss (bertmath/tasks/contrastive.py). mnrl: in-batch negatives, the CE of
+    # scale·cos(a_i, c_j) against the anchor's own positive among every positive and hard negative of the batch
+    # (InfoNCE, van den Oord et al. 2018; Henderson et al. 2017); train file: anchor/positive[/negative] pairs.
+    # cached_mnrl: the same loss and gradients in the memory of task.mini_batch_size texts (GradCache, Gao et
+    # al. 2021). cosent: log(1 + Σ_{s_i > s_j} e^{scale·(cos_j − cos_i)}) over scored pairs (Su 2022); train
+    # file: sentence1/sentence2/score
+    loss: EmbeddingLoss = "mnrl"
+    scale: float = 20.0  # embedding: the similarities' scale (1/temperature; 20 = sentence-transformers' for both)
+    symmetric: bool = False  # mnrl, cached_mnrl: also the CE of each positive against every anchor, averaged
+    mini_batch_size: int = 32  # cached_mnrl: texts per forward pass
+    # embedding: the scale of scored pairs' scores (STS-B: 0 to 5); a score outside it is an error naming its
+    # line; scores are kept as (s − low) / (high − low), in [0, 1]
+    score_range: list[float] = field(default_factory=lambda: [0.0, 5.0])
+    # embedding: unsupervised SimCSE (Gao et al. 2021): every document of the data: section (the corpus, read as
+    # for pretraining) paired with itself, two forward passes whose dropout masks are the only noise, loss mnrl.
+    # Needs task.eval_file alone (no task.train_file)
+    simcse: bool = False
 
     def __post_init__(self):
         _require(bool(self.init), "task.init", "needs the checkpoint to fine-tune (a bertmath run or step "
                  "directory, or a transformers BERT, RoFormer or ModernBERT directory)")
-        has_files = self.train_file is not None or self.eval_file is not None
-        _require(has_files != (self.hub_dataset is not None), "task.train_file",
-                 "give task.train_file and task.eval_file, or task.hub_dataset (not both)")
-        _require(not has_files or (self.train_file is not None and self.eval_file is not None), "task.eval_file",
-                 "give both task.train_file and task.eval_file")
+        if self.simcse:
+            _require(self.kind == "embedding", "task.simcse", f"trains sentence embeddings (task.kind: embedding), "
+                     f"not task.kind '{self.kind}'")
+            _require(self.train_file is None and self.hub_dataset is None, "task.train_file",
+                     "task.simcse trains on the corpus of the data: section; leave task.train_file out")
+            _require(self.eval_file is not None, "task.eval_file",
+                     "task.simcse needs task.eval_file (scored pairs, or anchor/positive pairs)")
+            _require(self.loss != "cosent", "task.loss", "task.simcse pairs each text with itself: use mnrl or "
+                     "cached_mnrl, not cosent (which needs scored pairs)")
+        else:
+            has_files = self.train_file is not None or self.eval_file is not None
+            _require(has_files != (self.hub_dataset is not None), "task.train_file",
+                     "give task.train_file and task.eval_file, or task.hub_dataset (not both)")
+            _require(not has_files or (self.train_file is not None and self.eval_file is not None), "task.eval_file",
+                     "give both task.train_file and task.eval_file")
         _require(len(self.hub_splits) == 2, "task.hub_splits", f"expected [train, eval], got {self.hub_splits}")
         _require(len(self.text_columns) in (1, 2), "task.text_columns",
                  f"expected one column (single sentences) or two (pairs), got {self.text_columns}")
@@ -312,18 +347,22 @@ class TaskConfig:
                      f"a span task has 2 outputs per token (start, end), got {self.num_labels} (leave it out)")
             _require(not self.label_names, "task.label_names", "a span task has no labels (leave it out)")
             object.__setattr__(self, "num_labels", 2)
+        elif self.kind == "embedding":
+            self._check_embedding()
         elif self.num_labels is None:
             object.__setattr__(self, "num_labels", len(self.label_names) or 2)
-        _require(self.num_labels >= 1, "task.num_labels", f"must be at least 1 (1 = regression), got {self.num_labels}")
+        if self.kind != "embedding":
+            _require(self.num_labels >= 1, "task.num_labels",
+                     f"must be at least 1 (1 = regression), got {self.num_labels}")
         _require(not self.label_names or len(self.label_names) == self.num_labels, "task.label_names",
                  f"has {len(self.label_names)} names for {self.num_labels} labels")
         # a name twice would be two labels to the export's label2id (its last index) but one to training (its first)
         twice = next((name for n, name in enumerate(self.label_names) if name in self.label_names[:n]), None)
         _require(twice is None, "task.label_names", f"'{twice}' appears twice; give every label its own name")
         scoring = self.scoring
-        if self.metric is None:
+        if self.metric is None and self.kind != "embedding":  # embedding: the eval file's kind decides (pairs.py)
             object.__setattr__(self, "metric", TASK_METRICS[scoring][0])
-        _require(self.metric in TASK_METRICS[scoring], "task.metric",
+        _require(self.metric is None or self.metric in TASK_METRICS[scoring], "task.metric",
                  f"'{self.metric}' does not score {scoring}" +
                  (f" (num_labels {self.num_labels})" if self.kind == "sequence" else "") +
                  f": use {', '.join(TASK_METRICS[scoring][:-1])} or {TASK_METRICS[scoring][-1]}")
@@ -342,9 +381,29 @@ class TaskConfig:
         _require(self.epochs is None or self.epochs > 0, "task.epochs", "must be positive")
 
 
+    def _check_embedding(self) -> None:
+        """An embedding task has no labels and no classifier pooler; its loss's keys are in range."""
+        _require(self.num_labels is None and not self.label_names, "task.num_labels",
+                 "an embedding task has no labels (leave task.num_labels and task.label_names out)")
+        for key in ("pooler", "pooling"):
+            _require(getattr(self, key) is None, f"task.{key}", "is the classifier's pooler; an embedding task "
+                     "pools with task.sentence_pooling (mean, cls or max)")
+        _require(self.scale > 0, "task.scale", f"must be positive, got {self.scale}")
+        _require(self.mini_batch_size >= 1, "task.mini_batch_size", f"must be positive, got {self.mini_batch_size}")
+        _require(not self.symmetric or self.loss != "cosent", "task.symmetric", "applies to mnrl and cached_mnrl")
+        _require(len(self.score_range) == 2 and self.score_range[0] < self.score_range[1], "task.score_range",
+                 f"expected [low, high] with low < high, got {self.score_range}")
+        scorings = ("similarity", "retrieval")
+        _require(self.metric is None or any(self.metric in TASK_METRICS[k] for k in scorings), "task.metric",
+                 f"'{self.metric}' does not score embeddings: use "
+                 f"{', '.join(TASK_METRICS['similarity'] + TASK_METRICS['retrieval'])}")
+
     @property
     def scoring(self) -> str:
-        """Which scores apply: classification, regression (sequence tasks), tokens or span."""
+        """Which scores apply: classification, regression (sequence tasks), tokens, span, or for embeddings
+        similarity (scored eval pairs) or retrieval (anchor/positive eval pairs), as task.metric says."""
+        if self.kind == "embedding":
+            return "retrieval" if self.metric in TASK_METRICS["retrieval"] else "similarity"
         if self.kind != "sequence":
             return self.kind
         return "regression" if self.num_labels == 1 else "classification"

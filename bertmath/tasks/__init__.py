@@ -7,6 +7,9 @@
     tagging.py    a sentence → a tag per word: `TaggingShape`, `Tagger` (`bertmath tag`)
     qa.py         a question and a passage → the answer span: `SpanShape`, SQuAD files and scores
     answer.py     `Answerer` (`bertmath answer`)
+    pairs.py      a text → a vector: pair files, SimCSE's corpus pairs, `EmbeddingShape`
+    contrastive.py  the embedding losses (in-batch negatives, CoSENT) and GradCache
+    retrieval.py  NDCG, MRR, MAP, Recall@k of rankings; BM25 and the bag-of-words cosine
     scores.py     accuracy, F1, MCC, Pearson, Spearman: pure math on tensors
     finetune.py   `bertmath finetune`: any TaskShape driven by the pretraining loop
 

@@ -1,4 +1,4 @@
-"""Fine-tuning: any task shape (shape.TaskShape: sequence, tokens, span) trained by the pretraining loop.
+"""Fine-tuning: any task shape (shape.TaskShape: sequence, tokens, span, embedding) trained by the pretraining loop.
 
     for step in range(start, max_steps):
         batch = rows[batch_indices(step)], padded;   L = the shape's loss on the batch
@@ -31,6 +31,7 @@ from ..model import parameter_counts
 from ..pretrained import read_with_tokenizer
 from ..tokenizer import special_tokens
 from ..trainer import Trainer
+from .pairs import EmbeddingShape
 from .qa import SpanShape
 from .sequence import SequenceShape
 from .shape import BASELINES, TaskShape
@@ -59,8 +60,11 @@ def load_init(path: str) -> InitCheckpoint:
     return InitCheckpoint(directory, model_config, state, tokenizer)
 
 
-def load_task_shape(task: TaskConfig) -> TaskShape:
-    """The task's examples, read and checked, behind the interface of its kind (task.kind)."""
+def load_task_shape(task: TaskConfig, data: DataConfig | None = None) -> TaskShape:
+    """The task's examples, read and checked, behind the interface of its kind (task.kind); `data`: the corpus
+    unsupervised SimCSE (task.simcse) reads, as pretraining does."""
+    if task.kind == "embedding":
+        return EmbeddingShape(task, data or DataConfig())
     shapes = {"sequence": SequenceShape, "tokens": TaggingShape, "span": SpanShape}
     return shapes[task.kind](task)
 
@@ -106,6 +110,10 @@ class FinetuneTrainer(Trainer):
         """This process's share of global micro-batch m: the padded inputs with the targets of its rows, and the
         terms its loss averages."""
         return self.shape.micro_batch([int(i) for i in self._batch_indices(m)])
+
+    def _forward_backward(self, inputs: dict[str, torch.Tensor], weight: float) -> torch.Tensor:
+        """The shape's: the model's own loss, or one the shape computes from the model's outputs (embedding)."""
+        return self.shape.forward_backward(self.train_model, inputs, weight, self._autocast, self._backward)
 
     def _tokens_in_step(self, step: int) -> int:
         """The real tokens (padding not counted) of the rows optimizer step `step` reads, all processes
@@ -158,12 +166,14 @@ def describe_scores(model_scores: dict, baseline_scores: dict, task: TaskConfig)
     return "; ".join(parts)
 
 
-def resolve_config(config: Config, init: InitCheckpoint, train_examples: int) -> Config:
+def resolve_config(config: Config, init: InitCheckpoint, train_examples: int, metric: str | None = None) -> Config:
     """The config the run records: the model's shape from task.init (fused kernels as task.fused says; no
     sparse MLM, which only an MLM head has; the pooler and pooling of task.pooler/pooling when given),
-    data.max_seq_len = task.max_seq_len, and the run's length from task.epochs or train.max_steps, whichever
+    data.max_seq_len = task.max_seq_len, the run's length from task.epochs or train.max_steps, whichever
     config.run_length says decides (an epoch: every training row once; a span task's rows are its passages'
-    windows); the setting that did not decide is not recorded as if it had (task.epochs: null)."""
+    windows; the setting that did not decide is not recorded as if it had: task.epochs null), and an embedding
+    task's metric, when left out, the shape's default `metric` (spearman for scored eval pairs, ndcg@10 for
+    retrieval)."""
     task, train = config.task, config.train
     decides, why = run_length(config)
     if decides == "task.epochs":
@@ -174,21 +184,28 @@ def resolve_config(config: Config, init: InitCheckpoint, train_examples: int) ->
     else:
         task = replace(task, epochs=None)
         log.info("run length: %d steps from train.max_steps; %s", train.max_steps, why)
+    # the classifier's pooler only: an embedding's pooling (task.sentence_pooling) is the task's, read from there
     head = {key: getattr(task, key) for key in ("pooler", "pooling") if getattr(task, key) is not None}
+    # SimCSE's corpus is the data: section's, recorded as it ran; other tasks read only their task files
+    data = replace(config.data, max_seq_len=max(8, task.max_seq_len)) if task.simcse else \
+        DataConfig(max_seq_len=max(8, task.max_seq_len))
+    if task.kind == "embedding" and task.metric is None:  # the eval file's kind decides (similarity or retrieval)
+        task = replace(task, metric=metric)
     return replace(config, model=replace(init.model_config, fused=task.fused, sparse_mlm=False, **head),
-                   data=DataConfig(max_seq_len=max(8, task.max_seq_len)), train=train, task=task)
+                   data=data, train=train, task=task)
 
 
 def finetune(config: Config) -> dict:
-    """Fine-tune the model of `config.task.kind` (BertForSequenceClassification, BertForTokenClassification or
-    BertForQuestionAnswering) as `config.task` and `config.train` say; returns the summary (also in
+    """Fine-tune the model of `config.task.kind` (BertForSequenceClassification, BertForTokenClassification,
+    BertForQuestionAnswering or BertForSentenceEmbedding) as `config.task` and `config.train` say; returns the summary (also in
     train.out_dir/summary.json)."""
     if config.task is None:
         raise BertmathError("the config has no task: section (what to fine-tune on; see configs/finetune_*.yaml)")
     init = load_init(config.task.init)
-    shape = load_task_shape(config.task)
+    shape = load_task_shape(config.task, config.data)
     shape.encode(init.tokenizer)
-    trainer = FinetuneTrainer(resolve_config(config, init, shape.examples("train")), init, shape)
+    trainer = FinetuneTrainer(resolve_config(config, init, shape.examples("train"), shape.default_metric), init,
+                              shape)
     try:
         return trainer.run()
     finally:

@@ -47,7 +47,7 @@ class Examples:
 # --- task files -------------------------------------------------------------------------------------------
 
 
-def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
+def task_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
     """(line number, {column: value}) of every example row; a missing column is a TaskDataError."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".jsonl"):
@@ -86,16 +86,21 @@ def _rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
             raise TaskDataError(f"{path}: {e}") from None
 
 
+def parse_number(value, what: str, where: str) -> float:
+    """A row's finite number (a JSON number or its text; not true/false); else a TaskDataError naming `where`."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise TaskDataError(f"{where}: {what} {value!r} is not a number")
+    return number
+
+
 def parse_label(value, task: TaskConfig, where: str) -> float | int:
     """A row's label: a number for regression; for classification an index in 0..C-1 or a name in label_names."""
     if task.num_labels == 1:
-        try:
-            number = float(value) if not isinstance(value, bool) else math.nan
-        except (TypeError, ValueError):
-            number = math.nan
-        if not math.isfinite(number):
-            raise TaskDataError(f"{where}: regression label {value!r} is not a number")
-        return number
+        return parse_number(value, "regression label", where)
     if isinstance(value, str) and value in task.label_names:
         return task.label_names.index(value)
     try:
@@ -113,7 +118,7 @@ def read_examples(path: str | Path, task: TaskConfig) -> Examples:
     """The examples of one task file, labels checked against the task."""
     path = Path(path)
     texts, labels = [], []
-    for number, row in _rows(path, [*task.text_columns, task.label_column]):
+    for number, row in task_rows(path, [*task.text_columns, task.label_column]):
         where = f"{path}:{number}"
         for column in task.text_columns:
             if not isinstance(row[column], str):

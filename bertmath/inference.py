@@ -18,14 +18,19 @@ The wrappers (FillMask, Classifier, Tagger, Answerer) take `precision=` and do e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from . import functional as BF
-from .hardware import autocast, resolve_inference_precision
+from .config import ModelConfig
+from .hardware import autocast, resolve_device, resolve_inference_precision
+from .pretrained import build_from_state, read_with_tokenizer
 
 
 class Int8Linear(nn.Module):
@@ -97,3 +102,15 @@ class Precision:
     def describe(self) -> str:
         """'precision fp32 (auto: CPU class avx2: no avx512_bf16 or amx_bf16 instructions)': for a summary line."""
         return f"precision {self.name} ({self.why})"
+
+
+def load_for_inference(cls: type, path: str | Path, device: str | torch.device, precision: str
+                   ) -> tuple[Path, ModelConfig, nn.Module, Tokenizer, Precision]:
+    """(directory, config, model, tokenizer, precision): what each inference wrapper starts from. The precision
+    is resolved first, so that a CPU without the instructions is told before the (slow) load; the model (`cls`
+    with the checkpoint's weights, on `device`) is built with the precision's switches, not yet prepared."""
+    device = resolve_device(device)
+    precision = Precision.of(precision, device)
+    directory, config, state, tokenizer = read_with_tokenizer(path)
+    model = build_from_state(cls, dataclasses.replace(config, **precision.switches()), state, str(directory))
+    return directory, config, model.to(device), tokenizer, precision

@@ -13,7 +13,6 @@ The window shape comes from the fine-tuning run's task: section; a transformers 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -25,11 +24,9 @@ from tokenizers import Tokenizer
 from ..batching import MAX_BATCH
 from ..checkpoint import CONFIG_FILE, read_config
 from ..errors import InputError
-from ..hardware import resolve_device
-from ..inference import Precision
+from ..inference import Precision, load_for_inference
 from ..io import parse_json_object, read_text
 from ..model import BertForQuestionAnswering
-from ..pretrained import build_from_state, read_with_tokenizer
 from ..tokenizer import preview, special_tokens
 from .qa import Question, Span, best_spans, make_features, predict_span_logits
 
@@ -76,17 +73,14 @@ class Answerer:
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Answerer":
         """A bertmath fine-tuning run or step directory (task.kind span), or a transformers
         BertForQuestionAnswering directory. The model runs torch's fused kernels (model.fused), as classify's."""
-        device = resolve_device(device)
-        precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
-        directory, config, state, tokenizer = read_with_tokenizer(path)
-        model = build_from_state(BertForQuestionAnswering, dataclasses.replace(config, **precision.switches()), state,
-                                 str(directory))
+        directory, config, model, tokenizer, precision = load_for_inference(
+            BertForQuestionAnswering, path, device, precision)
         task = read_config(directory).task if (directory / CONFIG_FILE).is_file() else None
         if task is not None and task.kind == "span":
             shape = task.max_seq_len, task.doc_stride, task.max_question_tokens
         else:
             shape = window_shape(config.max_position_embeddings)
-        return cls(model.to(device), tokenizer, *shape, device, precision)
+        return cls(model, tokenizer, *shape, precision.device, precision)
 
     def __call__(self, examples: list[tuple[str, str]], top_k: int = 1, max_answer_tokens: int = 30,
                  batch_size: int = MAX_BATCH) -> list[Answer]:

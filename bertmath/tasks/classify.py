@@ -11,7 +11,6 @@ padding changes no result (tests/test_tasks_classify.py), and the results come b
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,9 @@ from torch import Tensor
 from ..batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
 from ..checkpoint import CONFIG_FILE, read_config
 from ..errors import InputError
-from ..hardware import resolve_device
-from ..inference import Precision
+from ..inference import Precision, load_for_inference
 from ..model import BertForSequenceClassification
-from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
+from ..pretrained import classifier_label_names
 from ..tokenizer import special_tokens
 from .encoding import Encoded, collate, encode
 
@@ -92,15 +90,12 @@ class Classifier:
         directory. The model runs torch's fused kernels (model.fused, tested equal to functional.py's
         from-scratch ops), as fill-mask's does. Examples are cut to the run's task.max_seq_len, or to
         max_position_embeddings for a transformers directory."""
-        device = resolve_device(device)
-        precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
-        directory, config, state, tokenizer = read_with_tokenizer(path)
-        model = build_from_state(BertForSequenceClassification, dataclasses.replace(config, **precision.switches()), state,
-                                 str(directory))
+        directory, config, model, tokenizer, precision = load_for_inference(
+            BertForSequenceClassification, path, device, precision)
         task = read_config(directory).task if (directory / CONFIG_FILE).is_file() else None
         max_seq_len = task.max_seq_len if task is not None else config.max_position_embeddings
         names = classifier_label_names(directory, model.num_labels) or []
-        return cls(model.to(device), tokenizer, names, max_seq_len, device, precision)
+        return cls(model, tokenizer, names, max_seq_len, precision.device, precision)
 
     def __call__(self, examples: list[str | tuple[str, ...]], batch_size: int = MAX_BATCH) -> list[Prediction]:
         texts = [(e,) if isinstance(e, str) else tuple(e) for e in examples]

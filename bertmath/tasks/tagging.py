@@ -30,11 +30,10 @@ from torch import Tensor, nn
 from ..batching import MAX_BATCH, MAX_TOKENS, predict_in_batches
 from ..config import ModelConfig, TaskConfig
 from ..errors import ConfigError, InputError, TaskDataError
-from ..hardware import resolve_device
-from ..inference import Precision
+from ..inference import Precision, load_for_inference
 from ..io import decode_utf8, parse_json_object
 from ..model import BertForTokenClassification, token_head_parameters
-from ..pretrained import build_from_state, classifier_label_names, read_with_tokenizer
+from ..pretrained import classifier_label_names
 from ..tokenizer import special_tokens
 from .encoding import Encoded, collate
 from .shape import TaskShape
@@ -471,13 +470,10 @@ class Tagger:
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> "Tagger":
         """A bertmath tagging run or step directory, or a transformers BertForTokenClassification directory
         (tag names from config.json's id2label). The model runs torch's fused kernels (model.fused)."""
-        device = resolve_device(device)
-        precision = Precision.of(precision, device)  # first: a CPU without the instructions is told at once
-        directory, config, state, tokenizer = read_with_tokenizer(path)
-        model = build_from_state(BertForTokenClassification, dataclasses.replace(config, **precision.switches()), state,
-                                 str(directory))
+        directory, config, model, tokenizer, precision = load_for_inference(
+            BertForTokenClassification, path, device, precision)
         names = classifier_label_names(directory, model.num_labels) or []
-        return cls(model.to(device), tokenizer, names, device, precision)
+        return cls(model, tokenizer, names, precision.device, precision)
 
     def __call__(self, texts: Sequence[str], batch_size: int = MAX_BATCH) -> list[TaggedText]:
         if not texts:

@@ -24,10 +24,8 @@ from torch import Tensor
 from . import functional as BF
 from .batching import MAX_BATCH, MAX_TOKENS, length_batches
 from .errors import CheckpointError, ConfigError, InputError
-from .hardware import resolve_device
-from .inference import Precision
+from .inference import Precision, load_for_inference
 from .model import BertForMaskedLM
-from .pretrained import load_model_and_tokenizer
 from .tokenizer import check_length, preview, special_tokens
 
 STRATEGIES = ("greedy", "iterative", "sample")
@@ -165,10 +163,8 @@ class FillMask:
         The model runs torch's fused kernels (model.fused, tested equal to functional.py's from-scratch ops):
         the same predictions, about twice as fast. precision: fp32, bf16, int8 or auto (inference.Precision; a
         ConfigError where the hardware lacks bf16 or int8 instructions)."""
-        device = resolve_device(device)
-        precision = Precision.of(precision, device)
-        model, tokenizer = load_model_and_tokenizer(BertForMaskedLM, path, device=device, **precision.switches())
-        return cls(model, tokenizer, device, precision)
+        _, _, model, tokenizer, precision = load_for_inference(BertForMaskedLM, path, device, precision)
+        return cls(model, tokenizer, precision.device, precision)
 
     def __call__(self, texts: str | list[str], top_k: int = 5, strategy: str = "greedy", temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None, truncate: bool = False, batch_size: int = MAX_BATCH,

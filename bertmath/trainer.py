@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from . import distributed, metrics
 from .config import Config, DataConfig, TrainConfig
 from .corpus import Corpus
 from .data import PretrainingData, batch_indices, data_changes, data_fingerprint, prepare
-from .errors import BertmathError, CheckpointError, TrainingError
+from .errors import CheckpointError, TrainingError
 from .hardware import AUTOCAST_DTYPES, autocast, resolve_device, resolve_precision
 from .io import atomic_write_text, check_writable
 from .masking import IGNORE_INDEX, mask_tokens, prediction_slots, slot_count

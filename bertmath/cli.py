@@ -28,8 +28,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def _add_precision_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
                         help="auto (default): bf16 where the hardware computes it natively (avx512_bf16, AMX, a CUDA "
-                             "GPU), else fp32; bf16 and int8 (needs avx512_vnni, avx_vnni or amx_int8) are errors "
-                             "where the hardware lacks them")
+                             "GPU), else fp32; int8 quantises the encoder's matrices (x86 CPUs: 8-bit weights with "
+                             "VNNI or AMX, 7-bit on AVX2); bf16 where it would be emulated is an error")
 
 
 def _summary(args, count: int, noun: str, precision) -> None:

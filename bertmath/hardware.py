@@ -8,11 +8,12 @@ and fp32 everywhere else. An explicit `bf16` is obeyed, with one warning where i
 
 Inference (`--precision` of fill-mask, classify, tag, answer) chooses the same way (resolve_inference_precision),
 but an explicit bf16 where it would be emulated is an error rather than a warning: a command that runs 75×
-slower than asked is never what its user wants. int8 (functional.int8_linear) needs an int8 dot product that
-sums in int32: VPDPBUSD (avx512_vnni, avx_vnni) or AMX (amx_int8). Without it oneDNN adds pairs of u8×s8 products
-in int16 with saturation (VPMADDUBSW): measured on this project's AVX2-only EPYC, oneDNN's int8 GEMMs alone ran
-1.5-2× fp32's rate, the whole MiniLM encoder in int8 no faster than in fp32, and int32 sums of full-range operands
-came out up to 5e4 wrong (docs/benchmarks.md, "Inference precision"), so int8 is an error there; `auto` never picks int8 (it changes results more than bf16: opt in).
+slower than asked is never what its user wants. int8 (functional.int8_linear) runs on oneDNN's int8 GEMM. With
+VPDPBUSD (avx512_vnni, avx_vnni) or AMX (amx_int8) it sums u8×s8 products in int32, exactly. On an AVX2 CPU without
+them it adds each pair of products in int16 with saturation (VPMADDUBSW): full-range weights came out up to 5e4
+wrong there, so such CPUs get 7-bit weights (|q_w| ≤ 63: 255·2·63 < 2¹⁵, never saturated; int8_weight_max).
+`auto` never picks int8 (it changes results more than bf16: opt in). Measured figures: docs/benchmarks.md,
+"Inference precision".
 """
 
 from __future__ import annotations
@@ -106,16 +107,21 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 # /proc/cpuinfo flags of the instructions that sum int8 products in int32 (oneDNN's int8 GEMM: VPDPBUSD or AMX).
 NATIVE_INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+INT8_WEIGHT_MAX_WITHOUT_VNNI = 63  # VPMADDUBSW's int16 pair sums: 255·2·63 = 32,130 ≤ 32,767, so never saturated
 
 
-def native_int8(device: torch.device) -> tuple[bool, str]:
-    """(whether `device` runs functional.int8_linear's oneDNN kernel exactly and fast, why): a CPU with VNNI or AMX."""
+def int8_weight_max(device: torch.device) -> tuple[int | None, str]:
+    """(the largest |q_w| whose int8 products `device` sums exactly, why), for functional.int8_linear's oneDNN
+    kernel; None where bertmath offers no int8. 127 with VNNI or AMX (int32 sums); 63 on an AVX2 CPU without them,
+    where oneDNN adds pairs of u8×s8 products in int16 (VPMADDUBSW) and 8-bit weights would saturate."""
     if device.type != "cpu":
-        return False, f"device {device.type}: int8 runs on the CPU only"
-    flags = cpu_flags() & set(NATIVE_INT8_CPU_FLAGS)
-    if not flags:
-        return False, f"CPU class {cpu_class()}: no avx512_vnni, avx_vnni or amx_int8 instructions"
-    return True, f"CPU has {', '.join(sorted(flags))}"
+        return None, f"device {device.type}: int8 runs on the CPU only"
+    flags = cpu_flags()
+    if flags & set(NATIVE_INT8_CPU_FLAGS):
+        return 127, f"CPU has {', '.join(sorted(flags & set(NATIVE_INT8_CPU_FLAGS)))}"
+    if "avx2" in flags:
+        return INT8_WEIGHT_MAX_WITHOUT_VNNI, "CPU class avx2, no VNNI: 7-bit weights, so the int16 pair sums never saturate"
+    return None, f"CPU class {cpu_class()}: no avx2, avx512_vnni, avx_vnni or amx_int8 instructions"
 
 
 def resolve_inference_precision(precision: str, device: torch.device, key: str = "precision") -> tuple[str, str]:
@@ -133,9 +139,9 @@ def resolve_inference_precision(precision: str, device: torch.device, key: str =
             raise ConfigError(f"{key} bf16: {why}, so bf16 would be emulated, ~75x slower than fp32; use auto or fp32")
         chosen = "bf16"
     elif precision == "int8":
-        native, why = native_int8(device)
-        if not native:
-            raise ConfigError(f"{key} int8: {why}; without them int8 sums saturate (wrong results); use auto or fp32")
+        weight_max, why = int8_weight_max(device)
+        if weight_max is None:
+            raise ConfigError(f"{key} int8: {why}; use auto or fp32")
         chosen = "int8"
     else:
         chosen, why = "fp32", "asked for"

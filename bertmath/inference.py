@@ -4,9 +4,9 @@
     bf16   the same model under torch.autocast(bfloat16): matmuls in bf16 (oneDNN, native only: avx512_bf16,
            AMX or a CUDA GPU); LayerNorm and softmax statistics in fp32 (torch's kernels accumulate in fp32),
            the logits the heads return cast to fp32
-    int8   the encoder layers' six matrices (Q, K, V, attention output, FFN up and down) replaced by Int8Linear:
-           y = (s_x s_w) ⊙ (q_x q_wᵀ) + b (functional.int8_linear), weights per output channel, activations
-           per token; embeddings, LayerNorm, softmax, attention's QKᵀ and AV, the pooler and heads stay fp32
+    int8   the encoder layers' matrices (Q, K and V joined as one, attention output, FFN up and down) replaced by
+           Int8Linear: y = (s_x s_w) ⊙ (q_x q_wᵀ) + b (functional.int8_linear), weights per output channel in
+           8 bits (7 on a CPU without VNNI: hardware.int8_weight_max), activations per token; embeddings, LayerNorm, softmax, attention's QKᵀ and AV, the pooler and heads stay fp32
 
     runner = Precision.of("auto", device)          # resolves and logs the choice once
     model = runner.prepare(model)                   # int8: quantises the encoder's linears in place
@@ -29,41 +29,59 @@ from torch import Tensor
 
 from . import functional as BF
 from .config import ModelConfig
-from .hardware import autocast, resolve_device, resolve_inference_precision
+from .hardware import autocast, int8_weight_max, resolve_device, resolve_inference_precision
 from .pretrained import build_from_state, read_with_tokenizer
 
 
 class Int8Linear(nn.Module):
     """y = (s_x s_w) ⊙ (q_x q_wᵀ) + b: an nn.Linear's weight W (out, in) quantised once per output channel,
-    q_w, s_w = quantize_int8(W); the input quantised per token on every call (functional.int8_linear).
-    `fused`: oneDNN's int8 GEMM on a prepacked q_w (needs VNNI or AMX: hardware.native_int8), else the
-    from-scratch int32 matmul. (..., in) → (..., out)."""
+    q_w, s_w = quantize_int8(W, q_max=weight_max); the input quantised per token on every call
+    (functional.int8_linear). `weight_max`: 127, or 63 on a CPU without VNNI (hardware.int8_weight_max).
+    `fused`: oneDNN's int8 GEMM on a prepacked q_w, else the from-scratch int32 matmul (same sums, exactly).
+    (..., in) → (..., out)."""
 
-    def __init__(self, linear: nn.Linear, fused: bool = True):
+    def __init__(self, linear: nn.Linear, weight_max: int = BF.INT8_MAX, fused: bool = True):
         super().__init__()
-        q_w, s_w = BF.quantize_int8(linear.weight.detach())
+        q_w, s_w = BF.quantize_int8(linear.weight.detach(), q_max=weight_max)
         self.register_buffer("q_w", q_w)  # (out, in) int8
         self.register_buffer("s_w", s_w[:, 0].contiguous())  # (out,) float32
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
         self.packed_w = torch.ops.onednn.qlinear_prepack(q_w, None) if fused else None  # not state: rebuilt
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_features, self.out_features, self.weight_max = linear.in_features, linear.out_features, weight_max
 
     def forward(self, x: Tensor) -> Tensor:
         return BF.int8_linear(x, self.q_w, self.s_w, self.bias, self.packed_w)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fused={self.packed_w is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, weight_max={self.weight_max}, "
+                f"fused={self.packed_w is not None}")
 
 
-def quantize_encoder(model: nn.Module, fused: bool = True) -> nn.Module:
+def joined_qkv(attention: nn.Module) -> nn.Linear:
+    """Q, K and V's linears as one (3D, D) nn.Linear, [W_Q; W_K; W_V]: quantised per output channel, each row's
+    scale is the one it had alone, so one int8 matmul (one quantisation of x) gives the same Q, K and V as three."""
+    parts = (attention.query, attention.key, attention.value)
+    joint = nn.Linear(parts[0].in_features, 3 * parts[0].out_features, parts[0].bias is not None)
+    with torch.no_grad():
+        joint.weight.copy_(torch.cat([p.weight for p in parts]))
+        if joint.bias is not None:
+            joint.bias.copy_(torch.cat([p.bias for p in parts]))
+    return joint
+
+
+def quantize_encoder(model: nn.Module, weight_max: int = BF.INT8_MAX, fused: bool = True) -> nn.Module:
     """`model` with every nn.Linear inside its encoder layers (model.encoder or model.bert.encoder) replaced by
-    an Int8Linear, in place; embeddings, pooler and heads keep fp32. Returns the model."""
+    an Int8Linear, in place, Q, K and V joined into one (attention.qkv); embeddings, pooler and heads keep fp32.
+    Returns the model."""
     bert = getattr(model, "bert", model)
     for layer in bert.encoder.layers:
+        attention = layer.attention
+        attention.qkv = joined_qkv(attention)
+        attention.query = attention.key = attention.value = None
         for parent in layer.modules():
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(child, fused))
+                    setattr(parent, name, Int8Linear(child, weight_max, fused))
     return model
 
 
@@ -83,15 +101,18 @@ class Precision:
         return cls(*resolve_inference_precision(precision, device), device)
 
     def switches(self) -> dict:
-        """The ModelConfig switches the model is built with: torch's fused kernels and, but for int8 (which
-        quantises Q, K and V one by one), one (D, 3D) matmul for Q, K and V. The same math as the reference path
+        """The ModelConfig switches the model is built with: torch's fused kernels and one (D, 3D) matmul for Q, K
+        and V (int8 joins them in quantize_encoder). The same math as the reference path
         (tests/test_fast_paths.py); on 2 AVX2 cores the one QKV matmul took MiniLM from 40 to 51 sentences/s
         (docs/benchmarks.md, "Inference precision")."""
-        return dict(fused=True, fused_qkv=self.name != "int8")
+        return dict(fused=True, fused_qkv=True)
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """The model to run: int8 quantises its encoder (quantize_encoder); fp32 and bf16 leave it as it is."""
-        return quantize_encoder(model) if self.name == "int8" else model
+        """The model to run: int8 quantises its encoder (quantize_encoder, with the weight range this CPU sums
+        exactly); fp32 and bf16 leave it as it is."""
+        if self.name != "int8":
+            return model
+        return quantize_encoder(model, int8_weight_max(self.device)[0])
 
     def autocast(self):
         """The context each forward runs in: bf16 autocast, or nothing."""

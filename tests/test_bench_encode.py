@@ -16,9 +16,12 @@ def test_both_systems_give_the_same_vectors_and_the_report_adds_up(tmp_path, cap
     assert json.loads(out.read_text()) == report == json.loads(capsys.readouterr().out)
     assert report["sentences"] == 40 and report["threads"] == 1 and report["rounds"] == 3
     rows = {r["system"]: r for r in report["rows"]}
-    assert set(rows) == {"bertmath", "bertmath unpadded", "sentence-transformers"}
+    assert set(rows) == {"bertmath", "bertmath unpadded", "sentence-transformers", "bertmath int8"}  # x86: int8
     for name in ("bertmath unpadded", "sentence-transformers"):
         assert rows[name]["max_abs_diff"] < 1e-5 and rows[name]["min_cosine"] > 0.99999
+    assert 0.95 < rows["bertmath int8"]["min_cosine"] < 1  # quantised: close, not equal
+    theirs = rows["sentence-transformers"]["sentences_per_s"]
+    assert all(r["over_sentence_transformers"] == round(r["sentences_per_s"] / theirs, 2) for r in rows.values())
     assert rows["bertmath"]["max_abs_diff"] == 0 and rows["bertmath"]["bertmath_speedup"] == 1
     for row in rows.values():
         assert row["sentences_per_s"] > 0 and 0 <= row["padding"] < 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -124,13 +125,27 @@ def int8_weight_max(device: torch.device) -> tuple[int | None, str]:
     return None, f"CPU class {cpu_class()}: no avx2, avx512_vnni, avx_vnni or amx_int8 instructions"
 
 
+# Set to fp32, `auto` resolves to fp32 on every machine (training and inference): results that do not depend on
+# the CPU class, e.g. for a test suite that compares commands with fp32 references on whatever CPU runs it.
+AUTO_PRECISION_ENV = "BERTMATH_AUTO_PRECISION"
+
+
+def _auto_held_to_fp32() -> bool:
+    value = os.environ.get(AUTO_PRECISION_ENV)
+    if value not in (None, "", "fp32"):
+        raise ConfigError(f"environment variable {AUTO_PRECISION_ENV}={value!r}: the one value it takes is fp32")
+    return value == "fp32"
+
+
 def resolve_inference_precision(precision: str, device: torch.device, key: str = "precision") -> tuple[str, str]:
     """(`precision` for inference → 'fp32', 'bf16' or 'int8', why), logged once. 'auto': bf16 where native
     (native_bf16), else fp32. An explicit bf16 where it would be emulated, or int8 without VNNI/AMX, is a
     ConfigError naming `key` (see the module docstring)."""
     if precision not in INFERENCE_PRECISIONS:
         raise ConfigError(f"{key}: {precision!r} is not a precision; choose one of {', '.join(INFERENCE_PRECISIONS)}")
-    if precision == "auto":
+    if precision == "auto" and _auto_held_to_fp32():
+        chosen, why = "fp32", f"auto: {AUTO_PRECISION_ENV}=fp32"
+    elif precision == "auto":
         native, why = native_bf16(device)
         chosen, why = ("bf16" if native else "fp32"), f"auto: {why}"
     elif precision == "bf16":
@@ -153,7 +168,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """`train.precision` → the autocast dtype name to use ('fp32', 'bf16' or 'fp16'), logged once with why.
     'auto' is bf16 where it is native (see module docstring), else fp32; explicit values are kept."""
     if precision == "auto":
-        native, why = native_bf16(device)
+        native, why = (False, f"{AUTO_PRECISION_ENV}=fp32") if _auto_held_to_fp32() else native_bf16(device)
         chosen = "bf16" if native else "fp32"
         log.info("precision auto → %s (%s)", chosen, why)
         return chosen

@@ -14,6 +14,10 @@ from bertmath import ModelConfig
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
+# `auto` precision resolves to fp32 on every CPU class (hardware.AUTO_PRECISION_ENV; subprocesses inherit it): the
+# commands' output is compared with fp32 references, and CI machines change class. Tests of auto's choice unset it.
+os.environ["BERTMATH_AUTO_PRECISION"] = "fp32"
+
 # vocab 99, D 32, 2 layers, 4 heads (Dh 8), F 37 (not a multiple of D on purpose), 64 positions; no dropout
 # so that train-mode passes are deterministic.
 TINY = ModelConfig(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=37,
@@ -39,3 +43,16 @@ def shakespeare_tokenizer():
     """The 8192-piece WordPiece vocabulary `bertmath figures` trains on the embedded corpus (~2 s, once)."""
     from bertmath.viz.figures import shakespeare_tokenizer
     return shakespeare_tokenizer()
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """machine(flags, onednn_bf16): pretend to be a CPU with these /proc/cpuinfo flags, whose oneDNN does or does
+    not use its bf16 instructions; `auto` then chooses from them (BERTMATH_AUTO_PRECISION unset)."""
+    from bertmath import hardware
+
+    def pretend(flags, onednn_bf16=True):
+        monkeypatch.delenv(hardware.AUTO_PRECISION_ENV, raising=False)
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    return pretend

@@ -15,16 +15,6 @@ AVX512_BF16 = AVX512 | {"avx512_bf16"}
 AMX = AVX512_BF16 | {"amx_tile", "amx_bf16"}
 
 
-@pytest.fixture
-def machine(monkeypatch):
-    """machine(flags, onednn_bf16): pretend to be a CPU with these /proc/cpuinfo flags, whose oneDNN
-    does or does not use its bf16 instructions."""
-    def pretend(flags, onednn_bf16=True):
-        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
-    return pretend
-
-
 @pytest.mark.parametrize("flags, expected", [(AVX2, "fp32"), (AVX512, "fp32"), (AVX512_BF16, "bf16"), (AMX, "bf16"),
                                              (frozenset(), "fp32")], ids=["avx2", "avx512", "avx512_bf16", "amx", "unknown"])
 def test_auto_is_bf16_only_with_native_bf16(machine, flags, expected, caplog):
@@ -83,3 +73,21 @@ def test_unknown_precision_is_a_config_error():
     from bertmath.config import ConfigError, config_from_dict
     with pytest.raises(ConfigError, match="train.precision.*'auto'"):
         config_from_dict({"train": {"precision": "int8"}})
+
+
+def test_auto_held_to_fp32_by_the_environment(machine, monkeypatch, caplog):
+    """BERTMATH_AUTO_PRECISION=fp32: auto is fp32 even on AMX, for training and inference, and says why; any
+    other value is a one-line ConfigError naming the variable."""
+    from bertmath.errors import ConfigError
+    from bertmath.hardware import resolve_inference_precision
+    machine(AMX)
+    assert resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.setenv(hardware.AUTO_PRECISION_ENV, "fp32")
+    with caplog.at_level(logging.INFO, logger="bertmath.hardware"):
+        assert resolve_precision("auto", CPU) == "fp32"
+    assert "precision auto → fp32 (BERTMATH_AUTO_PRECISION=fp32)" in caplog.text
+    assert resolve_inference_precision("auto", CPU) == ("fp32", "auto: BERTMATH_AUTO_PRECISION=fp32")
+    assert resolve_precision("bf16", CPU) == "bf16"  # explicit choices are not touched
+    monkeypatch.setenv(hardware.AUTO_PRECISION_ENV, "bf16")
+    with pytest.raises(ConfigError, match="BERTMATH_AUTO_PRECISION='bf16': the one value it takes is fp32"):
+        resolve_precision("auto", CPU)

@@ -19,7 +19,6 @@ from torch.testing import assert_close
 
 from bertmath import BertForMaskedLM
 from bertmath import functional as BF
-from bertmath import hardware
 from bertmath.cli import build_parser, main
 from bertmath.errors import ConfigError
 from bertmath.hardware import int8_weight_max, resolve_inference_precision
@@ -32,14 +31,6 @@ AVX_VNNI = AVX2 | {"avx_vnni"}  # Alder Lake / Zen 5 class
 AVX512_BF16 = AVX512_VNNI | {"avx512_bf16"}
 AMX = AVX512_BF16 | {"amx_tile", "amx_bf16", "amx_int8"}
 REAL_WEIGHT_MAX = int8_weight_max(CPU)[0]  # this machine's, before any test pretends to be another (63 without VNNI)
-
-
-@pytest.fixture
-def machine(monkeypatch):
-    def pretend(flags, onednn_bf16=True):
-        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
-    return pretend
 
 
 # --- the math -------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import load_script, minilm_dir
+from helpers import load_script, make_bertmath_run, minilm_dir
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def test_bench_runs_every_system_on_the_same_batches(tiny_bert_dir, tmp_path, ca
                                         "score": s}) + "\n" for w, s in [("piano", 4.5), ("chess", 3.0), ("ball", 1.0)]))
     out = tmp_path / "inference.json"
     report = bench.main(["--model", str(tiny_bert_dir), "--sentences", "12", "--rounds", "2", "--batch-size", "4",
-                         "--stsb", str(stsb), "--json", "--out", str(out)])
+                         "--stsb", str(stsb), "--fill-mask", "6", "--fill-mask-model",
+                         str(make_bertmath_run(tmp_path / "mlm")), "--json", "--out", str(out)])
     assert json.loads(out.read_text()) == report == json.loads(capsys.readouterr().out)
     rows = {r["system"]: r for r in report["rows"]}
     assert {"bertmath fp32", "bertmath int8", "ORT fp32 fused", "ORT int8 dynamic"} <= set(rows)
@@ -42,3 +43,7 @@ def test_bench_runs_every_system_on_the_same_batches(tiny_bert_dir, tmp_path, ca
         assert row["sentences_per_s"] > 0 and row["gflops"] > 0 and row["stsb_spearman"] is not None
     assert report["sentences"] == 12 and report["batches"] >= 3 and report["cpu_class"]
     assert report["auto"] in ("fp32", "bf16") and report["ort_best"].startswith("ORT")
+    agreement, rates = report["fill_mask_top1_agreement"], report["fill_mask_sentences_per_s"]
+    assert agreement["fp32"] == 1.0 and set(agreement) == set(rates) >= {"fp32", "int8"}
+    assert all(0 <= a <= 1 for a in agreement.values()) and all(r > 0 for r in rates.values())
+    assert "fill-mask sentences/s: fp32 " in bench.markdown(report)

@@ -194,18 +194,21 @@ class SelfAttention(nn.Module):
         """Q, K, V, each split into H heads of Dh = head_size (and rotated, with rope positions).
         (B, T, D), or (N, D) with `unpadded`, → 3 × (B, H, T, Dh)."""
         D = x.shape[-1]
-        if self.qkv is not None:
-            q, k, v = self.qkv(x).split(D, dim=-1)
-        elif self.fused_qkv:  # one (D, 3D) matmul instead of three (D, D): same math, fewer kernel launches
-            # The weights are concatenated on each call so that Q, K and V keep their own parameters (and the
-            # names checkpoints and transformers' table use); the copy is 3D² numbers, small beside the matmul.
-            w = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3D, D)
-            b = None if self.query.bias is None else torch.cat([self.query.bias, self.key.bias, self.value.bias])
-            q, k, v = BF.linear(x, w, b).split(D, dim=-1)
+        if self.qkv is not None or self.fused_qkv:  # one (D, 3D) matmul instead of three (D, D): same math
+            if self.qkv is not None:
+                qkv = self.qkv(x)
+            else:  # the weights are concatenated on each call so that Q, K and V keep their own parameters (and
+                # the names checkpoints and transformers' table use); the copy is 3D² numbers, small beside the matmul
+                w = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3D, D)
+                b = None if self.query.bias is None else torch.cat([self.query.bias, self.key.bias, self.value.bias])
+                qkv = BF.linear(x, w, b)
+            if unpadded is not None:
+                qkv = unpadded.unpack(qkv)  # (B, T, 3D), zeros at the padding: one scatter for the three
+            q, k, v = qkv.split(D, dim=-1)
         else:
             q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, D) or (N, D) each
-        if unpadded is not None:
-            q, k, v = (unpadded.unpack(t) for t in (q, k, v))  # (B, T, D), zeros at the padding
+            if unpadded is not None:
+                q, k, v = (unpadded.unpack(t) for t in (q, k, v))  # (B, T, D), zeros at the padding
         B, T = q.shape[:2]
         q, k, v = (t.view(B, T, self.num_heads, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         if self.rope_base is not None:

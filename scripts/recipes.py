@@ -33,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # GeGLU with F = 344 keeps the feed-forward's parameters level with small.yaml's MLP (3·D·344 ≈ 2·D·512, D = 128),
 # as ModernBERT sizes its GLU; GeGLU is gelu-gated (Shazeer 2020).
 GLU = ["model.ffn=glu", "model.intermediate_size=344", "model.activation=gelu"]
+# The lr schedule every curve is measured on (unless a recipe sets its own): linear decay over 3,000 steps, which
+# the main job on an AVX2-only CPU (1,750 steps in its budget) follows to 42% of the peak lr, as small.yaml's
+# schedule_horizon time with min_lr_ratio 0.4 does. A curve needs a schedule that does not depend on the budget.
+SCHEDULE = ["train.schedule_horizon=max_steps", "train.max_steps=3000", "train.min_lr_ratio=0"]
 RECIPES = {
     "small.yaml (post-LN, MLP, biases)": [],
     "pre-LN": ["model.norm=pre"],
@@ -68,7 +72,8 @@ def train(name: str, overrides: list[str], out: Path, stop_at: int, extra: list[
     at the end, for timing); its run directory."""
     run_dir = out / slug(name)
     eval_every = 100 if evaluated else 100_000
-    sets = [*overrides, f"train.out_dir={run_dir}", "train.max_time_minutes=null", f"train.eval_every={eval_every}",
+    keys = {o.split("=")[0] for o in overrides}
+    sets = [*(s for s in SCHEDULE if s.split("=")[0] not in keys), *overrides, f"train.out_dir={run_dir}", "train.max_time_minutes=null", f"train.eval_every={eval_every}",
             f"train.save_every={stop_at}", "train.resume=never", "train.plot=false", *extra]
     key = "eval_mask_accuracy" if evaluated else "elapsed_s"
     command = [sys.executable, "-m", "bertmath", "pretrain", config] + [a for s in sets for a in ("--set", s)]

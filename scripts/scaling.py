@@ -31,6 +31,7 @@ def run(config: str, processes: int, parallel: str, steps: int, threads: int, ou
     """Train; return metrics.jsonl's training records."""
     settings = [f"train.out_dir={out_dir}", f"train.max_steps={steps}", f"train.eval_every={steps}",
                 f"train.save_every={steps}", f"train.num_threads={threads}", "train.max_time_minutes=null",
+                "train.schedule_horizon=max_steps",  # a fixed number of steps: no budget to plan the schedule over
                 f"data.cache_dir={cache_dir}", *overrides]
     args = ["pretrain", config] + [a for kv in settings for a in ("--set", kv)]
     if processes == 1:

@@ -37,6 +37,7 @@ DEFAULT_TEXT = Path(bertmath.__file__).parent / "corpus" / "ood_kjv.txt.gz"
 class Item:
     text: str  # the sentence with one word replaced by [MASK]
     answer: str  # the WordPiece that was there (the tokenizer's form: lowercased by an uncased one)
+    answer_id: int  # its id
 
 
 def read_sentences(path: Path, min_words: int = 6, max_words: int = 60) -> list[str]:
@@ -56,12 +57,12 @@ def masked_items(sentences: list[str], tokenizer, mask_token: str, count: int, s
         single = []
         for i, word in enumerate(words):
             if word.isalpha():
-                pieces = tokenizer.encode(word, add_special_tokens=False).tokens
-                if len(pieces) == 1:
-                    single.append((i, pieces[0]))
+                pieces = tokenizer.encode(word, add_special_tokens=False)
+                if len(pieces.ids) == 1:
+                    single.append((i, pieces.tokens[0], pieces.ids[0]))
         if single:
-            i, answer = rng.choice(single)
-            items.append(Item(" ".join(words[:i] + [mask_token] + words[i + 1:]), answer))
+            i, answer, answer_id = rng.choice(single)
+            items.append(Item(" ".join(words[:i] + [mask_token] + words[i + 1:]), answer, answer_id))
         if len(items) == count:
             break
     return items
@@ -69,14 +70,14 @@ def masked_items(sentences: list[str], tokenizer, mask_token: str, count: int, s
 
 def evaluate(fill: FillMask, items: list[Item]) -> dict:
     """Top-1 accuracy of `fill` on `items`, the best constant guess's, and their ratio."""
-    predicted = [r.masks[0].chosen.token for r in fill.predict([it.text for it in items], top_k=1)]
-    correct = sum(p == it.answer for p, it in zip(predicted, items))
+    chosen = [r.masks[0].chosen for r in fill.predict([it.text for it in items], top_k=1)]
+    correct = sum(c.token == it.answer_id for c, it in zip(chosen, items))
     constant, hits = Counter(it.answer for it in items).most_common(1)[0]
     accuracy, baseline = correct / len(items), hits / len(items)
     return {"sentences": len(items), "accuracy": accuracy, "constant_guess": constant,
             "constant_accuracy": baseline, "ratio": accuracy / baseline,
-            "examples": [{"text": it.text, "answer": it.answer, "predicted": p}
-                         for it, p in list(zip(items, predicted))[:5]]}
+            "examples": [{"text": it.text, "answer": it.answer, "predicted": c.token_str}
+                         for it, c in list(zip(items, chosen))[:5]]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ def test_items_mask_one_single_wordpiece_word(trained_run):
     assert len(items) == 10
     for item in items:
         assert item.text.split().count("[MASK]") == 1
-        assert fill.tokenizer.token_to_id(item.answer) is not None and not item.answer.startswith("##")
+        assert fill.tokenizer.token_to_id(item.answer) == item.answer_id and not item.answer.startswith("##")
         filled = item.text.replace("[MASK]", item.answer)
         assert filled in [s.lower() for s in SENTENCES]  # the answer is the word that was there
     assert items == ood.masked_items(SENTENCES * 3, fill.tokenizer, fill.mask_token, count=10, seed=1)
@@ -35,9 +35,10 @@ def test_accuracy_and_constant_guess_recounted(trained_run):
     fill = FillMask.from_pretrained(trained_run)
     items = ood.masked_items(SENTENCES * 5, fill.tokenizer, fill.mask_token, count=20, seed=0)
     report = ood.evaluate(fill, items)
-    predicted = [fill.predict(it.text, top_k=1)[0].masks[0].chosen.token for it in items]  # one at a time
-    answers = [it.answer for it in items]
+    predicted = [fill.predict(it.text, top_k=1)[0].masks[0].chosen.token_str for it in items]  # one at a time
+    answers = [it.answer for it in items]  # compared as strings here, as ids by the script
     assert report["accuracy"] == sum(p == a for p, a in zip(predicted, answers)) / 20
+    assert report["accuracy"] > 0  # the 30-step model names some of these words: a comparison that can succeed
     top, hits = Counter(answers).most_common(1)[0]
     assert (report["constant_guess"], report["constant_accuracy"]) == (top, hits / 20)
     assert report["ratio"] == report["accuracy"] / report["constant_accuracy"]

@@ -130,11 +130,16 @@ def int8_weight_max(device: torch.device) -> tuple[int | None, str]:
 AUTO_PRECISION_ENV = "BERTMATH_AUTO_PRECISION"
 
 
-def _auto_held_to_fp32() -> bool:
+def auto_precision(device: torch.device) -> tuple[str, str]:
+    """(what `auto` resolves to on `device`, 'bf16' or 'fp32', why), for training and inference alike: bf16 where
+    native (native_bf16), else fp32; fp32 everywhere when AUTO_PRECISION_ENV says so."""
     value = os.environ.get(AUTO_PRECISION_ENV)
     if value not in (None, "", "fp32"):
         raise ConfigError(f"environment variable {AUTO_PRECISION_ENV}={value!r}: the one value it takes is fp32")
-    return value == "fp32"
+    if value == "fp32":
+        return "fp32", f"{AUTO_PRECISION_ENV}=fp32"
+    native, why = native_bf16(device)
+    return ("bf16" if native else "fp32"), why
 
 
 def resolve_inference_precision(precision: str, device: torch.device, key: str = "precision") -> tuple[str, str]:
@@ -143,11 +148,9 @@ def resolve_inference_precision(precision: str, device: torch.device, key: str =
     ConfigError naming `key` (see the module docstring)."""
     if precision not in INFERENCE_PRECISIONS:
         raise ConfigError(f"{key}: {precision!r} is not a precision; choose one of {', '.join(INFERENCE_PRECISIONS)}")
-    if precision == "auto" and _auto_held_to_fp32():
-        chosen, why = "fp32", f"auto: {AUTO_PRECISION_ENV}=fp32"
-    elif precision == "auto":
-        native, why = native_bf16(device)
-        chosen, why = ("bf16" if native else "fp32"), f"auto: {why}"
+    if precision == "auto":
+        chosen, why = auto_precision(device)
+        why = f"auto: {why}"
     elif precision == "bf16":
         native, why = native_bf16(device)
         if not native:
@@ -168,8 +171,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """`train.precision` → the autocast dtype name to use ('fp32', 'bf16' or 'fp16'), logged once with why.
     'auto' is bf16 where it is native (see module docstring), else fp32; explicit values are kept."""
     if precision == "auto":
-        native, why = (False, f"{AUTO_PRECISION_ENV}=fp32") if _auto_held_to_fp32() else native_bf16(device)
-        chosen = "bf16" if native else "fp32"
+        chosen, why = auto_precision(device)
         log.info("precision auto → %s (%s)", chosen, why)
         return chosen
     if precision == "bf16":

@@ -6,7 +6,8 @@
            the logits the heads return cast to fp32
     int8   the encoder layers' matrices (Q, K and V joined as one, attention output, FFN up and down) replaced by
            Int8Linear: y = (s_x s_w) ⊙ (q_x q_wᵀ) + b (functional.int8_linear), weights per output channel in
-           8 bits (7 on a CPU without VNNI: hardware.int8_weight_max), activations per token; embeddings, LayerNorm, softmax, attention's QKᵀ and AV, the pooler and heads stay fp32
+           8 bits (7 on a CPU without VNNI: hardware.int8_weight_max), activations per token; embeddings,
+           LayerNorm, softmax, attention's QKᵀ and AV, the pooler and heads stay fp32
 
     runner = Precision.of("auto", device)          # resolves and logs the choice once
     model = runner.prepare(model)                   # int8: quantises the encoder's linears in place

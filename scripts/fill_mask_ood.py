@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bertmath
+from bertmath.cli import _reader_gone
 from bertmath.fill_mask import FillMask
 
 DEFAULT_TEXT = Path(bertmath.__file__).parent / "corpus" / "ood_kjv.txt.gz"
@@ -42,7 +43,8 @@ class Item:
 
 def read_sentences(path: Path, min_words: int = 6, max_words: int = 60) -> list[str]:
     """The lines of a text file (gzip if it ends in .gz) of min_words..max_words words."""
-    raw = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    # utf-8-sig: a byte-order mark at the start is not part of the first sentence
+    raw = gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else open(path, encoding="utf-8-sig")
     with raw as f:
         return [line.strip() for line in f if min_words <= len(line.split()) <= max_words]
 
@@ -114,4 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head -1`: stop quietly with 141, as the bertmath commands do
+        status = _reader_gone()
+    sys.exit(status)

@@ -182,6 +182,9 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step: batch_size · grad_accum_steps sequences per step
     lr: float = 1e-4  # peak learning rate
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
+    # the last fraction of the steps after warm-up over which the lr decays; before it the peak holds. 1: decay
+    # from the warm-up's end (BERT); 0.2: warmup-stable-decay (Hägele et al. 2024, arXiv 2405.18392)
+    decay_fraction: float = 1.0
     warmup_steps: int = 100
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
     # What the decay runs towards. max_steps: step max_steps. time: the last step that max_time_minutes
@@ -225,6 +228,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         for name in ("adam_beta1", "adam_beta2", "min_lr_ratio"):
             _require_probability(getattr(self, name), f"train.{name}")
+        _require(0 < self.decay_fraction <= 1, "train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
         _require(self.max_time_minutes is None or self.max_time_minutes > 0, "train.max_time_minutes",
                  "must be positive")
         _require(self.num_threads is None or self.num_threads > 0, "train.num_threads", "must be positive")

@@ -81,14 +81,17 @@ def _now() -> float:
 
 
 def learning_rate(step: int, lr: float, warmup_steps: int, max_steps: int, schedule: str,
-                  min_lr_ratio: float = 0.0) -> float:
-    """lr(s) = lr · (s+1)/W for s < W (linear warm-up), then decays from lr to lr·r over the rest:
-    linear: lr·(r + (1-r)(1-p)), cosine: lr·(r + (1-r)·½(1 + cos πp)), p = (s-W)/(S-W) ∈ [0, 1]."""
+                  min_lr_ratio: float = 0.0, decay_fraction: float = 1.0) -> float:
+    """lr(s) = lr · (s+1)/W for s < W (linear warm-up); then the peak lr holds until the last fraction f of
+    the S-W steps after warm-up, over which it decays from lr to lr·r:
+    linear: lr·(r + (1-r)(1-p)), cosine: lr·(r + (1-r)·½(1 + cos πp)), p = (s-W-(1-f)(S-W))/(f(S-W)) ∈ [0, 1].
+    f = 1 decays from the warm-up's end (BERT); f < 1 is warmup-stable-decay (Hägele et al. 2024)."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant" or max_steps <= warmup_steps:
         return lr
-    progress = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
+    decay_steps = decay_fraction * (max_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - max_steps + decay_steps) / decay_steps))
     decay = (1 - progress) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay)
 
@@ -437,7 +440,7 @@ class Trainer:
         # schedule_horizon time, before the step time is measured: warm-up, then the peak (no horizon to decay to yet)
         schedule = "constant" if self._awaiting_plan() else train.schedule
         lr = learning_rate(self.state.step, train.lr, train.warmup_steps, self._last_step(), schedule,
-                           train.min_lr_ratio)
+                           train.min_lr_ratio, train.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)

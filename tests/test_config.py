@@ -195,6 +195,7 @@ ERRORS = {
     "unknown_positions": ("model:\n  position_encoding: sinusoidal\n", ["model.position_encoding", "alibi", "rope"]),
     "rope_odd_head_size": ("model:\n  position_encoding: rope\n  hidden_size: 15\n  num_heads: 5\n",
                            ["model.position_encoding", "even", "15/5 = 3"]),
+    "decay_fraction_zero": ("train:\n  decay_fraction: 0\n", ["train.decay_fraction", "(0, 1]"]),
     "time_horizon_without_budget": ("train:\n  schedule_horizon: time\n", ["train.schedule_horizon", "max_time_minutes"]),
     # the switches of issue 23 (ModernBERT's parts)
     "rope_half_odd_head_size": ("model:\n  position_encoding: rope\n  rope_style: half\n  hidden_size: 15\n"

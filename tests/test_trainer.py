@@ -93,6 +93,19 @@ def test_learning_rate_warmup_then_linear_and_cosine_decay():
     assert learning_rate(80, lr, W, S, "constant") == pytest.approx(1.0)
 
 
+def test_learning_rate_warmup_stable_decay():
+    """decay_fraction 0.2: the peak holds until the last 20 of the 100 steps after warm-up, then decays linearly."""
+    lr, W, S = 1.0, 10, 110
+    wsd = [learning_rate(s, lr, W, S, "linear", min_lr_ratio=0.1, decay_fraction=0.2) for s in range(S + 1)]
+    assert wsd[:W] == pytest.approx([(s + 1) / W for s in range(W)])
+    assert wsd[W:91] == pytest.approx([1.0] * (91 - W))
+    assert wsd[100] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert wsd[110] == pytest.approx(0.1)
+    # decay_fraction 1 is the decay from the warm-up's end
+    assert [learning_rate(s, lr, W, S, "cosine", decay_fraction=1.0) for s in range(S + 1)] == pytest.approx(
+        [learning_rate(s, lr, W, S, "cosine") for s in range(S + 1)])
+
+
 def test_no_weight_decay_on_biases_and_layer_norm():
     cfg = config_from_dict({"model": {"vocab_size": 50, "hidden_size": 16, "num_layers": 1, "num_heads": 2,
                                       "intermediate_size": 32, "max_position_embeddings": 16}})

@@ -38,7 +38,17 @@ GLU = ["model.ffn=glu", "model.intermediate_size=344", "model.activation=gelu"]
 # decay over 3,000 steps, which an AVX2-only CPU followed to 42% of the peak lr in its 1,750 steps), so that the
 # table stays what it measured whatever small.yaml becomes; a recipe's own keys replace these. A curve needs a
 # schedule that does not depend on the budget: small.yaml's `schedule_horizon: time` does.
-BASELINE = ["train.lr=1e-3", "train.schedule_horizon=max_steps", "train.max_steps=3000", "train.min_lr_ratio=0"]
+BASELINE = ["model.num_layers=4", "train.lr=1e-3", "train.schedule_horizon=max_steps", "train.max_steps=3000",
+            "train.min_lr_ratio=0"]
+
+
+def in_budget(steps: int, *overrides: str) -> list[str]:
+    """The main job's recipe of 2026-12-06 (lr 2e-3, linear decay to 0) with its schedule fixed at the `steps` that
+    its 9 minutes give that model on the AVX2 class (`time`), so that the curve ends where the budget does."""
+    return ["train.lr=2e-3", f"train.max_steps={steps}", "train.min_lr_ratio=0", *overrides]
+
+
+
 RECIPES = {
     "small.yaml (post-LN, MLP, biases)": [],
     "pre-LN": ["model.norm=pre"],
@@ -55,6 +65,13 @@ RECIPES = {
                                             "model.type_vocab_size=0", "train.lr=2e-3"],
     "D 256, F 1024, 4 heads": ["model.hidden_size=256", "model.intermediate_size=1024", "model.num_heads=4"],
     "2 layers": ["model.num_layers=2"],
+    # second table (2026-12-06): each size on the schedule of its own budget (steps from `time`, AVX2 class)
+    "4 layers, lr 3e-3 to 40%": ["train.lr=3e-3", "train.max_steps=1650", "train.min_lr_ratio=0.4"],
+    "4 layers, lr 2e-3 to 0": in_budget(1650),
+    "3 layers, lr 2e-3 to 0": in_budget(2100, "model.num_layers=3"),
+    "2 layers, lr 2e-3 to 0": in_budget(2900, "model.num_layers=2"),
+    "2 layers, lr 2e-3 to 0, GELU": in_budget(2900, "model.num_layers=2", "model.activation=gelu"),
+    "2 layers, lr 3e-3 to 0": in_budget(2900, "model.num_layers=2", "train.lr=3e-3"),
 }
 
 

@@ -58,7 +58,7 @@ def test_shipped_sizes():
     assert (large.num_layers, large.hidden_size, large.num_heads, large.intermediate_size) == (24, 1024, 16, 4096)
     assert base.vocab_size == large.vocab_size == 30522
     assert base.activation == large.activation == "gelu"
-    assert small.hidden_size == _small_yaml()["model"]["hidden_size"] and small.num_layers == 4 and small.activation == "relu"
+    assert small.hidden_size == _small_yaml()["model"]["hidden_size"] and small.num_layers == 3 and small.activation == "relu"
     assert isinstance(load_config(ROOT / "configs/base.yaml").train.lr, float)
     assert (modern.num_layers, modern.hidden_size, modern.intermediate_size, modern.local_attention) == (22, 768, 1152, 128)
 

@@ -1,5 +1,5 @@
 """Shared fixtures: the tiny seeded BERT config that model, hf_format and parity tests build; a tiny run
-directory and the Shakespeare vocabulary for the figure commands."""
+directory for the figure commands and the Shakespeare vocabulary (configs/small.yaml's)."""
 
 import dataclasses
 import os
@@ -39,10 +39,21 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def shakespeare_tokenizer():
-    """The 8192-piece WordPiece vocabulary `bertmath figures` trains on the embedded corpus (~2 s, once)."""
-    from bertmath.viz.figures import shakespeare_tokenizer
-    return shakespeare_tokenizer()
+def shakespeare_tokenizer(tmp_path_factory):
+    """The 8192-piece WordPiece vocabulary `bertmath figures` trains on the embedded corpus (~3 s), which is
+    configs/small.yaml's: trained once a run. Under pytest-xdist the first worker that needs it saves it where the
+    others load it (the run's shared temporary directory; pytest-xdist's recipe for a session fixture)."""
+    from bertmath.viz.figures import shakespeare_tokenizer as train
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return train()
+    from filelock import FileLock
+    from tokenizers import Tokenizer
+
+    path = tmp_path_factory.getbasetemp().parent / "shakespeare_tokenizer.json"
+    with FileLock(f"{path}.lock"):
+        if not path.is_file():
+            train().save(str(path))
+        return Tokenizer.from_file(str(path))
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ No timing is asserted anywhere: speed depends on the machine."""
 
 import dataclasses
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +15,6 @@ from helpers import load_script
 
 transformers = pytest.importorskip("transformers")
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "bench.py"
 TINY_YAML = """\
 model:
   vocab_size: 120
@@ -49,16 +44,16 @@ def tiny_yaml(tmp_path):
     return path
 
 
-def run_bench(*args):
-    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+def run_bench(capsys, *args) -> dict:
+    """The script's main in this process (a fresh interpreter would spend most of this test importing transformers);
+    what it prints on stdout, which must be one JSON document."""
+    load_bench().main(list(args))
+    return json.loads(capsys.readouterr().out)
 
 
 @pytest.mark.slow
-def test_bench_runs_and_reports_json(tiny_yaml):
-    report = run_bench("--config", str(tiny_yaml), "--steps", "2", "--repeats", "1", "--warmup", "1", "--json",
+def test_bench_runs_and_reports_json(tiny_yaml, capsys):
+    report = run_bench(capsys, "--config", str(tiny_yaml), "--steps", "2", "--repeats", "1", "--warmup", "1", "--json",
                        "--batch-size", "2", "--fused", "--sparse-mlm", "--peak-size", "256")
     meta = report["meta"]
     assert meta["transformers_default_attention"] in ("sdpa", "eager")
@@ -79,10 +74,8 @@ def test_bench_runs_and_reports_json(tiny_yaml):
 
 
 def test_bench_suite_runs(tiny_yaml, capsys):
-    """In this process (the test above runs the script as a user does): the same `main`, its JSON on stdout."""
-    load_bench().main(["--config", str(tiny_yaml), "--suite", "cpu", "--no-compile", "--steps", "1", "--repeats", "1",
-                       "--warmup", "1", "--json", "--batch-size", "2", "--peak-size", "256", "--no-memory"])
-    report = json.loads(capsys.readouterr().out)
+    report = run_bench(capsys, "--config", str(tiny_yaml), "--suite", "cpu", "--no-compile", "--steps", "1", "--repeats",
+                       "1", "--warmup", "1", "--json", "--batch-size", "2", "--peak-size", "256", "--no-memory")
     rows = [row["row"] for group in report["groups"] for row in group["rows"]]
     assert len(rows) == 6 and any(r.startswith("(1) identical math") for r in rows)
     # auto resolves to what the trainer would pick on this machine: bf16 only where it is native

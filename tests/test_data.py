@@ -365,11 +365,12 @@ def test_truncating_tokenizer_is_not_truncated(plays_sample, tokenizer, tmp_path
 
 
 @pytest.mark.slow
-def test_small_config_on_embedded_corpus(tmp_path):
-    """configs/small.yaml's data: the whole embedded corpus, an 8192-WordPiece vocabulary, T = 128."""
+def test_small_config_on_embedded_corpus(tmp_path, shakespeare_tokenizer):
+    """configs/small.yaml's data: the whole embedded corpus, an 8192-WordPiece vocabulary, T = 128. The vocabulary
+    is the session's (tests/conftest.py), trained once as get_tokenizer trains it for this config."""
     config = make_config(vocab_size=8192, max_seq_len=128)
-    tokenizer = D.get_tokenizer(config, tmp_path)
-    prepared = D.prepare_data(config, tokenizer, tmp_path / "cache")
+    assert shakespeare_tokenizer.get_vocab_size() == config.model.vocab_size
+    prepared = D.prepare_data(config, shakespeare_tokenizer, tmp_path / "cache")
     assert len(prepared.train) > 9000 and len(prepared.eval) > 100
     assert prepared.batch("train", D.batch_indices(len(prepared.train), 32, 0, 0)).shape == (32, 128)
 

@@ -63,19 +63,27 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return read_safetensors(run / ckpt.MODEL_FILE)
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> Path:
+    """The run directory of _tree's deterministic config trained in this one process with the whole batch: what
+    2 processes match, with DDP and with FSDP (the corpus is seeded, so each test's copy holds the same text)."""
+    tmp_path = tmp_path_factory.mktemp("one_process")
+    tree = _tree(tmp_path)
+    tree["train"]["out_dir"] = str(tmp_path / "single")
+    train(config_from_dict(tree))
+    return tmp_path / "single"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path, parallel):
+def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path, parallel, one_process_run):
     tree = _tree(tmp_path)
-    spread, single = tmp_path / parallel, tmp_path / "single"
+    spread, single = tmp_path / parallel, one_process_run
     run = _torchrun(write_config(tmp_path, tree), spread, "--set", f"train.parallel={parallel}")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     assert run.stdout.count("done:") == 1 and run.stderr.count("model parameters:") == 1  # only rank 0 reports
     assert f"2 processes ({parallel}, 4 sequences each per micro-batch)" in run.stderr
-
-    tree["train"]["out_dir"] = str(single)
-    train(config_from_dict(tree))
 
     # rank 0 alone wrote: one checkpoint per save, one metrics line per step, nothing half-written left over
     assert [p.name for p in ckpt.list_checkpoints(spread)] == ["step-0000006", "step-0000012"]

@@ -13,6 +13,7 @@ import pytest
 
 from bertmath.cli import main
 from bertmath.config import load_config
+from helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -136,17 +137,17 @@ def test_cpu_demo_end_to_end_with_a_tiny_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_scaling_script_runs_one_and_two_processes_on_the_same_work(tmp_path):
+def test_scaling_script_runs_one_and_two_processes_on_the_same_work(monkeypatch, capsys):
+    """The script's main in this process: the runs it times are processes of their own (one `bertmath pretrain`, one
+    torchrun job), as always."""
     tiny = ["model.vocab_size=512", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
             "model.intermediate_size=64", "data.max_documents=300", "data.eval_fraction=0.1", "data.max_seq_len=32",
             "train.batch_size=8", "train.precision=fp32", "train.plot=false"]
     # DDP only: FSDP2 trains as one process too, but that is test_distributed's to prove; here the script's table
-    command = [sys.executable, str(REPO / "scripts" / "scaling.py"), "--config", "configs/small.yaml", "--steps", "6",
-               "--skip", "2", "--parallel", "ddp", "--json", *[a for kv in tiny for a in ("--set", kv)]]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    monkeypatch.setattr(sys, "argv", ["scaling.py", "--config", "configs/small.yaml", "--steps", "6", "--skip", "2",
+                                      "--parallel", "ddp", "--json", *[a for kv in tiny for a in ("--set", kv)]])
+    assert load_script("scaling").main() == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["processes"], r["parallel"]) for r in rows] == [(1, "none"), (2, "ddp")]
     assert rows[0]["speedup"] == 1.0 and all(r["tokens_per_s"] > 0 for r in rows)
     for r in rows[1:]:  # fp32, no dropout: the same training whatever the number of processes

@@ -2,10 +2,13 @@
 
 The oracle is brute force: every document embedded by Embedder.encode, cosine similarity against every query,
 sorted (torch.topk). The vectors are computed once per (documents file, checkpoint) and reused; a changed file
-gets new ones. Under torchrun (marked slow) 1 and 2 processes write byte-identical vectors."""
+gets new ones. Under torchrun (marked slow) 2 processes write the vectors 1 process writes, byte for byte (the one
+process of a job: torchrun's environment, in the test's own process)."""
 
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -136,25 +139,48 @@ def test_documents_that_are_no_text_are_one_line_errors(run, tmp_path, capsys, c
     assert [p.name for p in tmp_path.iterdir()] == ["docs.bin"]
 
 
+SEARCH = ["--query", QUERIES[2], "--top-k", "1", "--chunk-size", "16", "--batch-size", "4"]
+
+
 def _torchrun(processes: int, run: Path, docs: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--standalone",
-               "-m", "bertmath", "search", str(run), "--docs", str(docs), "--query", QUERIES[2], "--top-k", "1",
-               "--chunk-size", "16", "--batch-size", "4"]
+               "-m", "bertmath", "search", str(run), "--docs", str(docs), *SEARCH]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _as_the_one_process_of_a_torchrun_job(run: Path, docs: Path, monkeypatch, capsys, caplog
+                                           ) -> subprocess.CompletedProcess:
+    """`bertmath search` in this process with the environment torchrun gives the one process of a job (rank 0 of
+    world size 1, a free port on this host): it joins a Gloo group of one, as under `torchrun --nproc_per_node 1`,
+    without the seconds a job's processes spend starting. Its output shaped like _torchrun's."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    for name, value in {"RANK": 0, "LOCAL_RANK": 0, "WORLD_SIZE": 1, "LOCAL_WORLD_SIZE": 1,
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}.items():
+        monkeypatch.setenv(name, str(value))
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="bertmath"):
+        code = main(["search", str(run), "--docs", str(docs), *SEARCH])
+    assert not torch.distributed.is_initialized()  # the group is left again
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess("search", code, captured.out, captured.err + caplog.text)
+
+
 @pytest.mark.slow
-def test_two_processes_write_the_vectors_one_process_writes(run, tmp_path):
+def test_two_processes_write_the_vectors_one_process_writes(run, tmp_path, monkeypatch, capsys, caplog):
     """Each of 2 processes embeds its half of the chunks (50 documents, chunks of 16: rank 0 lines 1-32, rank 1
     33-50) into the one memory-mapped file: the same bytes as 1 process, and rank 0 alone answers."""
     outputs = {}
     for processes in (1, 2):
         (tmp_path / f"p{processes}").mkdir()
         docs = write_docs(tmp_path / f"p{processes}" / "docs.txt", DOCS[:50])
-        job = _torchrun(processes, run, docs)
+        job = (_torchrun(processes, run, docs) if processes > 1 else
+               _as_the_one_process_of_a_torchrun_job(run, docs, monkeypatch, capsys, caplog))
         assert job.returncode == 0, job.stderr[-3000:]
         assert job.stdout.count(QUERIES[2]) == 2 and "line 18" in job.stdout  # the query and its one hit, once
+        assert "50 documents: embedding them into" in job.stderr
         assert "(2 processes)" in job.stderr if processes == 2 else "processes)" not in job.stderr
         [vectors] = [p for p in docs.parent.iterdir() if p.name.endswith(".npy") and not p.name.endswith("lines.npy")]
         outputs[processes] = vectors.read_bytes()

@@ -537,7 +537,8 @@ def test_time_horizon_ends_the_run_and_the_decay_at_the_planned_step_and_resumes
     same weights. The trainer's clock ticks 10 ms per reading, so the plan does not depend on this machine."""
     ticks = iter(range(10**9))
     monkeypatch.setattr(trainer_module, "_now", lambda: next(ticks) * 0.01)
-    tree = tiny_config_tree(tmp_path, max_steps=100_000, max_time_minutes=0.05, schedule_horizon="time",
+    # 1.5 s on that clock: ~130 planned steps, past the step-75 checkpoint the resume below starts from
+    tree = tiny_config_tree(tmp_path, max_steps=100_000, max_time_minutes=0.025, schedule_horizon="time",
                             save_every=25, keep_checkpoints=100, eval_every=1000, eval_batches=2, warmup_steps=5)
     summary = train(config_from_dict(tree))
     out = Path(tree["train"]["out_dir"])

@@ -43,10 +43,10 @@ BASELINE = ["model.num_layers=4", "train.lr=1e-3", "train.schedule_horizon=max_s
 
 
 def in_budget(steps: int, *overrides: str) -> list[str]:
-    """The main job's recipe of 2026-12-06 (lr 2e-3, linear decay to 0) with its schedule fixed at the `steps` that
-    its 9 minutes give that model on the AVX2 class (`time`), so that the curve ends where the budget does."""
+    """The main job's recipe of 2026-12-06 (lr 2e-3, linear decay to 0) with its schedule fixed at `steps`, an
+    estimate of what 9 minutes give that model on the AVX2 class, so that the curve ends about where the budget
+    does (the main job as written measured fewer for 3 and 2 layers: docs/benchmarks.md)."""
     return ["train.lr=2e-3", f"train.max_steps={steps}", "train.min_lr_ratio=0", *overrides]
-
 
 
 RECIPES = {
@@ -65,7 +65,7 @@ RECIPES = {
                                             "model.type_vocab_size=0", "train.lr=2e-3"],
     "D 256, F 1024, 4 heads": ["model.hidden_size=256", "model.intermediate_size=1024", "model.num_heads=4"],
     "2 layers": ["model.num_layers=2"],
-    # second table (2026-12-06): each size on the schedule of its own budget (steps from `time`, AVX2 class)
+    # second table (2026-12-06): each size on the schedule of its own budget (estimated steps, AVX2 class)
     "4 layers, lr 3e-3 to 40%": ["train.lr=3e-3", "train.max_steps=1650", "train.min_lr_ratio=0.4"],
     "4 layers, lr 2e-3 to 0": in_budget(1650),
     "3 layers, lr 2e-3 to 0": in_budget(2100, "model.num_layers=3"),

@@ -188,8 +188,9 @@ class TrainConfig:
     warmup_steps: int = 100
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
     # What the decay runs towards. max_steps: step max_steps. time: the last step that max_time_minutes
-    # allows, estimated once from the measured step time (Cramming's budgeted schedule, Geiping & Goldstein
-    # 2023) and saved in the checkpoint, so a resumed run keeps the same schedule.
+    # allows (Cramming's budgeted schedule, Geiping & Goldstein 2023), estimated from the step time measured
+    # over steps 10-50, then again at each checkpoint (save_every) from the steps since the last; saved in the
+    # checkpoint, so a resumed run keeps the schedule it was on.
     schedule_horizon: Literal["max_steps", "time"] = "max_steps"
     weight_decay: float = 0.01  # not applied to biases and LayerNorm
     adam_beta1: float = 0.9

@@ -68,7 +68,7 @@ class TrainState:
     best_eval_step: int | None = None
     best_mask_accuracy: float | None = None  # the context probe: at [MASK] positions
     best_mask_step: int | None = None
-    planned_steps: int | None = None  # schedule_horizon "time": the steps the budget allows, once measured
+    planned_steps: int | None = None  # schedule_horizon "time": the steps the budget allows, as last measured
 
 
 def _now() -> float:
@@ -486,12 +486,14 @@ class Trainer:
         """Step until the last step or the time budget; evaluate and save at their cadence, and always at the end."""
         train = self.config.train
         start_step, start_time, session_tokens = self.state.step, _now(), 0
-        window_start = start_time  # reset at step HORIZON_WINDOW[0] of this process
+        # schedule_horizon time: the step time is measured over a window of steps, HORIZON_WINDOW of this process
+        # for the first plan, then from each checkpoint to the next (less the evaluations' time), and re-planned
+        window_start, window_step, window_eval_s = start_time, start_step, 0.0
         last_saved = start_step if self.resume_from is not None else None
         pending: _StepRecord | None = None
         while self.state.step < self._last_step():
-            if self.state.step - start_step == HORIZON_WINDOW[0]:
-                window_start = _now()
+            if self._awaiting_plan() and self.state.step - start_step == HORIZON_WINDOW[0]:
+                window_start, window_step = _now(), self.state.step
             loss, grad_norm = self._train_step()
             # The previous step's loss is read only now, with this step queued: on a GPU, reading a value waits
             # for the device, and waiting here instead of before this step keeps the device busy meanwhile.
@@ -515,16 +517,27 @@ class Trainer:
                 self._finish_step(pending, pbar)
                 pending = None
             if measure_plan:
-                step_time = (_now() - window_start) / (HORIZON_WINDOW[1] - HORIZON_WINDOW[0])
+                step_time = (_now() - window_start) / (self.state.step - window_step)
                 self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
                 pbar.total = self._last_step()
             if evaluate:
+                eval_start = _now()
                 self._evaluate(pbar)
+                window_eval_s += _now() - eval_start
             if save:
+                # re-planned where it is saved: a resumed run continues from the plan its checkpoint was made with
+                replan = (not self._awaiting_plan() and not measure_plan and not done and not out_of_time
+                          and train.schedule_horizon == "time" and self.state.step > window_step)
+                if replan:
+                    step_time = (_now() - window_start - window_eval_s) / (self.state.step - window_step)
+                    self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
+                    pbar.total = self._last_step()
                 self.state.elapsed_s += _now() - start_time
                 start_time, session_tokens = _now(), 0
                 self._save()
                 last_saved = self.state.step
+                if not self._awaiting_plan():
+                    window_start, window_step, window_eval_s = start_time, self.state.step, 0.0
             if out_of_time:
                 pbar.write(f"train.max_time_minutes ({train.max_time_minutes}) reached at step {self.state.step}")
                 break
@@ -581,14 +594,18 @@ class Trainer:
         return self.state.planned_steps or self.config.train.max_steps
 
     def _plan_steps(self, step_time: float, elapsed_s: float) -> None:
-        """schedule_horizon "time": fix the last step once, from rank 0's measured step time (the processes'
-        clocks differ); it is saved in the checkpoint, so a resumed run keeps the schedule."""
+        """schedule_horizon "time": set the last step from rank 0's measured step time (the processes' clocks
+        differ): first after HORIZON_WINDOW, then again at each checkpoint, from the steps since the previous one,
+        so a run whose first steps were slowed (or sped up) by other work still ends where its budget does. The
+        plan is saved in the checkpoint: a resumed run continues with the schedule its checkpoint had."""
         train = self.config.train
+        first = self.state.planned_steps is None
         planned = planned_last_step(self.state.step, step_time, elapsed_s, train)
         self.state.planned_steps = distributed.gather_objects(planned, self.dist)[0]
-        log.info("schedule_horizon time: %.3f s per step, %.0f s left of %s min → the run and its lr decay end "
-                 "at step %d", step_time, 60 * train.max_time_minutes - elapsed_s, train.max_time_minutes,
-                 self.state.planned_steps)
+        message = ("schedule_horizon time: %.3f s per step, %.0f s left of %s min → the run and its lr decay end "
+                   "at step %d")
+        (log.info if first else log.debug)(message, step_time, 60 * train.max_time_minutes - elapsed_s,
+                                           train.max_time_minutes, self.state.planned_steps)
 
     def _summary(self) -> dict:
         records = metrics.read_records(self.out_dir) if self.dist.is_main else []

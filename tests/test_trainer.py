@@ -531,31 +531,48 @@ def test_planned_last_step_spends_the_budget_on_steps_and_evaluations():
 
 @pytest.mark.slow
 def test_time_horizon_ends_the_run_and_the_decay_at_the_planned_step_and_resumes_exactly(tmp_path, monkeypatch):
-    """With schedule_horizon time, the step time measured over HORIZON_WINDOW fixes the last step; the lr
-    decays to 0 exactly there and the run ends there, not at the time limit. That step is saved in each
-    later checkpoint: a run resumed from one continues to the same step with the same lr and ends with the
-    same weights. The trainer's clock ticks 10 ms per reading, so the plan does not depend on this machine."""
+    """With schedule_horizon time, the step time measured over HORIZON_WINDOW plans the last step, and each
+    checkpoint after it re-plans from the steps since the one before; the lr decays towards the plan in effect
+    and reaches 0 where the run ends, not at the time limit. Each checkpoint holds its plan: a run resumed from
+    one continues with the same plans and lr and ends with the same weights. The trainer's clock ticks 10 ms per
+    reading; from step 60 on, a step is made to cost one reading more, as if other work had slowed the CPU:
+    the re-plans after that end the run earlier than the first plan did."""
     ticks = iter(range(10**9))
     monkeypatch.setattr(trainer_module, "_now", lambda: next(ticks) * 0.01)
-    # 1.5 s on that clock: ~130 planned steps, past the step-75 checkpoint the resume below starts from
+    original_step = Trainer._train_step
+
+    def step_slower_from_60(self):
+        if self.state.step >= 60:
+            trainer_module._now()
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", step_slower_from_60)
+    # 1.5 s on that clock: ~140 steps planned at step 50, past the step-75 checkpoint the resume below starts from
     tree = tiny_config_tree(tmp_path, max_steps=100_000, max_time_minutes=0.025, schedule_horizon="time",
                             save_every=25, keep_checkpoints=100, eval_every=1000, eval_batches=2, warmup_steps=5)
     summary = train(config_from_dict(tree))
     out = Path(tree["train"]["out_dir"])
-    planned = json.loads((ckpt.latest_checkpoint(out) / ckpt.STATE_FILE).read_text())["train_state"]["planned_steps"]
-    assert summary["steps"] == planned and 50 < planned < 100_000
+    plans = {int(d.name.split("-")[1]): json.loads((d / ckpt.STATE_FILE).read_text())["train_state"]["planned_steps"]
+             for d in out.glob("step-*")}
+    last = summary["steps"]
+    assert plans[last] == last and plans[25] is None  # steps 10-50 not measured yet at the first checkpoint
+    assert plans[50] > plans[75] > last  # slower from step 60: planned again, earlier
     lrs = [(m["step"], m["lr"]) for m in _read_metrics(out) if "lr" in m]
     t = config_from_dict(tree).train
-    window_end = trainer_module.HORIZON_WINDOW[1]  # until the plan: warm-up, then the peak
-    assert lrs == [(s + 1, learning_rate(s, t.lr, t.warmup_steps, planned, "constant" if s < window_end else t.schedule))
-                   for s in range(planned)]
-    assert lrs[-1][1] == pytest.approx(t.lr / (planned - t.warmup_steps))  # one step short of 0 at the end
+
+    def expected_lr(s):  # the plan of the last checkpoint at or before step s; before the first plan, the peak
+        plan = plans[max(k for k in plans if k <= s)] if s >= 50 else None
+        return learning_rate(s, t.lr, t.warmup_steps, plan or 0, t.schedule if plan else "constant")
+
+    assert lrs == [(s + 1, expected_lr(s)) for s in range(last)]
+    assert lrs[-1][1] > 0 and learning_rate(last, t.lr, t.warmup_steps, plans[max(k for k in plans if k < last)],
+                                            t.schedule) == 0  # the decay reaches 0 where the run ends
 
     resumed = tmp_path / "resumed"  # as if killed after step 75: only that checkpoint is left
     resumed.mkdir()
     shutil.copytree(out / "step-0000075", resumed / "step-0000075")
     tree["train"]["out_dir"] = str(resumed)
-    assert train(config_from_dict(tree))["steps"] == planned
+    assert train(config_from_dict(tree))["steps"] == last
     a, b = _weights(out), _weights(resumed)
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert [(m["step"], m["lr"]) for m in _read_metrics(resumed) if "lr" in m] == lrs[75:]

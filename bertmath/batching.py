@@ -22,6 +22,12 @@ MAX_BATCH = 256
 MAX_PADDING = 0.1  # at most 10% of a batch's positions may be padding
 
 
+def mask_if_padded(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """The batch's attention mask (1 = real token), or None where no position is padding: the encoder then
+    attends everywhere without a mask, its faster attention path."""
+    return None if bool(attention_mask.all()) else attention_mask
+
+
 def length_batches(lengths: Sequence[int], max_tokens: int = MAX_TOKENS, max_batch: int = MAX_BATCH,
                    max_padding: float = MAX_PADDING) -> list[list[int]]:
     """Indices into `lengths`, grouped into batches (see the module docstring), longest inputs first, so that
@@ -60,7 +66,7 @@ def predict_in_batches(model, lengths: Sequence[int], inputs_of: Callable[[list[
                        batch_size: int = MAX_BATCH, device: torch.device | str = "cpu", autocast: Callable | None = None,
                        max_tokens: int = MAX_TOKENS) -> list[tuple[list[int], object]]:
     """[(indices, output)]: `model` in eval mode (its mode restored after) on length_batches of the inputs, each
-    batch's inputs from `inputs_of(indices)` (padded, with an attention mask) moved to `device`, under `autocast`
+    batch's inputs from `inputs_of(indices)` (padded; an attention mask, or None) moved to `device`, under `autocast`
     when given. The outputs stay as the model returns them; the caller keeps each input's share."""
     was_training = model.training
     model.eval()
@@ -68,6 +74,6 @@ def predict_in_batches(model, lengths: Sequence[int], inputs_of: Callable[[list[
     for batch in length_batches(lengths, max_tokens, batch_size):
         inputs = inputs_of(batch)
         with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-            out.append((batch, model(**{k: v.to(device) for k, v in inputs.items()})))
+            out.append((batch, model(**{k: None if v is None else v.to(device) for k, v in inputs.items()})))
     model.train(was_training)
     return out

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from . import functional as BF
-from .batching import MAX_BATCH, MAX_TOKENS, length_batches
+from .batching import MAX_BATCH, MAX_TOKENS, length_batches, mask_if_padded
 from .errors import CheckpointError, ConfigError, InputError
 from .inference import Precision, load_for_inference
 from .model import BertForMaskedLM
@@ -299,11 +299,11 @@ class FillMask:
         for b, item in enumerate(inputs):
             ids[b, :len(item.ids)] = torch.tensor(item.ids)
             attention[b, :len(item.ids)] = 1
-        equal = all(len(item.ids) == T for item in inputs)  # no padding: no mask, the faster attention path
         rows = torch.tensor([b for b, p in enumerate(positions) for _ in p], dtype=torch.long)
         cols = torch.tensor([t for p in positions for t in p], dtype=torch.long)
         with self.precision.autocast():
-            h = self.model.bert(ids.to(self.device), None if equal else attention.to(self.device)).last_hidden_state
+            attention = mask_if_padded(attention)
+            h = self.model.bert(ids.to(self.device), None if attention is None else attention.to(self.device)).last_hidden_state
             return self.model.mlm_head(h[rows.to(self.device), cols.to(self.device)]).float()  # (M, V)
 
     def _prediction(self, ids: list[int], pos: int, tokens: list[int], scores: list[float],

@@ -3,8 +3,9 @@
 import random
 
 import pytest
+import torch
 
-from bertmath.batching import length_batches, padding_share
+from bertmath.batching import length_batches, mask_if_padded, padding_share
 
 
 def _check(lengths, batches, max_tokens, max_batch, max_padding):
@@ -47,3 +48,11 @@ def test_padding_share_by_hand():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="max_tokens"):
         length_batches([3], max_tokens=0)
+
+
+def test_a_mask_only_where_a_position_is_padding():
+    """No padding: no mask (the encoder's faster path); one padded position keeps the whole mask as it is."""
+    assert mask_if_padded(torch.ones(3, 5, dtype=torch.long)) is None
+    padded = torch.ones(3, 5, dtype=torch.long)
+    padded[1, 4] = 0
+    assert mask_if_padded(padded) is padded

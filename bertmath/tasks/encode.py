@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from .. import functional as BF
-from ..batching import MAX_TOKENS, predict_in_batches
+from ..batching import MAX_TOKENS, mask_if_padded, predict_in_batches
 from ..errors import ConfigError, InputError
 from ..hardware import resolve_device
 from ..inference import Precision
@@ -134,8 +134,7 @@ class Embedder:
     def _inputs(self, encoded: Encoded, batch: list[int]) -> dict[str, Tensor]:
         """The batch padded to its longest text; with no padding at all, no attention mask (the faster path)."""
         inputs = collate(encoded, batch, self.pad_id)
-        if bool(inputs["attention_mask"].all()):
-            del inputs["attention_mask"]
+        inputs["attention_mask"] = mask_if_padded(inputs["attention_mask"])
         return inputs
 
     def describe(self) -> str:

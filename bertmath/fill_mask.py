@@ -299,11 +299,12 @@ class FillMask:
         for b, item in enumerate(inputs):
             ids[b, :len(item.ids)] = torch.tensor(item.ids)
             attention[b, :len(item.ids)] = 1
+        attention = mask_if_padded(attention)
         rows = torch.tensor([b for b, p in enumerate(positions) for _ in p], dtype=torch.long)
         cols = torch.tensor([t for p in positions for t in p], dtype=torch.long)
         with self.precision.autocast():
-            attention = mask_if_padded(attention)
-            h = self.model.bert(ids.to(self.device), None if attention is None else attention.to(self.device)).last_hidden_state
+            h = self.model.bert(ids.to(self.device), attention if attention is None else attention.to(self.device)
+                                ).last_hidden_state
             return self.model.mlm_head(h[rows.to(self.device), cols.to(self.device)]).float()  # (M, V)
 
     def _prediction(self, ids: list[int], pos: int, tokens: list[int], scores: list[float],

@@ -486,14 +486,19 @@ class Trainer:
         """Step until the last step or the time budget; evaluate and save at their cadence, and always at the end."""
         train = self.config.train
         start_step, start_time, session_tokens = self.state.step, _now(), 0
-        # schedule_horizon time: the step time is measured over a window of steps, HORIZON_WINDOW of this process
-        # for the first plan, then from each checkpoint to the next (less the evaluations' time), and re-planned
+        # schedule_horizon time: the step time is measured over a window of steps. The first plan: HORIZON_WINDOW of
+        # this process, as it ran. Each re-plan at a checkpoint: the window on to it, less the evaluations in it.
         window_start, window_step, window_eval_s = start_time, start_step, 0.0
+
+        def plan(window_s: float) -> None:  # the budget's last step, from the window's seconds of training
+            self._plan_steps(window_s / (self.state.step - window_step), self.state.elapsed_s + _now() - start_time)
+            pbar.total = self._last_step()
+
         last_saved = start_step if self.resume_from is not None else None
         pending: _StepRecord | None = None
         while self.state.step < self._last_step():
             if self._awaiting_plan() and self.state.step - start_step == HORIZON_WINDOW[0]:
-                window_start, window_step = _now(), self.state.step
+                window_start, window_step, window_eval_s = _now(), self.state.step, 0.0
             loss, grad_norm = self._train_step()
             # The previous step's loss is read only now, with this step queued: on a GPU, reading a value waits
             # for the device, and waiting here instead of before this step keeps the device busy meanwhile.
@@ -517,9 +522,7 @@ class Trainer:
                 self._finish_step(pending, pbar)
                 pending = None
             if measure_plan:
-                step_time = (_now() - window_start) / (self.state.step - window_step)
-                self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
-                pbar.total = self._last_step()
+                plan(_now() - window_start)
             if evaluate:
                 eval_start = _now()
                 self._evaluate(pbar)
@@ -529,9 +532,7 @@ class Trainer:
                 replan = (not self._awaiting_plan() and not measure_plan and not done and not out_of_time
                           and train.schedule_horizon == "time" and self.state.step > window_step)
                 if replan:
-                    step_time = (_now() - window_start - window_eval_s) / (self.state.step - window_step)
-                    self._plan_steps(step_time, self.state.elapsed_s + _now() - start_time)
-                    pbar.total = self._last_step()
+                    plan(_now() - window_start - window_eval_s)
                 self.state.elapsed_s += _now() - start_time
                 start_time, session_tokens = _now(), 0
                 self._save()

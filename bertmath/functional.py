@@ -201,12 +201,21 @@ def rotary_angles(length: int, dim: int, base: float, like: Tensor) -> Tensor:
     return torch.arange(length, device=like.device, dtype=precise)[:, None] * theta  # (T, d/2)
 
 
-def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
+def rotary(x: Tensor, base: float = 10000.0, fused: bool = False) -> Tensor:
     """RoPE: rotate each pair (x_2i, x_2i+1) of the vector at position t by the angle t·θ_i, θ_i = base^(-2i/d):
         (x_2i, x_2i+1) → (x_2i cos tθ_i − x_2i+1 sin tθ_i,  x_2i sin tθ_i + x_2i+1 cos tθ_i).
     Applied to q and k, it makes q_s·k_t depend on s − t only (Su et al. 2021, RoFormer, §3.4.2; its pairs are
-    neighbours, "interleaved"). x: (..., T, d) with d even → (..., T, d), in x's dtype (angles: rotary_angles)."""
+    neighbours, "interleaved"). x: (..., T, d) with d even → (..., T, d), in x's dtype (angles: rotary_angles).
+    fused: the same rotation as RoFormer's §3.2 writes it, one complex product (x_2i + i·x_2i+1)·e^{i·tθ_i}: one
+    kernel each way instead of six, which reads strided halves (float32/float64; other dtypes have no complex
+    kernel on every device and take the real form)."""
     angle = rotary_angles(x.shape[-2], x.shape[-1], base, x)  # (T, d/2)
+    if fused and x.dtype in (torch.float32, torch.float64):
+        turn = torch.polar(torch.ones_like(angle), angle)  # e^{i·tθ_i}: (T, d/2) complex
+        pairs = x.unflatten(-1, (-1, 2))  # (..., T, d/2, 2): a view, read as complex when its layout allows
+        even_layout = pairs.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in pairs.stride()[:-1])
+        pairs = torch.view_as_complex(pairs if even_layout and pairs.stride(-1) == 1 else pairs.contiguous())
+        return torch.view_as_real(pairs * turn).flatten(-2)
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]  # (..., T, d/2) each
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)  # interleave back

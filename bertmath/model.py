@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -176,7 +177,7 @@ class SelfAttention(nn.Module):
         self.rope_base = None
         if config.position_encoding == "rope":
             self.rope_base = config.local_rope_base if local and config.local_rope_base is not None else config.rope_base
-            self.rotate = BF.rotary_half if config.rope_style == "half" else BF.rotary
+            self.rotate = BF.rotary_half if config.rope_style == "half" else partial(BF.rotary, fused=config.fused)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, unpadded: Unpadded | None = None) -> Tensor:
         q, k, v = self.heads(x, unpadded)

@@ -658,12 +658,35 @@ def _rotary_complex(x: torch.Tensor, base: float) -> torch.Tensor:
     return torch.view_as_real(pairs * rotation).reshape(x.shape).to(x.dtype)
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("base", [10000.0, 100.0])
-def test_rotary_equals_complex_multiplication(dtype, base):
+def test_rotary_equals_complex_multiplication(fused, dtype, base):
     x = torch.randn(2, 3, 11, 8, dtype=dtype, generator=torch.Generator().manual_seed(0))
-    assert_close(BF.rotary(x, base), _rotary_complex(x, base), atol=1e-6 if dtype == torch.float32 else 1e-12,
-                 rtol=1e-5 if dtype == torch.float32 else 1e-10)
+    assert_close(BF.rotary(x, base, fused=fused), _rotary_complex(x, base),
+                 atol=1e-6 if dtype == torch.float32 else 1e-12, rtol=1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("layout", ["heads of a (B, T, D) projection", "odd offset", "strided pairs"])
+def test_rotary_fused_equals_the_real_form_in_values_and_gradients(layout):
+    """The complex product reads q and k where the model leaves them (a head-transposed view of the projection),
+    and copies only a layout that cannot be read as complex numbers."""
+    B, T, H, Dh = 2, 9, 3, 8
+    source = torch.randn(B, T, H * Dh + 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    if layout == "heads of a (B, T, D) projection":
+        view = lambda s: s[..., :H * Dh].view(B, T, H, Dh).transpose(1, 2)
+    elif layout == "odd offset":
+        view = lambda s: s[..., 1:].view(B, T, H, Dh).transpose(1, 2)
+    else:
+        view = lambda s: s[..., :H * Dh].view(B, T, H, Dh).transpose(1, 2).transpose(-1, -2).contiguous().transpose(-1, -2)
+    results = []
+    for fused in (False, True):
+        leaf = source.clone().requires_grad_()
+        y = BF.rotary(view(leaf), 100.0, fused=fused)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y, leaf.grad))
+    assert_close(results[1][0], results[0][0], atol=1e-12, rtol=1e-10)
+    assert_close(results[1][1], results[0][1], atol=1e-12, rtol=1e-10)
 
 
 def _rotary_half_loop(x: torch.Tensor, base: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pathlib import Path
 from .distributed import process_label
 from .errors import BertmathError
 from .fill_mask import STRATEGIES
+from .hardware import keep_freed_memory
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -531,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         args.texts += extras
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    keep_freed_memory()  # every command allocates and frees the same tensors batch after batch
     for noisy in ("datasets", "httpx", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -32,7 +32,7 @@ from .config import Config, DataConfig, TrainConfig
 from .corpus import Corpus
 from .data import PretrainingData, batch_indices, data_changes, data_fingerprint, prepare
 from .errors import CheckpointError, TrainingError
-from .hardware import AUTOCAST_DTYPES, autocast, resolve_device, resolve_precision
+from .hardware import AUTOCAST_DTYPES, autocast, keep_freed_memory, resolve_device, resolve_precision
 from .io import atomic_write_text, check_writable
 from .masking import IGNORE_INDEX, mask_tokens, prediction_slots, slot_count
 from .model import BertForMaskedLM, EncoderLayer, parameter_report
@@ -164,7 +164,9 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
 
 def setup_process(train: TrainConfig) -> tuple[torch.device, distributed.DistInfo]:
     """This process's device and its place in a torchrun job; and, in this one place, the process-global
-    settings a run makes: the log level (one copy of the progress), TF32 matmuls on CUDA, the CPU threads."""
+    settings a run makes: the log level (one copy of the progress), TF32 matmuls on CUDA, the CPU threads, and
+    freed memory kept for the next step (hardware.keep_freed_memory)."""
+    keep_freed_memory()
     device = resolve_device(train.device, key="train.device")
     info = distributed.setup(device.type, train.parallel, train.batch_size, train.timeout_minutes)
     if not info.is_main:  # one copy of the progress: the others speak only to warn

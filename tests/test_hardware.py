@@ -1,6 +1,9 @@
 """bertmath.hardware: train.precision auto picks bf16 only where the hardware multiplies it natively."""
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +94,44 @@ def test_auto_held_to_fp32_by_the_environment(machine, monkeypatch, caplog):
     monkeypatch.setenv(hardware.AUTO_PRECISION_ENV, "bf16")
     with pytest.raises(ConfigError, match="BERTMATH_AUTO_PRECISION='bf16': the one value it takes is fp32"):
         resolve_precision("auto", CPU)
+
+
+# A step's worth of activations, allocated and freed again and again, in a fresh process (the malloc settings are
+# process-global): the page faults a round, with glibc's defaults, then with keep_freed_memory.
+_FAULTS_PER_ROUND = """
+import resource, torch
+from bertmath.hardware import keep_freed_memory
+def faults_per_round():
+    def round_():
+        tensors = [torch.ones(2 ** 20) for _ in range(8)] + [torch.ones(10 * 2 ** 20)]  # 8 x 4 MiB, and 40 MiB
+        return sum(float(t[-1]) for t in tensors)
+    for _ in range(5):
+        round_()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        round_()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+default = faults_per_round()
+assert keep_freed_memory()
+print(default, faults_per_round())
+"""
+
+
+def _huge_pages_always() -> bool:
+    """Transparent huge pages on every mapping: a fresh mapping faults in 2 MiB at a time, and the default's
+    page faults are too few to count."""
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not hardware.keep_freed_memory() or _huge_pages_always(),
+                    reason="glibc's mallopt only (Linux), with 4 KiB pages")
+def test_keep_freed_memory_stops_the_page_faults_of_each_round():
+    """72 MiB freed and allocated again each round: glibc's default maps a block over 32 MiB afresh each time and
+    faults its pages in again (10,240 for 40 MiB in 4 KiB pages); with keep_freed_memory the memory is reused."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS_PER_ROUND], capture_output=True, text=True, check=True)
+    default, kept = map(float, out.stdout.split())
+    assert default > 5000, default  # what the setting is for: the default faults most pages in again
+    assert kept < 100, kept

@@ -69,6 +69,14 @@ class TrainState:
     best_mask_accuracy: float | None = None  # the context probe: at [MASK] positions
     best_mask_step: int | None = None
     planned_steps: int | None = None  # schedule_horizon "time": the steps the budget allows, as last measured
+    # ... and where a re-plan met the decay under way: the step and the decay's progress there, which the rest of
+    # the decay goes on from (learning_rate's `anchor`)
+    decay_anchor_step: int | None = None
+    decay_anchor_progress: float | None = None
+
+    @property
+    def decay_anchor(self) -> tuple[int, float] | None:
+        return None if self.decay_anchor_step is None else (self.decay_anchor_step, self.decay_anchor_progress)
 
 
 def _now() -> float:
@@ -81,19 +89,31 @@ def _now() -> float:
 
 
 def learning_rate(step: int, lr: float, warmup_steps: int, max_steps: int, schedule: str,
-                  min_lr_ratio: float = 0.0, decay_fraction: float = 1.0) -> float:
+                  min_lr_ratio: float = 0.0, decay_fraction: float = 1.0,
+                  anchor: tuple[int, float] | None = None) -> float:
     """lr(s) = lr · (s+1)/W for s < W (linear warm-up); then the peak lr holds until the last fraction f of
     the S-W steps after warm-up, over which it decays from lr to lr·r:
-    linear: lr·(r + (1-r)(1-p)), cosine: lr·(r + (1-r)·½(1 + cos πp)), p = (s-W-(1-f)(S-W))/(f(S-W)) ∈ [0, 1].
+    linear: lr·(r + (1-r)(1-p)), cosine: lr·(r + (1-r)·½(1 + cos πp)), p = decay_progress(s) ∈ [0, 1].
     f = 1 decays from the warm-up's end (BERT); f < 1 is warmup-stable-decay (Hägele et al. 2024)."""
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant" or max_steps <= warmup_steps:
         return lr
-    decay_steps = decay_fraction * (max_steps - warmup_steps)
-    progress = min(1.0, max(0.0, (step - max_steps + decay_steps) / decay_steps))
+    progress = decay_progress(step, warmup_steps, max_steps, decay_fraction, anchor)
     decay = (1 - progress) if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * decay)
+
+
+def decay_progress(step: int, warmup_steps: int, max_steps: int, decay_fraction: float = 1.0,
+                   anchor: tuple[int, float] | None = None) -> float:
+    """How far step s is through the decay to step S: p = (s-W-(1-f)(S-W))/(f(S-W)), clipped to [0, 1].
+    With `anchor` (s₀, p₀), from s₀ on p = p₀ + (1-p₀)(s-s₀)/(S-s₀): a horizon moved at step s₀ (a re-planned
+    time budget) spreads the rest of the decay over the steps left, from where it was, so the lr never jumps."""
+    if anchor is not None and step >= anchor[0]:
+        start, start_progress = anchor
+        return min(1.0, start_progress + (1 - start_progress) * (step - start) / max(1, max_steps - start))
+    decay_steps = decay_fraction * (max_steps - warmup_steps)
+    return min(1.0, max(0.0, (step - max_steps + decay_steps) / decay_steps))
 
 
 def planned_last_step(step: int, step_time: float, elapsed_s: float, train: TrainConfig) -> int:
@@ -442,7 +462,7 @@ class Trainer:
         # schedule_horizon time, before the step time is measured: warm-up, then the peak (no horizon to decay to yet)
         schedule = "constant" if self._awaiting_plan() else train.schedule
         lr = learning_rate(self.state.step, train.lr, train.warmup_steps, self._last_step(), schedule,
-                           train.min_lr_ratio, train.decay_fraction)
+                           train.min_lr_ratio, train.decay_fraction, self.state.decay_anchor)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.scaler.step(self.optimizer)
@@ -600,9 +620,16 @@ class Trainer:
         """schedule_horizon "time": set the last step from rank 0's measured step time (the processes' clocks
         differ): first after HORIZON_WINDOW, then again at each checkpoint, from the steps since the previous one,
         so a run whose first steps were slowed (or sped up) by other work still ends where its budget does. The
-        plan is saved in the checkpoint: a resumed run continues with the schedule its checkpoint had."""
+        plan is saved in the checkpoint: a resumed run continues with the schedule its checkpoint had. A re-plan
+        during the decay anchors it where it is (TrainState.decay_anchor): the lr goes on from its value, towards
+        the new last step."""
         train = self.config.train
         first = self.state.planned_steps is None
+        if not first:
+            progress = decay_progress(self.state.step, train.warmup_steps, self._last_step(), train.decay_fraction,
+                                      self.state.decay_anchor)
+            self.state.decay_anchor_step = self.state.step if progress > 0 else None
+            self.state.decay_anchor_progress = progress if progress > 0 else None
         planned = planned_last_step(self.state.step, step_time, elapsed_s, train)
         self.state.planned_steps = distributed.gather_objects(planned, self.dist)[0]
         message = ("schedule_horizon time: %.3f s per step, %.0f s left of %s min → the run and its lr decay end "

@@ -24,7 +24,8 @@ from bertmath.io import read_safetensors
 from bertmath.model import BertForMaskedLM
 from bertmath import trainer as trainer_module
 from bertmath.config import TrainConfig
-from bertmath.trainer import CONTEXT_PROBE, Trainer, learning_rate, parameter_groups, planned_last_step, train
+from bertmath.trainer import (CONTEXT_PROBE, Trainer, decay_progress, learning_rate, parameter_groups,
+                              planned_last_step, train)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +105,28 @@ def test_learning_rate_warmup_stable_decay():
     # decay_fraction 1 is the decay from the warm-up's end
     assert [learning_rate(s, lr, W, S, "cosine", decay_fraction=1.0) for s in range(S + 1)] == pytest.approx(
         [learning_rate(s, lr, W, S, "cosine") for s in range(S + 1)])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("new_end", [90, 150])
+def test_a_moved_horizon_continues_the_decay_from_where_it_was(schedule, new_end):
+    """The horizon S = 110 moved at step 60 (halfway through the decay) to 90 or 150: from step 60 the decay
+    spreads its second half over the steps left, from the lr it had, down to lr·r exactly at the new end, never
+    rising (without the anchor the lr would jump at step 60: to 0.625 for 150, to 0.375 for 90)."""
+    lr, W, S, r = 1.0, 10, 110, 0.1
+    anchor = (60, decay_progress(60, W, S))
+    assert anchor[1] == pytest.approx(0.5)
+    before = [learning_rate(s, lr, W, S, schedule, r) for s in range(61)]
+    after = [learning_rate(s, lr, W, new_end, schedule, r, anchor=anchor) for s in range(60, new_end + 1)]
+    assert after[0] == before[60]
+    whole = before + after[1:]  # steps 0..new_end
+    assert all(a >= b for a, b in zip(whole[W:], whole[W + 1:]))  # never rising after warm-up
+    assert after[-1] == pytest.approx(r)
+    halfway = (60 + new_end) // 2 if (new_end - 60) % 2 == 0 else None
+    if schedule == "linear" and halfway:  # p = 0.5 + 0.5·(s-60)/(S'-60): linear in s from 0.55 to 0.1
+        assert learning_rate(halfway, lr, W, new_end, schedule, r, anchor=anchor) == pytest.approx(r + (1 - r) * 0.25)
+    # before the anchor's step, the schedule it was set on
+    assert learning_rate(59, lr, W, new_end, schedule, r, anchor=anchor) == learning_rate(59, lr, W, new_end, schedule, r)
 
 
 def test_no_weight_decay_on_biases_and_layer_norm():
@@ -532,8 +555,9 @@ def test_planned_last_step_spends_the_budget_on_steps_and_evaluations():
 @pytest.mark.slow
 def test_time_horizon_ends_the_run_and_the_decay_at_the_planned_step_and_resumes_exactly(tmp_path, monkeypatch):
     """With schedule_horizon time, the step time measured over HORIZON_WINDOW plans the last step, and each
-    checkpoint after it re-plans from the steps since the one before; the lr decays towards the plan in effect
-    and reaches 0 where the run ends, not at the time limit. Each checkpoint holds its plan: a run resumed from
+    checkpoint after it re-plans from the steps since the one before; the lr decays towards the plan in effect,
+    going on from the value it had when the plan moved (never rising), and reaches 0 where the run ends, not at
+    the time limit. Each checkpoint holds its plan: a run resumed from
     one continues with the same plans and lr and ends with the same weights. The trainer's clock ticks 10 ms per
     reading; from step 60 on, a step is made to cost one reading more, as if other work had slowed the CPU:
     the re-plans after that end the run earlier than the first plan did."""
@@ -552,21 +576,30 @@ def test_time_horizon_ends_the_run_and_the_decay_at_the_planned_step_and_resumes
                             save_every=25, keep_checkpoints=100, eval_every=1000, eval_batches=2, warmup_steps=5)
     summary = train(config_from_dict(tree))
     out = Path(tree["train"]["out_dir"])
-    plans = {int(d.name.split("-")[1]): json.loads((d / ckpt.STATE_FILE).read_text())["train_state"]["planned_steps"]
-             for d in out.glob("step-*")}
+    states = {int(d.name.split("-")[1]): json.loads((d / ckpt.STATE_FILE).read_text())["train_state"]
+              for d in out.glob("step-*")}
+    plans = {step: state["planned_steps"] for step, state in states.items()}
+    anchors = {step: (state["decay_anchor_step"], state["decay_anchor_progress"]) if state["decay_anchor_step"] is not None
+               else None for step, state in states.items()}
     last = summary["steps"]
     assert plans[last] == last and plans[25] is None  # steps 10-50 not measured yet at the first checkpoint
     assert plans[50] > plans[75] > last  # slower from step 60: planned again, earlier
     lrs = [(m["step"], m["lr"]) for m in _read_metrics(out) if "lr" in m]
     t = config_from_dict(tree).train
 
-    def expected_lr(s):  # the plan of the last checkpoint at or before step s; before the first plan, the peak
-        plan = plans[max(k for k in plans if k <= s)] if s >= 50 else None
-        return learning_rate(s, t.lr, t.warmup_steps, plan or 0, t.schedule if plan else "constant")
+    def expected_lr(s):  # the plan (and anchor) of the last checkpoint at or before step s; before the first plan,
+        # the peak. A re-plan anchors the decay where it was: the lr goes on from its value
+        if s < 50:
+            return learning_rate(s, t.lr, t.warmup_steps, 0, "constant")
+        k = max(k for k in plans if k <= s)
+        return learning_rate(s, t.lr, t.warmup_steps, plans[k], t.schedule, anchor=anchors[k])
 
+    assert anchors[50] is None and anchors[75] is not None and anchors[75][0] == 75  # decaying at 75: anchored
     assert lrs == [(s + 1, expected_lr(s)) for s in range(last)]
-    assert lrs[-1][1] > 0 and learning_rate(last, t.lr, t.warmup_steps, plans[max(k for k in plans if k < last)],
-                                            t.schedule) == 0  # the decay reaches 0 where the run ends
+    assert all(a[1] >= b[1] for a, b in zip(lrs[50:], lrs[51:]))  # after warm-up, the re-plans never raise the lr
+    k = max(k for k in plans if k < last)
+    assert lrs[-1][1] > 0 and learning_rate(last, t.lr, t.warmup_steps, plans[k], t.schedule,
+                                            anchor=anchors[k]) == 0  # 0 at the end
 
     resumed = tmp_path / "resumed"  # as if killed after step 75: only that checkpoint is left
     resumed.mkdir()

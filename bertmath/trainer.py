@@ -108,10 +108,13 @@ def decay_progress(step: int, warmup_steps: int, max_steps: int, decay_fraction:
                    anchor: tuple[int, float] | None = None) -> float:
     """How far step s is through the decay to step S: p = (s-W-(1-f)(S-W))/(f(S-W)), clipped to [0, 1].
     With `anchor` (s₀, p₀), from s₀ on p = p₀ + (1-p₀)(s-s₀)/(S-s₀): a horizon moved at step s₀ (a re-planned
-    time budget) spreads the rest of the decay over the steps left, from where it was, so the lr never jumps."""
+    time budget) spreads the rest of the decay over the steps left, from where it was, so the lr never jumps.
+    0 where the warm-up takes every step (S ≤ W: no decay)."""
     if anchor is not None and step >= anchor[0]:
         start, start_progress = anchor
         return min(1.0, start_progress + (1 - start_progress) * (step - start) / max(1, max_steps - start))
+    if max_steps <= warmup_steps:
+        return 0.0
     decay_steps = decay_fraction * (max_steps - warmup_steps)
     return min(1.0, max(0.0, (step - max_steps + decay_steps) / decay_steps))
 
@@ -628,8 +631,8 @@ class Trainer:
         if not first:
             progress = decay_progress(self.state.step, train.warmup_steps, self._last_step(), train.decay_fraction,
                                       self.state.decay_anchor)
-            self.state.decay_anchor_step = self.state.step if progress > 0 else None
-            self.state.decay_anchor_progress = progress if progress > 0 else None
+            anchor = (self.state.step, progress) if progress > 0 else (None, None)  # still at the peak: none needed
+            self.state.decay_anchor_step, self.state.decay_anchor_progress = anchor
         planned = planned_last_step(self.state.step, step_time, elapsed_s, train)
         self.state.planned_steps = distributed.gather_objects(planned, self.dist)[0]
         message = ("schedule_horizon time: %.3f s per step, %.0f s left of %s min → the run and its lr decay end "

@@ -129,6 +129,13 @@ def test_a_moved_horizon_continues_the_decay_from_where_it_was(schedule, new_end
     assert learning_rate(59, lr, W, new_end, schedule, r, anchor=anchor) == learning_rate(59, lr, W, new_end, schedule, r)
 
 
+def test_decay_progress_where_the_warm_up_takes_every_step():
+    """A plan that ends within the warm-up (a tiny time budget) has no decay to be part way through: 0, not 0/0."""
+    assert decay_progress(5, warmup_steps=10, max_steps=10) == 0.0
+    assert decay_progress(5, warmup_steps=10, max_steps=8) == 0.0
+    assert decay_progress(60, warmup_steps=10, max_steps=110) == pytest.approx(0.5)
+
+
 def test_no_weight_decay_on_biases_and_layer_norm():
     cfg = config_from_dict({"model": {"vocab_size": 50, "hidden_size": 16, "num_layers": 1, "num_heads": 2,
                                       "intermediate_size": 32, "max_position_embeddings": 16}})

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import bertmath.trainer
 from bertmath.config import load_config
+from bertmath.errors import BertmathError
 from bertmath.hardware import cpu_report
 from bertmath.trainer import Trainer
 
@@ -92,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         bertmath.trainer.keep_freed_memory = lambda: False  # the trainer's setup calls it by this name
     variants = [[], *(shlex.split(v) for v in args.variant)]
     shared = [f"data.cache_dir={args.out / 'cache'}", *args.overrides]  # the data prepared once for all
-    trainers = [build(args.config, [*shared, *v], args.out / f"variant{i}", args.warmup)
-                for i, v in enumerate(variants)]
+    trainers = []
     try:
+        for i, v in enumerate(variants):
+            trainers.append(build(args.config, [*shared, *v], args.out / f"variant{i}", args.warmup))
         results = measure(trainers, args.steps, args.rounds)
+    except (BertmathError, OSError) as e:  # a config key, a file: one line, as bertmath's commands say it
+        print(f"step_time: {e}", file=sys.stderr)
+        return 2
     finally:
         for trainer in trainers:
             trainer.close()

@@ -37,3 +37,10 @@ def test_take_steps_trains_as_the_loop_does(tmp_path):
         assert any(not b.equal(p) for b, p in zip(before, trainer.model.parameters()))
     finally:
         trainer.close()
+
+
+def test_a_bad_key_is_one_line_and_exit_2(tmp_path, capsys):
+    argv = ["configs/small.yaml", "--set", "train.no_such_key=1", "--out", str(tmp_path / "runs"), *TINY]
+    assert step_time.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("step_time: ") and "train.no_such_key" in err and "\n" not in err

@@ -70,12 +70,13 @@ def keep_freed_memory() -> bool:
 
     By default glibc returns a freed block at the top of the heap once it exceeds a threshold (128 KiB, raised
     by its dynamic threshold only up to 32 MiB, and the mmap threshold with it), and a training step frees
-    every activation it made. On the main job's 3-layer step (a 2-core AVX2 VM) that was ~20,000 page faults and
-    ~55 ms of kernel time a step, about a sixth of it. Both thresholds fixed at 1 GiB (mmap first: fixing
-    only the trim threshold also freezes the mmap threshold at 128 KiB, and then every activation is an
-    mmap) keep it: ~50 faults a step. The process holds up to 1 GiB more than it uses at the moment, memory it
-    had in use a moment before. PyTorch's CPU tuning guide gets the same from jemalloc or tcmalloc; this needs
-    no preloaded library. False (nothing changed) elsewhere, or when glibc refuses a value."""
+    every activation it made. On the main job's 3-layer step (a 2-core AVX2 VM) that was 15,000-24,000 page
+    faults and 40-75 ms of kernel CPU time a step. Both thresholds fixed at 1 GiB (mmap first: fixing only the
+    trim threshold also freezes the mmap threshold at 128 KiB, and then every activation is an mmap) keep it:
+    72-162 faults a step, and the step ~9% faster (scripts/step_time.py; docs/benchmarks.md). The process holds
+    up to 1 GiB more than it uses at the moment, memory it had in use a moment before. PyTorch's CPU tuning
+    guide gets the same from jemalloc or tcmalloc; this needs no preloaded library. False (nothing changed)
+    elsewhere, or when glibc refuses a value."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     try:
